@@ -1,0 +1,227 @@
+"""Modulated deformable convolution (DCNv2) with interchangeable backends.
+
+Layout (shared by torchvision and mmcv): ``offset`` is ``(B, 2K, Ho, Wo)`` with an interleaved ``(dy, dx)`` pair per
+kernel point, kernel points in raster order; ``mask`` is ``(B, K, Ho, Wo)``; samples outside the input are zero.
+
+Backends:
+
+* ``'mmcv'``: mmcv's compiled op, when ``mmcv.ops`` imports with its extension.
+* ``'torchvision'``: :func:`torchvision.ops.deform_conv2d`.
+* ``'torch'``: pure PyTorch (one ``grid_sample`` of all K sampling points, then one matrix product). Differentiable,
+  works on every device and dtype, and is the reference in the tests.
+
+``'auto'`` times every available backend once per (device type, dtype) on a representative layer and keeps the
+fastest. ``SDNET_DCN_BACKEND`` in the environment overrides the choice.
+"""
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+BACKENDS = ('mmcv', 'torchvision', 'torch')
+_auto_choice = {}
+
+
+def _mmcv_op():
+    try:
+        from mmcv.ops import modulated_deform_conv2d as op
+        from mmcv.utils import ext_loader
+        ext_loader.load_ext('_ext', ['modulated_deform_conv_forward'])
+    except Exception:  # ImportError, or mmcv installed without its compiled extension
+        return None
+    return op
+
+
+def available_backends():
+    """Backends that can run here, in order of preference when timings tie."""
+    names = []
+    if _mmcv_op() is not None:
+        names.append('mmcv')
+    try:
+        import torchvision.ops  # noqa: F401
+        names.append('torchvision')
+    except Exception:
+        pass
+    names.append('torch')
+    return names
+
+
+def _deform_conv_torch(x, offset, mask, weight, bias, stride, padding, dilation):
+    b, c, h, w = x.shape
+    c_out, c_in, kh, kw = weight.shape
+    if c_in != c:
+        raise ValueError(f'weight expects {c_in} input channels, input has {c}')
+    k = kh * kw
+    ho, wo = offset.shape[-2:]
+    # Regular grid of each output pixel's kernel points in input coordinates, (K, Ho, Wo).
+    base_y = torch.arange(ho, device=x.device, dtype=x.dtype) * stride[0] - padding[0]
+    base_x = torch.arange(wo, device=x.device, dtype=x.dtype) * stride[1] - padding[1]
+    ky = (torch.arange(kh, device=x.device, dtype=x.dtype) * dilation[0]).repeat_interleave(kw)
+    kx = (torch.arange(kw, device=x.device, dtype=x.dtype) * dilation[1]).repeat(kh)
+    off = offset.view(b, k, 2, ho, wo)
+    py = base_y.view(1, 1, ho, 1) + ky.view(1, k, 1, 1) + off[:, :, 0]
+    px = base_x.view(1, 1, 1, wo) + kx.view(1, k, 1, 1) + off[:, :, 1]
+    # grid_sample with align_corners=True maps -1/+1 to the centres of the border pixels and samples zeros outside,
+    # which is exactly DCN's bilinear rule.
+    gx = px * (2.0 / max(w - 1, 1)) - 1.0
+    gy = py * (2.0 / max(h - 1, 1)) - 1.0
+    grid = torch.stack((gx, gy), dim=-1).view(b, k * ho, wo, 2)
+    cols = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
+    cols = cols.view(b, c, k, ho, wo) * mask.view(b, 1, k, ho, wo)
+    out = torch.matmul(weight.reshape(c_out, c * k), cols.reshape(b, c * k, ho * wo)).view(b, c_out, ho, wo)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
+def _deform_conv_torchvision(x, offset, mask, weight, bias, stride, padding, dilation):
+    from torchvision.ops import deform_conv2d
+    return deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+
+
+def _deform_conv_mmcv(x, offset, mask, weight, bias, stride, padding, dilation):
+    return _mmcv_op()(x, offset, mask, weight, bias, stride, padding, dilation, 1, 1)
+
+
+_IMPLS = {'torch': _deform_conv_torch, 'torchvision': _deform_conv_torchvision, 'mmcv': _deform_conv_mmcv}
+
+
+def _time_backend(name, device, dtype, repeat=3):
+    """Seconds for a forward+backward of a 32->32 3x3 layer on a 64x64 map (median of ``repeat``)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 32, 64, 64, generator=gen).to(device, dtype).requires_grad_()
+    offset = torch.randn(1, 18, 64, 64, generator=gen).to(device, dtype).requires_grad_()
+    mask = torch.rand(1, 9, 64, 64, generator=gen).to(device, dtype).requires_grad_()
+    weight = torch.randn(32, 32, 3, 3, generator=gen).to(device, dtype).requires_grad_()
+    times = []
+    for i in range(repeat + 1):
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        _IMPLS[name](x, offset, mask, weight, None, (1, 1), (1, 1), (1, 1)).sum().backward()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        if i:  # the first call warms up kernels and caches
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def select_backend(device, dtype=torch.float32):
+    """The backend ``'auto'`` resolves to for tensors on ``device`` with ``dtype`` (measured once, then cached)."""
+    forced = os.environ.get('SDNET_DCN_BACKEND')
+    if forced:
+        if forced not in available_backends():
+            raise RuntimeError(f'SDNET_DCN_BACKEND={forced!r} is not available here ({available_backends()})')
+        return forced
+    device = torch.device(device)
+    key = (device.type, dtype)
+    if key not in _auto_choice:
+        timings = {}
+        for name in available_backends():
+            try:
+                timings[name] = _time_backend(name, device, dtype)
+            except Exception:  # e.g. a backend without a kernel for this dtype/device
+                continue
+        _auto_choice[key] = min(timings, key=timings.get)
+    return _auto_choice[key]
+
+
+def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, padding=0, dilation=1,
+                            backend='auto'):
+    """Modulated deformable 2D convolution (DCNv2).
+
+    Args:
+        input (Tensor): ``(B, C_in, H, W)``.
+        offset (Tensor): ``(B, 2K, Ho, Wo)``, interleaved ``(dy, dx)`` per kernel point in raster order.
+        mask (Tensor): ``(B, K, Ho, Wo)`` modulation scalars.
+        weight (Tensor): ``(C_out, C_in, kh, kw)``, K = kh * kw.
+        bias (Tensor, optional): ``(C_out,)``. Default: None.
+        stride, padding, dilation (int | tuple[int, int]): as for ``conv2d``. Default: 1, 0, 1.
+        backend (str): ``'auto'``, ``'mmcv'``, ``'torchvision'`` or ``'torch'``. Default: ``'auto'``.
+
+    Returns:
+        Tensor: ``(B, C_out, Ho, Wo)``.
+    """
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    kh, kw = weight.shape[-2:]
+    k = kh * kw
+    b, _, h, w = input.shape
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if offset.shape != (b, 2 * k, ho, wo):
+        raise ValueError(f'offset must have shape {(b, 2 * k, ho, wo)}, got {tuple(offset.shape)}')
+    if mask.shape != (b, k, ho, wo):
+        raise ValueError(f'mask must have shape {(b, k, ho, wo)}, got {tuple(mask.shape)}')
+    if backend == 'auto':
+        backend = select_backend(input.device, input.dtype)
+    elif backend not in _IMPLS:
+        raise ValueError(f'unknown backend {backend!r}; choose from auto, {", ".join(BACKENDS)}')
+    elif backend not in available_backends():
+        raise RuntimeError(f'backend {backend!r} is not available here ({available_backends()})')
+    return _IMPLS[backend](input, offset, mask, weight, bias, stride, padding, dilation)
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """Modulated deformable convolution whose offsets and masks are predicted from conditioning features.
+
+    A small head (``conv3x3 -> LeakyReLU -> conv3x3``) maps the conditioning features (the input itself by
+    default) to ``2K`` offsets and ``K`` mask logits per pixel. The head's last layer starts at zero, so the layer
+    starts as a plain convolution (every kernel point on its grid position, masks at 0.5). Offsets are not
+    clamped: sampling points may reach as far as the blur does.
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        kernel_size (int): Deformable kernel size. Default: 3.
+        stride (int): Default: 1.
+        padding (int | None): Default: ``dilation * (kernel_size - 1) // 2`` (same size).
+        dilation (int): Default: 1.
+        bias (bool): Default: True.
+        cond_channels (int | None): Channels of the conditioning features. Default: ``in_channels``.
+        hidden_channels (int | None): Width of the offset head. Default: ``in_channels``.
+        backend (str): DCN backend, see :func:`modulated_deform_conv2d`. Default: ``'auto'``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, dilation=1, bias=True,
+                 cond_channels=None, hidden_channels=None, backend='auto'):
+        super().__init__()
+        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+        self.padding = dilation * (kernel_size - 1) // 2 if padding is None else padding
+        self.backend = backend
+        num_points = kernel_size * kernel_size
+        cond_channels = cond_channels or in_channels
+        hidden_channels = hidden_channels or in_channels
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.conv_offset = nn.Sequential(
+            nn.Conv2d(cond_channels, hidden_channels, 3, 1, 1), nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(hidden_channels, 3 * num_points, 3, stride, 1))
+        nn.init.zeros_(self.conv_offset[-1].weight)
+        nn.init.zeros_(self.conv_offset[-1].bias)
+
+    def forward(self, x, cond=None):
+        """
+        Args:
+            x (Tensor): ``(B, C_in, H, W)`` features to convolve.
+            cond (Tensor, optional): ``(B, C_cond, H, W)`` features the offsets are predicted from. Default: ``x``.
+
+        Returns:
+            tuple[Tensor, Tensor, Tensor]: output ``(B, C_out, Ho, Wo)``, offset ``(B, 2K, Ho, Wo)`` and mask
+            ``(B, K, Ho, Wo)``.
+        """
+        head = self.conv_offset(x if cond is None else cond)
+        num_points = self.kernel_size * self.kernel_size
+        offset, mask_logits = head.split((2 * num_points, num_points), dim=1)
+        mask = torch.sigmoid(mask_logits)
+        out = modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
+                                      self.dilation, backend=self.backend)
+        return out, offset, mask
+
+    def extra_repr(self):
+        return (f'{self.weight.shape[1]}, {self.weight.shape[0]}, kernel_size={self.kernel_size}, '
+                f'stride={self.stride}, padding={self.padding}, dilation={self.dilation}, backend={self.backend}')
