@@ -10,8 +10,8 @@ Backends:
 * ``'torch'``: pure PyTorch (one ``grid_sample`` of all K sampling points, then one matrix product). Differentiable,
   works on every device and dtype, and is the reference in the tests.
 
-``'auto'`` times every available backend once per (device type, dtype) on a representative layer and keeps the
-fastest. ``SDNET_DCN_BACKEND`` in the environment overrides the choice.
+``'auto'`` times every available backend once per (device, dtype, training or inference) on a representative layer
+and keeps the fastest. ``SDNET_DCN_BACKEND`` in the environment overrides the choice.
 """
 import math
 import os
@@ -65,12 +65,12 @@ def _deform_conv_torch(x, offset, mask, weight, bias, stride, padding, dilation)
     off = offset.view(b, k, 2, ho, wo)
     py = base_y.view(1, 1, ho, 1) + ky.view(1, k, 1, 1) + off[:, :, 0]
     px = base_x.view(1, 1, 1, wo) + kx.view(1, k, 1, 1) + off[:, :, 1]
-    # grid_sample with align_corners=True maps -1/+1 to the centres of the border pixels and samples zeros outside,
-    # which is exactly DCN's bilinear rule.
-    gx = px * (2.0 / max(w - 1, 1)) - 1.0
-    gy = py * (2.0 / max(h - 1, 1)) - 1.0
+    # Pixel centre i sits at (2i + 1) / size - 1 with align_corners=False (valid for any size, including 1), and
+    # grid_sample's zero padding weights every corner outside the input by zero: exactly DCN's bilinear rule.
+    gx = px * (2.0 / w) + (1.0 / w - 1.0)
+    gy = py * (2.0 / h) + (1.0 / h - 1.0)
     grid = torch.stack((gx, gy), dim=-1).view(b, k * ho, wo, 2)
-    cols = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
+    cols = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
     cols = cols.view(b, c, k, ho, wo) * mask.view(b, 1, k, ho, wo)
     out = torch.matmul(weight.reshape(c_out, c * k), cols.reshape(b, c * k, ho * wo)).view(b, c_out, ho, wo)
     if bias is not None:
@@ -90,43 +90,69 @@ def _deform_conv_mmcv(x, offset, mask, weight, bias, stride, padding, dilation):
 _IMPLS = {'torch': _deform_conv_torch, 'torchvision': _deform_conv_torchvision, 'mmcv': _deform_conv_mmcv}
 
 
-def _time_backend(name, device, dtype, repeat=3):
-    """Seconds for a forward+backward of a 32->32 3x3 layer on a 64x64 map (median of ``repeat``)."""
+def _time_backend(name, device, dtype, backward, repeat=3):
+    """Seconds for one call of a 32->32 3x3 layer on a 64x64 map (median of ``repeat`` after a warm-up).
+
+    With ``backward`` the call is forward + backward (training), otherwise a forward without autograd (inference).
+    """
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 32, 64, 64, generator=gen).to(device, dtype).requires_grad_()
-    offset = torch.randn(1, 18, 64, 64, generator=gen).to(device, dtype).requires_grad_()
-    mask = torch.rand(1, 9, 64, 64, generator=gen).to(device, dtype).requires_grad_()
-    weight = torch.randn(32, 32, 3, 3, generator=gen).to(device, dtype).requires_grad_()
+    x = torch.randn(1, 32, 64, 64, generator=gen).to(device, dtype)
+    offset = torch.randn(1, 18, 64, 64, generator=gen).to(device, dtype)
+    mask = torch.rand(1, 9, 64, 64, generator=gen).to(device, dtype)
+    weight = torch.randn(32, 32, 3, 3, generator=gen).to(device, dtype)
+    tensors = (x, offset, mask, weight)
+    if backward:
+        for t in tensors:
+            t.requires_grad_()
     times = []
-    for i in range(repeat + 1):
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        _IMPLS[name](x, offset, mask, weight, None, (1, 1), (1, 1), (1, 1)).sum().backward()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        if i:  # the first call warms up kernels and caches
-            times.append(time.perf_counter() - t0)
+    with torch.enable_grad() if backward else torch.no_grad():
+        for i in range(repeat + 1):
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            out = _IMPLS[name](*tensors, None, (1, 1), (1, 1), (1, 1))
+            if backward:
+                out.sum().backward()
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            if i:  # the first call warms up kernels and caches
+                times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 
 
-def select_backend(device, dtype=torch.float32):
-    """The backend ``'auto'`` resolves to for tensors on ``device`` with ``dtype`` (measured once, then cached)."""
+def select_backend(device, dtype=torch.float32, backward=None):
+    """The backend ``'auto'`` resolves to (measured once per setting, then cached).
+
+    Args:
+        device (torch.device | str): Device of the tensors.
+        dtype (torch.dtype): Their dtype. Default: ``torch.float32``.
+        backward (bool | None): Time forward + backward (training) or forward only (inference). Default: None
+            (training when autograd is enabled).
+
+    Returns:
+        str: The fastest backend that ran; ``'torch'`` when no other one did.
+    """
     forced = os.environ.get('SDNET_DCN_BACKEND')
     if forced:
         if forced not in available_backends():
             raise RuntimeError(f'SDNET_DCN_BACKEND={forced!r} is not available here ({available_backends()})')
         return forced
     device = torch.device(device)
-    key = (device.type, dtype)
+    if device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', torch.cuda.current_device())
+    if backward is None:
+        backward = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    # Backends rank differently for training and inference (backward kernels dominate training), and per GPU model.
+    key = (str(device), dtype, bool(backward))
     if key not in _auto_choice:
         timings = {}
-        for name in available_backends():
-            try:
-                timings[name] = _time_backend(name, device, dtype)
-            except Exception:  # e.g. a backend without a kernel for this dtype/device
-                continue
-        _auto_choice[key] = min(timings, key=timings.get)
+        with torch.inference_mode(False):
+            for name in available_backends():
+                try:
+                    timings[name] = _time_backend(name, device, dtype, backward)
+                except Exception:  # e.g. a backend without a kernel for this dtype/device
+                    continue
+        _auto_choice[key] = min(timings, key=timings.get) if timings else 'torch'
     return _auto_choice[key]
 
 
@@ -157,7 +183,8 @@ def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, pa
     if mask.shape != (b, k, ho, wo):
         raise ValueError(f'mask must have shape {(b, k, ho, wo)}, got {tuple(mask.shape)}')
     if backend == 'auto':
-        backend = select_backend(input.device, input.dtype)
+        backend = select_backend(input.device, input.dtype, backward=torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (input, offset, mask, weight, bias)))
     elif backend not in _IMPLS:
         raise ValueError(f'unknown backend {backend!r}; choose from auto, {", ".join(BACKENDS)}')
     elif backend not in available_backends():

@@ -1,0 +1,251 @@
+"""Every DCNv2 backend against an independent float64 reference (per-point bilinear sampling by explicit gathers)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdnet_plugin.ops import (BACKENDS, ModulatedDeformConv2d, available_backends, modulated_deform_conv2d,
+                              select_backend)
+from sdnet_plugin.ops import modulated_deform_conv as mdc
+
+AVAILABLE = available_backends()
+CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not CUDA, reason='needs CUDA')
+
+DEVICES = ['cpu', pytest.param('cuda', marks=requires_cuda)]
+BACKEND_PARAMS = [pytest.param(name, marks=pytest.mark.skipif(name not in AVAILABLE, reason=f'{name} not available'))
+                  for name in BACKENDS]
+# (stride, padding, dilation, kernel_size, offset scale): the last configuration sends most samples far outside.
+CONFIGS = {
+    'plain': (1, 1, 1, 3, 1.5),
+    'stride2': (2, 1, 1, 3, 1.5),
+    'dilation2': (1, 2, 2, 3, 1.5),
+    'stride2_dilation2_nopad': (2, 0, 2, 3, 2.0),
+    'kernel1x2_rect': (1, 0, 1, (1, 2), 1.5),
+    'outside': (1, 1, 1, 3, 12.0),
+}
+
+
+def reference_deform_conv(x, offset, mask, weight, bias, stride, padding, dilation):
+    """DCNv2 by definition, in float64: each output pixel sums, over kernel points, the mask times the bilinear sample
+    at grid position + offset, where each of the four neighbouring pixels outside the input contributes zero."""
+    x, offset, mask, weight = (t.double() for t in (x, offset, mask, weight))
+    b, c, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    ho, wo = offset.shape[-2:]
+    out = x.new_zeros(b, c_out, ho, wo)
+    oy = torch.arange(ho, dtype=torch.float64, device=x.device).view(ho, 1) * stride
+    ox = torch.arange(wo, dtype=torch.float64, device=x.device).view(1, wo) * stride
+    batch = torch.arange(b, device=x.device).view(b, 1, 1)
+    for i in range(kh):
+        for j in range(kw):
+            point = i * kw + j
+            py = oy - padding + i * dilation + offset[:, 2 * point]  # (B, Ho, Wo)
+            px = ox - padding + j * dilation + offset[:, 2 * point + 1]
+            y0, x0 = torch.floor(py), torch.floor(px)
+            sample = x.new_zeros(b, ho, wo, c)
+            for yi in (y0, y0 + 1):
+                for xi in (x0, x0 + 1):
+                    corner_weight = (1 - (py - yi).abs()) * (1 - (px - xi).abs())
+                    inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)
+                    yc = yi.clamp(0, h - 1).long()
+                    xc = xi.clamp(0, w - 1).long()
+                    values = x.permute(0, 2, 3, 1)[batch, yc, xc]  # (B, Ho, Wo, C)
+                    sample = sample + (corner_weight * inside)[..., None] * values
+            sample = sample * mask[:, point, :, :, None]
+            out = out + torch.einsum('bhwc,oc->bohw', sample, weight[:, :, i, j])
+    if bias is not None:
+        out = out + bias.double().view(1, -1, 1, 1)
+    return out
+
+
+def make_inputs(config, dtype=torch.float64, device='cpu', seed=0, batch=2, c_in=3, c_out=4, h=7, w=9):
+    stride, padding, dilation, kernel_size, offset_scale = CONFIGS[config]
+    kh, kw = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
+    ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    gen = torch.Generator().manual_seed(seed)
+    tensors = dict(
+        input=torch.randn(batch, c_in, h, w, generator=gen),
+        offset=torch.randn(batch, 2 * kh * kw, ho, wo, generator=gen) * offset_scale,
+        mask=torch.rand(batch, kh * kw, ho, wo, generator=gen),
+        weight=torch.randn(c_out, c_in, kh, kw, generator=gen),
+        bias=torch.randn(c_out, generator=gen),
+    )
+    tensors = {k: v.to(device, dtype).requires_grad_() for k, v in tensors.items()}
+    return tensors, dict(stride=stride, padding=padding, dilation=dilation)
+
+
+def forward_and_grads(fn, tensors, geometry, upstream):
+    out = fn(tensors['input'], tensors['offset'], tensors['mask'], tensors['weight'], tensors['bias'], **geometry)
+    grads = torch.autograd.grad((out * upstream.to(out.dtype)).sum(), list(tensors.values()))
+    return out, dict(zip(tensors, grads))
+
+
+def test_reference_is_conv2d_at_zero_offsets():
+    """The reference itself must be right for the comparisons below to mean anything."""
+    tensors, geometry = make_inputs('dilation2')
+    offset = torch.zeros_like(tensors['offset'])
+    mask = torch.ones_like(tensors['mask'])
+    out = reference_deform_conv(tensors['input'], offset, mask, tensors['weight'], tensors['bias'], **geometry)
+    expected = F.conv2d(tensors['input'], tensors['weight'], tensors['bias'], **geometry)
+    torch.testing.assert_close(out, expected)
+
+
+def test_reference_bilinear_by_hand():
+    """Single pixel, single channel: a sample half-way between two pixels averages them; one outside is zero."""
+    x = torch.tensor([[[[1.0, 3.0]]]], dtype=torch.float64)
+    weight = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    mask = torch.ones(1, 1, 1, 2, dtype=torch.float64)
+    offset = torch.tensor([[[[0.0, 0.0]], [[0.5, 1.0]]]], dtype=torch.float64)  # (dy, dx) per output pixel
+    out = reference_deform_conv(x, offset, mask, weight, None, 1, 0, 1)
+    # pixel 0 samples x=0.5 -> 2; pixel 1 samples (y=0, x=2), right of the image -> 0
+    torch.testing.assert_close(out, torch.tensor([[[[2.0, 0.0]]]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('config', list(CONFIGS))
+@pytest.mark.parametrize('backend', BACKEND_PARAMS)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_backend_matches_reference(backend, config, device, dtype):
+    tensors, geometry = make_inputs(config, dtype=dtype, device=device)
+    upstream = torch.randn(make_inputs(config)[0]['offset'].shape[0], 4, *tensors['offset'].shape[-2:],
+                           generator=torch.Generator().manual_seed(1)).to(device)
+    ref_tensors = {k: v.detach().double().requires_grad_() for k, v in tensors.items()}
+    expected, expected_grads = forward_and_grads(reference_deform_conv, ref_tensors, geometry, upstream)
+
+    def run(*args, **kwargs):
+        return modulated_deform_conv2d(*args, backend=backend, **kwargs)
+
+    out, grads = forward_and_grads(run, tensors, geometry, upstream)
+    tol = dict(rtol=1e-7, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    assert out.dtype == dtype and out.device.type == device
+    torch.testing.assert_close(out.double(), expected, **tol)
+    for name in tensors:
+        torch.testing.assert_close(grads[name].double(), expected_grads[name], **tol, msg=lambda m: f'{name}: {m}')
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('backend', BACKEND_PARAMS)
+@pytest.mark.parametrize('config', ['plain', 'stride2', 'dilation2', 'stride2_dilation2_nopad'])
+def test_zero_offsets_unit_mask_equal_conv2d(backend, config, device):
+    tensors, geometry = make_inputs(config, dtype=torch.float32, device=device, seed=3)
+    x, weight, bias = tensors['input'].detach(), tensors['weight'].detach(), tensors['bias'].detach()
+    out = modulated_deform_conv2d(x, torch.zeros_like(tensors['offset']), torch.ones_like(tensors['mask']), weight,
+                                  bias, backend=backend, **geometry)
+    torch.testing.assert_close(out, F.conv2d(x, weight, bias, **geometry), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('backend', BACKEND_PARAMS)
+@pytest.mark.parametrize('shift', [(2, -1), (-3, 4), (0, 9)])
+def test_integer_offsets_equal_shifted_conv(backend, shift, device):
+    """Offsetting every kernel point by (dy, dx) convolves the image shifted by (-dy, -dx), zeros filling in."""
+    dy, dx = shift
+    tensors, geometry = make_inputs('plain', dtype=torch.float32, device=device, seed=4)
+    x, weight = tensors['input'].detach(), tensors['weight'].detach()
+    offset = torch.zeros_like(tensors['offset'])
+    offset[:, 0::2], offset[:, 1::2] = dy, dx
+    out = modulated_deform_conv2d(x, offset, torch.ones_like(tensors['mask']), weight, backend=backend, **geometry)
+    h, w = x.shape[-2:]
+    pad = geometry['padding']
+    margin = pad + max(abs(dy), abs(dx))
+    padded = F.pad(x, (margin, margin, margin, margin))
+    top, left = margin - pad + dy, margin - pad + dx
+    window = padded[..., top:top + h + 2 * pad, left:left + w + 2 * pad]  # window[y, x] = x[y - pad + dy, x - pad + dx]
+    expected = F.conv2d(window, weight, stride=geometry['stride'], dilation=geometry['dilation'])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('backend', BACKEND_PARAMS)
+@pytest.mark.parametrize('size', [(1, 1), (1, 6), (5, 1)])
+def test_single_row_and_column_inputs(backend, size):
+    """Maps one pixel wide occur at the coarsest level of small images."""
+    tensors, geometry = make_inputs('plain', h=size[0], w=size[1], seed=5)
+    args = [tensors[k].detach() for k in ('input', 'offset', 'mask', 'weight', 'bias')]
+    torch.testing.assert_close(modulated_deform_conv2d(*args, backend=backend, **geometry),
+                               reference_deform_conv(*args, **geometry))
+
+
+def test_auto_picks_an_available_backend_and_caches_it(monkeypatch):
+    monkeypatch.delenv('SDNET_DCN_BACKEND', raising=False)
+    monkeypatch.setattr(mdc, '_auto_choice', {})
+    timed = []
+    real_time_backend = mdc._time_backend
+
+    def counting_time_backend(name, *args, **kwargs):
+        timed.append(name)
+        return real_time_backend(name, *args, **kwargs)
+
+    monkeypatch.setattr(mdc, '_time_backend', counting_time_backend)
+    chosen = select_backend('cpu', torch.float32, backward=False)
+    assert chosen in AVAILABLE
+    assert sorted(timed) == sorted(AVAILABLE)
+    assert select_backend('cpu', torch.float32, backward=False) == chosen
+    assert len(timed) == len(AVAILABLE)  # cached: no second measurement
+    with torch.no_grad():  # inference without autograd resolves through the same cache entry
+        tensors, geometry = make_inputs('plain', dtype=torch.float32)
+        modulated_deform_conv2d(*(tensors[k] for k in ('input', 'offset', 'mask', 'weight', 'bias')), **geometry)
+    assert len(timed) == len(AVAILABLE)
+    assert set(mdc._auto_choice) == {('cpu', torch.float32, False)}
+
+
+def test_auto_times_training_separately_and_falls_back_to_torch(monkeypatch):
+    monkeypatch.delenv('SDNET_DCN_BACKEND', raising=False)
+    monkeypatch.setattr(mdc, '_auto_choice', {})
+    modes = []
+
+    def failing_time_backend(name, device, dtype, backward):
+        modes.append(backward)
+        raise RuntimeError('no kernel')
+
+    monkeypatch.setattr(mdc, '_time_backend', failing_time_backend)
+    assert select_backend('cpu', torch.float64) == 'torch'  # autograd on: timed as training
+    assert modes and all(modes)
+    with torch.inference_mode():
+        assert select_backend('cpu', torch.float64) == 'torch'
+    assert not modes[-1]
+    assert set(mdc._auto_choice) == {('cpu', torch.float64, True), ('cpu', torch.float64, False)}
+
+
+def test_environment_overrides_auto(monkeypatch):
+    monkeypatch.setenv('SDNET_DCN_BACKEND', 'torch')
+    assert select_backend('cpu') == 'torch'
+    monkeypatch.setenv('SDNET_DCN_BACKEND', 'nonexistent')
+    with pytest.raises(RuntimeError, match='not available'):
+        select_backend('cpu')
+
+
+def test_bad_arguments_raise_clear_errors():
+    tensors, geometry = make_inputs('plain')
+    args = {k: v.detach() for k, v in tensors.items()}
+    with pytest.raises(ValueError, match='offset must have shape'):
+        modulated_deform_conv2d(args['input'], args['offset'][:, :4], args['mask'], args['weight'], **geometry)
+    with pytest.raises(ValueError, match='mask must have shape'):
+        modulated_deform_conv2d(args['input'], args['offset'], args['mask'][:, :1], args['weight'], **geometry)
+    with pytest.raises(ValueError, match='unknown backend'):
+        modulated_deform_conv2d(args['input'], args['offset'], args['mask'], args['weight'], backend='cudnn',
+                                **geometry)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_module_starts_as_plain_convolution(device):
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2d(4, 5, kernel_size=3, stride=2, dilation=2, backend='torch').to(device)
+    x = torch.randn(2, 4, 11, 8, device=device)
+    out, offset, mask = layer(x)
+    assert offset.shape == (2, 18, 6, 4) and mask.shape == (2, 9, 6, 4)
+    assert torch.all(offset == 0) and torch.all(mask == 0.5)
+    expected = F.conv2d(x, layer.weight, None, stride=2, padding=2, dilation=2) * 0.5 + layer.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_module_offsets_come_from_cond_features():
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2d(3, 3, cond_channels=2, backend='torch')
+    torch.nn.init.normal_(layer.conv_offset[-1].weight)
+    x, cond = torch.randn(1, 3, 6, 6), torch.randn(1, 2, 6, 6)
+    out, offset, _ = layer(x, cond)
+    _, offset_again, _ = layer(torch.zeros_like(x), cond)
+    torch.testing.assert_close(offset, offset_again)
+    out.sum().backward()
+    assert layer.conv_offset[0].weight.grad.abs().sum() > 0
