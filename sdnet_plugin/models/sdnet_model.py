@@ -1,0 +1,365 @@
+"""SDNetModel: BasicSR's ``SRModel`` with flow-guided offset supervision and the safeguards long deblurring runs need.
+
+Adds to ``SRModel`` (all options are read from the usual option file, see ``docs/training.md``):
+
+* ``train.offset_opt``: a ``FlowGuidedOffsetLoss`` on the SVD modules' offsets, fed by the ``flow`` the dataset
+  returns, with a weight schedule (``weight_schedule``: ``constant`` or ``linear`` decay to 0 at ``weight_zero_iter``).
+* ``train.grad_clip_norm``: gradient clipping by total norm; the norm is logged as ``grad_norm``.
+* ``train.max_nonfinite_steps``: a non-finite loss or gradient skips the step with a warning; that many consecutive
+  skips stop the run.
+* Atomic checkpoints (temp file, fsync, ``os.replace``) that also store the network options under ``network_g``.
+* Validation on full images, optionally tiled (``val.tile_size`` / ``val.tile_overlap``) to bound memory, with
+  image names that stay unique across GoPro sequences.
+"""
+import inspect
+import os
+import time
+from collections import OrderedDict
+from copy import deepcopy
+from os import path as osp
+
+import torch
+import torch.distributed as dist
+from basicsr.losses import build_loss
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import MODEL_REGISTRY
+from tqdm import tqdm
+
+OFFSET_WEIGHT_SCHEDULES = ('constant', 'linear')
+
+
+def _plain_options(value):
+    """Option dicts as plain ``dict``/``list`` so that checkpoints load with ``torch.load(weights_only=True)``."""
+    if isinstance(value, dict):
+        return {str(k): _plain_options(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_options(v) for v in value]
+    return value
+
+
+def atomic_torch_save(obj, path, retries=3):
+    """``torch.save`` to ``path`` through a temporary file in the same folder, so ``path`` is never truncated.
+
+    The temporary name ends in ``.tmp<pid>``: BasicSR's resume scan (``*.state``) never picks it up.
+
+    Args:
+        obj (object): What to save.
+        path (str): Destination file.
+        retries (int): Attempts before giving up with a warning (BasicSR also only warns). Default: 3.
+
+    Returns:
+        bool: Whether the file was written.
+    """
+    tmp_path = f'{path}.tmp{os.getpid()}'
+    for attempt in range(1, retries + 1):
+        try:
+            with open(tmp_path, 'wb') as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+            return True
+        except OSError as error:
+            if osp.exists(tmp_path):
+                os.remove(tmp_path)
+            get_root_logger().warning(f'Could not save {path} (attempt {attempt}/{retries}): {error}')
+            time.sleep(1)
+    get_root_logger().warning(f'Giving up saving {path}; the previous checkpoints are intact.')
+    return False
+
+
+def _tile_starts(length, tile_size, step, align):
+    """Tile origins on multiples of ``align`` covering ``[0, length)``; the last tile runs to the end."""
+    if length <= tile_size:
+        return [0]
+    last = (length - tile_size) // align * align
+    return list(range(0, last, step)) + [last]
+
+
+def tiled_forward(net, lq, tile_size, tile_overlap=32, align=None):
+    """Run a fully convolutional restoration network tile by tile to bound memory on large images.
+
+    Each tile keeps only its interior (``tile_overlap // 2`` pixels are dropped on sides shared with a neighbour,
+    where the tile lacks context); interiors of neighbouring tiles overlap and are averaged there.
+
+    Args:
+        net (nn.Module): Maps ``(B, C, h, w)`` to ``(B, C_out, h, w)``.
+        lq (Tensor): ``(B, C, H, W)`` input.
+        tile_size (int): Tile side in pixels; 0 or an image no larger than a tile runs in one pass.
+        tile_overlap (int): Overlap between neighbouring tiles, at least ``align`` below ``tile_size``. Default: 32.
+        align (int | None): Tile origins are multiples of this, so that strided layers see the same sampling grid
+            as on the whole image. Default: None (the network's ``pad_multiple``, else 8).
+
+    Returns:
+        Tensor: ``(B, C_out, H, W)``.
+    """
+    height, width = lq.shape[-2:]
+    if tile_size <= 0 or (height <= tile_size and width <= tile_size):
+        return net(lq)
+    align = align or getattr(net, 'pad_multiple', 8)
+    if tile_overlap < 0 or tile_size - tile_overlap < align:
+        raise ValueError(f'tile_overlap must be >= 0 and at least {align} below tile_size, got tile_size {tile_size}'
+                         f' and tile_overlap {tile_overlap}')
+    step = (tile_size - tile_overlap) // align * align
+    margin = tile_overlap // 2
+    ys, xs = _tile_starts(height, tile_size, step, align), _tile_starts(width, tile_size, step, align)
+    output, weight = None, lq.new_zeros(1, 1, height, width)
+    for y in ys:
+        for x in xs:
+            y1 = height if y == ys[-1] else y + tile_size
+            x1 = width if x == xs[-1] else x + tile_size
+            tile_out = net(lq[..., y:y1, x:x1])
+            if output is None:
+                output = lq.new_zeros(lq.shape[0], tile_out.shape[1], height, width)
+            # interior of the tile: drop the margin on every side that is not an image border
+            top, left = (margin if y > 0 else 0), (margin if x > 0 else 0)
+            bottom, right = (margin if y1 < height else 0), (margin if x1 < width else 0)
+            region = (..., slice(y + top, y1 - bottom), slice(x + left, x1 - right))
+            output[region] += tile_out[..., top:tile_out.shape[-2] - bottom, left:tile_out.shape[-1] - right]
+            weight[region] += 1
+    return output / weight
+
+
+@MODEL_REGISTRY.register()
+class SDNetModel(SRModel):
+    """Deblurring model: pixel loss + optional flow-guided offset loss, on any BasicSR network.
+
+    Works with any network in ``network_g``; the offset loss needs one whose ``forward`` accepts
+    ``return_offsets`` (``SDNet``) and a dataset that returns ``flow`` (``BlurSharpFlowDataset``).
+
+    Args:
+        opt (dict): The parsed option file.
+    """
+
+    def __init__(self, opt):
+        self.cri_offset = None
+        self.flow = None
+        self.nonfinite_steps = 0
+        super().__init__(opt)
+
+    # ------------------------------------------------------------------ training set-up
+    def init_training_settings(self):
+        train_opt = self.opt['train']
+        self.grad_clip_norm = float(train_opt.get('grad_clip_norm', 0) or 0)
+        self.max_nonfinite_steps = int(train_opt.get('max_nonfinite_steps', 20))
+        if self.grad_clip_norm < 0 or self.max_nonfinite_steps < 1:
+            raise ValueError(f'train.grad_clip_norm must be >= 0 and train.max_nonfinite_steps >= 1, got '
+                             f'{self.grad_clip_norm} and {self.max_nonfinite_steps}')
+        if train_opt.get('offset_opt'):
+            self._init_offset_loss(train_opt['offset_opt'])
+        super().init_training_settings()
+
+    def _init_offset_loss(self, offset_opt):
+        offset_opt = deepcopy(dict(offset_opt))
+        self.offset_weight_schedule = offset_opt.pop('weight_schedule', 'constant')
+        self.offset_weight_zero_iter = offset_opt.pop('weight_zero_iter', None)
+        if self.offset_weight_schedule not in OFFSET_WEIGHT_SCHEDULES:
+            raise ValueError(f'train.offset_opt.weight_schedule must be one of {", ".join(OFFSET_WEIGHT_SCHEDULES)}, '
+                             f'got {self.offset_weight_schedule!r}')
+        if self.offset_weight_schedule == 'linear' and not (self.offset_weight_zero_iter or 0) > 0:
+            raise ValueError('train.offset_opt.weight_schedule: linear needs a positive weight_zero_iter (the '
+                             'iteration where the offset loss weight reaches 0)')
+        train_set_opt = self.opt.get('datasets', {}).get('train', {})
+        if train_set_opt.get('use_flow', True) is False:
+            raise ValueError('train.offset_opt needs optical flow but datasets.train.use_flow is false; '
+                             'set use_flow: true or remove offset_opt')
+        forward = self.get_bare_model(self.net_g).forward
+        if 'return_offsets' not in inspect.signature(forward).parameters:
+            raise ValueError(f'train.offset_opt needs a network that returns its offsets (SDNet), got '
+                             f'{self.opt["network_g"]["type"]}; remove offset_opt')
+        self.cri_offset = build_loss(offset_opt).to(self.device)
+
+    def offset_weight_factor(self, current_iter):
+        """Factor in [0, 1] applied to the offset loss at ``current_iter`` (on top of its ``loss_weight``)."""
+        if self.offset_weight_schedule == 'constant':
+            return 1.0
+        return max(0.0, 1.0 - current_iter / self.offset_weight_zero_iter)
+
+    # ------------------------------------------------------------------ data
+    def feed_data(self, data):
+        """Take ``lq``, ``gt`` and, when present, ``flow`` ``(B, 4, H, W)`` from a data batch."""
+        super().feed_data(data)
+        self.flow = data['flow'].to(self.device) if 'flow' in data else None
+        if self.flow is not None and self.flow.shape[-2:] != self.lq.shape[-2:]:
+            height, width = self.lq.shape[-2:]
+            raise ValueError(f'flow is {self.flow.shape[-2]}x{self.flow.shape[-1]} but the blurry image is '
+                             f'{height}x{width} ({data.get("lq_path", ["?"])[0]}): flow and image sizes differ')
+
+    # ------------------------------------------------------------------ optimisation
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad()
+        offset_factor = self.offset_weight_factor(current_iter) if self.cri_offset is not None else 0.0
+        if offset_factor > 0:
+            if self.flow is None:
+                raise ValueError('train.offset_opt is set but the training data has no flow (dataset type '
+                                 f'{self.opt["datasets"]["train"]["type"]}); use BlurSharpFlowDataset with '
+                                 'use_flow: true, or remove offset_opt')
+            self.output, offsets = self.net_g(self.lq, return_offsets=True)
+        else:
+            self.output = self.net_g(self.lq)
+
+        loss_dict = OrderedDict()
+        l_total = 0
+        if self.cri_pix:
+            loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
+            l_total = l_total + loss_dict['l_pix']
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            for name, term in (('l_percep', l_percep), ('l_style', l_style)):
+                if term is not None:
+                    loss_dict[name] = term
+                    l_total = l_total + term
+        if self.cri_offset is not None:
+            l_offset = offset_factor * self.cri_offset(offsets, self.flow) if offset_factor > 0 else \
+                self.output.new_zeros(())
+            loss_dict['l_offset'] = l_offset
+            l_total = l_total + l_offset
+        loss_dict['l_total'] = l_total
+
+        if self._any_rank(not torch.isfinite(l_total.detach())):
+            self._skip_step(current_iter, 'loss', loss_dict)
+            return
+        l_total.backward()
+        params = [p for group in self.optimizer_g.param_groups for p in group['params'] if p.grad is not None]
+        max_norm = self.grad_clip_norm if self.grad_clip_norm > 0 else float('inf')
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        loss_dict['grad_norm'] = grad_norm.detach().to(l_total.device)
+        if not torch.isfinite(grad_norm):  # DDP has averaged the gradients: every rank sees the same norm
+            self._skip_step(current_iter, 'gradient', loss_dict)
+            return
+        self.optimizer_g.step()
+        self.nonfinite_steps = 0
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def _any_rank(self, flag):
+        """``flag`` OR-ed over all processes, so that every rank takes the same branch (DDP would hang otherwise)."""
+        if not self.opt.get('dist', False):
+            return bool(flag)
+        flag = torch.tensor(float(flag), device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _skip_step(self, current_iter, what, loss_dict):
+        self.optimizer_g.zero_grad()
+        self.nonfinite_steps += 1
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        values = ', '.join(f'{k}: {v:.4g}' for k, v in self.log_dict.items())
+        get_root_logger().warning(f'Non-finite {what} at iter {current_iter} ({values}): step skipped '
+                                  f'({self.nonfinite_steps}/{self.max_nonfinite_steps} in a row).')
+        if self.nonfinite_steps >= self.max_nonfinite_steps:
+            raise RuntimeError(f'{self.nonfinite_steps} consecutive non-finite {what} values up to iter {current_iter}'
+                               '; stopping. Lower the learning rate or set train.grad_clip_norm, then resume.')
+
+    # ------------------------------------------------------------------ inference and validation
+    def test(self):
+        """Restore ``self.lq`` into ``self.output`` with the EMA network when there is one (tiled if configured)."""
+        self.flow = None  # not needed for inference; frees memory on large validation images
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
+        val_opt = self.opt.get('val') or {}
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output = tiled_forward(net, self.lq, int(val_opt.get('tile_size', 0) or 0),
+                                        int(val_opt.get('tile_overlap', 32)))
+        if was_training:
+            net.train()
+
+    def _image_name(self, dataset_opt, lq_path):
+        """``SEQ_NNNNNN`` for GoPro-layout paths and LMDB keys, the file stem otherwise (names must not collide)."""
+        root = dataset_opt.get('dataroot') or dataset_opt.get('dataroot_lq')
+        if osp.isabs(lq_path) and root and osp.abspath(lq_path).startswith(osp.abspath(root) + os.sep):
+            lq_path = osp.relpath(lq_path, root)
+        elif osp.isabs(lq_path):
+            lq_path = osp.basename(lq_path)
+        parts = osp.splitext(lq_path)[0].replace('\\', '/').split('/')
+        blur_folder = dataset_opt.get('blur_folder', 'blur')
+        return '_'.join(p for i, p in enumerate(parts) if not (p == blur_folder and i == len(parts) - 2))
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        dataset_opt = dataloader.dataset.opt
+        dataset_name = dataset_opt['name']
+        val_opt = self.opt['val']
+        metrics_opt = val_opt.get('metrics')
+        if metrics_opt:
+            self._initialize_best_metric_results(dataset_name)
+            self.metric_results = {metric: 0.0 for metric in metrics_opt}
+        pbar = tqdm(total=len(dataloader.dataset), unit='image', desc=f'Validate {dataset_name}') \
+            if val_opt.get('pbar', False) else None
+
+        num_images = 0
+        for val_data in dataloader:
+            self.feed_data(val_data)
+            self.test()
+            results = self.output.detach().cpu()
+            gts = self.gt.detach().cpu() if hasattr(self, 'gt') else None
+            for i in range(results.shape[0]):
+                img_name = self._image_name(dataset_opt, val_data['lq_path'][i])
+                metric_data = {'img': tensor2img(results[i])}
+                if gts is not None:
+                    metric_data['img2'] = tensor2img(gts[i])
+                if save_img:
+                    imwrite(metric_data['img'], self._visualization_path(dataset_name, img_name, current_iter))
+                if metrics_opt:
+                    for name, metric_opt in metrics_opt.items():
+                        self.metric_results[name] += calculate_metric(metric_data, metric_opt)
+                num_images += 1
+                if pbar is not None:
+                    pbar.update(1)
+                    pbar.set_description(f'Validate {img_name}')
+            # free the batch before the next one (large images)
+            del self.lq, self.output
+            if hasattr(self, 'gt'):
+                del self.gt
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        if pbar is not None:
+            pbar.close()
+
+        if metrics_opt:
+            for metric in self.metric_results:
+                self.metric_results[metric] /= max(num_images, 1)
+                self._update_best_metric_result(dataset_name, metric, self.metric_results[metric], current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+
+    def _visualization_path(self, dataset_name, img_name, current_iter):
+        if self.opt['is_train']:
+            return osp.join(self.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
+        suffix = self.opt['val'].get('suffix') or self.opt['name']
+        return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
+
+    # ------------------------------------------------------------------ checkpoints
+    @master_only
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """BasicSR's ``save_network``, written atomically and with the network options under ``network_<x>``."""
+        nets = net if isinstance(net, list) else [net]
+        param_keys = param_key if isinstance(param_key, list) else [param_key]
+        if len(nets) != len(param_keys):
+            raise ValueError(f'{len(nets)} networks but {len(param_keys)} param keys')
+        save_dict = {}
+        for net_, key in zip(nets, param_keys):
+            state_dict = self.get_bare_model(net_).state_dict()
+            save_dict[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.cpu())
+                                         for k, v in state_dict.items())
+        network_key = net_label[4:] if net_label.startswith('net_') else net_label  # net_g -> g
+        if f'network_{network_key}' in self.opt:
+            save_dict[f'network_{network_key}'] = _plain_options(self.opt[f'network_{network_key}'])
+        iter_name = 'latest' if current_iter == -1 else current_iter
+        atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{iter_name}.pth'))
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        """BasicSR's ``save_training_state`` (optimizers, schedulers, epoch, iter), written atomically."""
+        if current_iter == -1:
+            return
+        state = {
+            'epoch': epoch,
+            'iter': current_iter,
+            'optimizers': [o.state_dict() for o in self.optimizers],
+            'schedulers': [s.state_dict() for s in self.schedulers],
+        }
+        atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
