@@ -1,0 +1,216 @@
+"""Held-out evaluation of SDNet weights on a GoPro-layout folder: mean PSNR / SSIM of blurry and restored images.
+
+The folder is typically rendered by ``datasets_prep/synthesize_gopro.py`` from photographs never used for training
+(``datasets/photos/eval`` or ``datasets/photos/val``). Metrics are BasicSR's ``calculate_psnr`` /
+``calculate_ssim`` on RGB with ``crop_border`` 0, against the sharp image.
+
+Example::
+
+    python scripts/eval_heldout.py --weights weights/sdnet_base_synthetic.pth --data datasets/synthetic/eval
+    python scripts/eval_heldout.py --weights experiments/X/models/net_g_latest.pth --data DIR --json result.json
+"""
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import sys
+import time
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+ROOT_PATH = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+if ROOT_PATH not in sys.path:
+    sys.path.insert(0, ROOT_PATH)
+
+import sdnet_plugin  # noqa: E402,F401  (BasicSR fixes and registries)
+from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
+from basicsr.utils import img2tensor, tensor2img  # noqa: E402
+from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
+from sdnet_plugin.models.sdnet_model import tiled_forward  # noqa: E402
+
+DEFAULT_WEIGHTS = osp.join(ROOT_PATH, 'weights', 'sdnet_base_synthetic.pth')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def load_network(weights_path, preset='base', device='cpu'):
+    """Build the network stored with a weights file or BasicSR checkpoint and load its parameters.
+
+    Args:
+        weights_path (str): ``.pth`` with ``params_ema`` and/or ``params`` (EMA preferred) and optionally
+            ``network_g`` (the architecture options), or a bare state dict.
+        preset (str): SDNet preset used when the file stores no ``network_g``. Default: 'base'.
+        device (str | torch.device): Where to put the network. Default: 'cpu'.
+
+    Returns:
+        tuple[nn.Module, dict]: The network in eval mode (float32) and the architecture options used.
+    """
+    if not osp.isfile(weights_path):
+        raise FileNotFoundError(f'weights not found: {weights_path}')
+    try:
+        checkpoint = torch.load(weights_path, map_location='cpu', weights_only=True)
+    except Exception as error:
+        raise ValueError(f'cannot read weights {weights_path}: {error}') from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'{weights_path} holds no state dict')
+    state = checkpoint.get('params_ema') or checkpoint.get('params')
+    if state is None:  # a bare state dict
+        state = checkpoint
+    network_opt = dict(checkpoint.get('network_g') or {'type': 'SDNet', 'preset': preset})
+    arch_type = network_opt.pop('type')
+    try:
+        net = ARCH_REGISTRY.get(arch_type)(**network_opt)
+        net.load_state_dict(state, strict=True)
+    except (KeyError, RuntimeError, TypeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise ValueError(f'{weights_path} does not fit {arch_type}({network_opt}): {first_line}') from error
+    return net.float().eval().to(device), {'type': arch_type, **network_opt}
+
+
+def find_pairs(data_root, blur_folder='blur', sharp_folder='sharp'):
+    """List ``(name, blurry path, sharp path)`` of a GoPro-layout folder ``<root>/<SEQ>/{blur,sharp}/<file>``.
+
+    Raises:
+        FileNotFoundError: No blurry images, or a blurry image without its sharp counterpart.
+    """
+    blurry = sorted(p for p in glob.glob(osp.join(data_root, '*', blur_folder, '*'))
+                    if p.lower().endswith(IMAGE_EXTENSIONS))
+    if not blurry:
+        raise FileNotFoundError(f'no images in {osp.join(data_root, "*", blur_folder)} (expected GoPro layout)')
+    pairs = []
+    for blur_path in blurry:
+        sequence_dir = osp.dirname(osp.dirname(blur_path))
+        sharp_path = osp.join(sequence_dir, sharp_folder, osp.basename(blur_path))
+        if not osp.isfile(sharp_path):
+            raise FileNotFoundError(f'{blur_path} has no sharp image {sharp_path}')
+        name = f'{osp.basename(sequence_dir)}/{osp.splitext(osp.basename(blur_path))[0]}'
+        pairs.append((name, blur_path, sharp_path))
+    return pairs
+
+
+def read_image(path):
+    """Read an image as HxWx3 uint8 BGR (8-bit); 16-bit inputs are rounded to 8 bits, alpha is dropped."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if image is None:
+        raise ValueError(f'cannot read image {path}')
+    if image.dtype == np.uint16:
+        image = np.round(image / 257.0).astype(np.uint8)
+    return image
+
+
+@torch.no_grad()
+def restore(net, image_bgr, device, tile_size=0, tile_overlap=32):
+    """Restore one HxWx3 uint8 BGR image; returns the same shape and type."""
+    lq = img2tensor(image_bgr.astype(np.float32) / 255.0, bgr2rgb=True, float32=True).unsqueeze(0).to(device)
+    output = tiled_forward(net, lq, tile_size, tile_overlap)
+    return tensor2img(output, rgb2bgr=True, out_type=np.uint8, min_max=(0, 1))
+
+
+def image_metrics(image, reference):
+    """BasicSR PSNR / SSIM on RGB (all channels, crop_border 0) of two HxWx3 uint8 images."""
+    return {
+        'psnr': float(calculate_psnr(image, reference, crop_border=0, input_order='HWC', test_y_channel=False)),
+        'ssim': float(calculate_ssim(image, reference, crop_border=0, input_order='HWC', test_y_channel=False)),
+    }
+
+
+def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=32):
+    """Mean metrics of blurry vs sharp and restored vs sharp over ``pairs``.
+
+    Args:
+        net (nn.Module): Restoration network (eval mode).
+        pairs (list[tuple[str, str, str]]): From :func:`find_pairs`.
+        device (str | torch.device): Device of ``net``. Default: 'cpu'.
+        tile_size (int): Tiled inference above this size (0: whole image). Default: 0.
+        tile_overlap (int): Tile overlap in pixels. Default: 32.
+
+    Returns:
+        dict: ``count``, ``blurry``/``restored``/``gain`` (``psnr``, ``ssim``), ``seconds_per_image`` and
+        ``per_image`` (name and the four values).
+    """
+    per_image = []
+    start = time.time()
+    for name, blur_path, sharp_path in tqdm(pairs, desc='evaluate', unit='img'):
+        blurry, sharp = read_image(blur_path), read_image(sharp_path)
+        if blurry.shape != sharp.shape:
+            raise ValueError(f'{blur_path} is {blurry.shape[1]}x{blurry.shape[0]} but its sharp image is '
+                             f'{sharp.shape[1]}x{sharp.shape[0]}')
+        restored = restore(net, blurry, device, tile_size, tile_overlap)
+        before, after = image_metrics(blurry, sharp), image_metrics(restored, sharp)
+        per_image.append({'name': name, 'blurry_psnr': before['psnr'], 'blurry_ssim': before['ssim'],
+                          'restored_psnr': after['psnr'], 'restored_ssim': after['ssim']})
+    mean = {key: float(np.mean([row[key] for row in per_image])) for key in per_image[0] if key != 'name'}
+    return {
+        'count': len(per_image),
+        'blurry': {'psnr': mean['blurry_psnr'], 'ssim': mean['blurry_ssim']},
+        'restored': {'psnr': mean['restored_psnr'], 'ssim': mean['restored_ssim']},
+        'gain': {'psnr': mean['restored_psnr'] - mean['blurry_psnr'],
+                 'ssim': mean['restored_ssim'] - mean['blurry_ssim']},
+        'seconds_per_image': (time.time() - start) / len(per_image),
+        'per_image': per_image,
+    }
+
+
+def format_table(result):
+    """Markdown table of the mean metrics."""
+    lines = [f'| {result["count"]} images | PSNR (dB) | SSIM |', '| --- | ---: | ---: |']
+    for row in ('blurry', 'restored'):
+        lines.append(f'| {row} vs sharp | {result[row]["psnr"]:.2f} | {result[row]["ssim"]:.4f} |')
+    lines.append(f'| gain | {result["gain"]["psnr"]:+.2f} | {result["gain"]["ssim"]:+.4f} |')
+    return '\n'.join(lines)
+
+
+def pick_device(name):
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(name)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--weights', default=DEFAULT_WEIGHTS,
+                        help='weights or BasicSR checkpoint (default: weights/sdnet_base_synthetic.pth)')
+    parser.add_argument('--data', required=True, help='GoPro-layout folder: <data>/<SEQ>/{blur,sharp}/*.png')
+    parser.add_argument('--preset', default='base', choices=('tiny', 'small', 'base'),
+                        help='SDNet preset when the weights store no network options (default: base)')
+    parser.add_argument('--blur-folder', default='blur', help='blurry sub-folder: blur or blur_gamma (default: blur)')
+    parser.add_argument('--sharp-folder', default='sharp', help='sharp sub-folder (default: sharp)')
+    parser.add_argument('--max-images', type=int, default=0, help='evaluate only the first N pairs (default: all)')
+    parser.add_argument('--tile-size', type=int, default=0, help='tiled inference tile size (default: 0, whole image)')
+    parser.add_argument('--tile-overlap', type=int, default=32, help='tile overlap (default: 32)')
+    parser.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default: auto)')
+    parser.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch default)')
+    parser.add_argument('--json', default=None, metavar='PATH', help="also write the result as JSON ('-': stdout)")
+    args = parser.parse_args(argv)
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        device = pick_device(args.device)
+        net, network_opt = load_network(args.weights, args.preset, device)
+        pairs = find_pairs(args.data, args.blur_folder, args.sharp_folder)
+        if args.max_images > 0:
+            pairs = pairs[:args.max_images]
+        result = evaluate(net, pairs, device, args.tile_size, args.tile_overlap)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        sys.exit(f'error: {error}')
+    result = {'weights': args.weights, 'network_g': network_opt, 'data': args.data, 'blur_folder': args.blur_folder,
+              **result}
+    print(f'weights: {args.weights}  data: {args.data} ({args.blur_folder})')
+    print(format_table(result))
+    if args.json:
+        text = json.dumps(result, indent=2)
+        if args.json == '-':
+            print(text)
+        else:
+            tmp_path = f'{args.json}.tmp{os.getpid()}'
+            with open(tmp_path, 'w', encoding='utf-8') as f:
+                f.write(text + '\n')
+            os.replace(tmp_path, args.json)
+
+
+if __name__ == '__main__':
+    main()

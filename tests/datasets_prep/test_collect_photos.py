@@ -1,0 +1,101 @@
+import gzip
+import importlib.util
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+
+SCRIPT = osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'collect_photos.py')
+spec = importlib.util.spec_from_file_location('collect_photos', SCRIPT)
+collect_photos = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(collect_photos)
+
+
+def textured(seed, height=48, width=64):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def photo(name, image, group=None, split='trainval'):
+    source = collect_photos.PhotoSource(name.split('_')[0], 'deb', 'pkg', split=split)
+    return collect_photos.Photo(source, name, group or name, image, '1', 'CC0')
+
+
+def test_to_bgr8_handles_16_bit_gray_and_alpha():
+    gray16 = np.full((4, 5), 65535, np.uint16)
+    assert collect_photos.to_bgr8(gray16).shape == (4, 5, 3)
+    assert collect_photos.to_bgr8(gray16).dtype == np.uint8 and collect_photos.to_bgr8(gray16).max() == 255
+    bgra = np.zeros((2, 2, 4), np.uint8)
+    bgra[0, 0] = (10, 20, 30, 255)  # opaque pixel kept, transparent ones become mid-grey
+    out = collect_photos.to_bgr8(bgra)
+    assert tuple(out[0, 0]) == (10, 20, 30) and tuple(out[1, 1]) == (128, 128, 128)
+    with pytest.raises(RuntimeError, match='cannot decode'):
+        collect_photos.to_bgr8(None)
+
+
+def test_limit_size_keeps_aspect_and_small_images():
+    image = np.zeros((300, 600, 3), np.uint8)
+    assert collect_photos.limit_size(image, 200).shape == (100, 200, 3)
+    assert collect_photos.limit_size(image, 800) is image
+
+
+def test_duplicates_in_other_sizes_are_dropped_keeping_the_largest():
+    big = textured(0, 96, 128)
+    small = cv2.resize(big, (64, 48), interpolation=cv2.INTER_AREA)
+    other = textured(1, 96, 128)
+    photos = [photo('a_small', small), photo('a_big', big), photo('b_other', other)]
+    kept, dropped = collect_photos.drop_duplicates(photos)
+    assert [p.entry for p in kept] == ['a_big', 'b_other']
+    assert [(d.entry, k.entry) for d, k in dropped] == [('a_small', 'a_big')]
+
+
+def test_split_is_deterministic_and_keeps_groups_whole():
+    groups = [f'g{i}' for i in range(20)]
+    val = collect_photos.split_groups(groups, 0.1)
+    assert len(val) == 2 and val == collect_photos.split_groups(list(reversed(groups)), 0.1)
+    assert collect_photos.split_groups(['only'], 0.1) == set()
+    assert collect_photos.split_groups(groups, 0.0) == set()
+
+
+def test_debian_copyright_lookup(tmp_path):
+    doc = tmp_path / 'usr/share/doc/pkg'
+    doc.mkdir(parents=True)
+    doc.joinpath('copyright').write_text(
+        'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n'
+        'Files: *\nLicense: GPL-2+\n\n'
+        'Files: 16.04/photo_by_someone.jpg\n other/extra.jpg\nLicense: CC-BY-4.0\n\n'
+        'Files: debian/*\nLicense: Expat\n')
+    stanzas = collect_photos.read_debian_licenses(str(tmp_path), 'pkg')
+    assert collect_photos.license_for(stanzas, 'usr/share/backgrounds/photo_by_someone.jpg') == 'CC-BY-4.0'
+    assert collect_photos.license_for(stanzas, 'usr/share/backgrounds/extra.jpg') == 'CC-BY-4.0'
+    assert collect_photos.license_for(stanzas, 'usr/share/backgrounds/other.jpg') == 'GPL-2+'
+
+
+def test_collect_writes_splits_and_sources_and_refuses_eval_packages_for_training(tmp_path, monkeypatch):
+    train_source = collect_photos.PhotoSource('train', 'deb', 'pkg-a', files=[f'p{i}' for i in range(10)])
+    eval_source = collect_photos.PhotoSource('held', 'deb', 'lomiri-wallpapers-16.04', files=['e0'], split='eval')
+    missing = collect_photos.PhotoSource('gone', 'deb', 'no-such-package', files=['x'])
+
+    def fake_load(source, cache_dir):
+        if source is missing:
+            raise RuntimeError('E: Unable to locate package no-such-package')
+        return [collect_photos.Photo(source, entry, f'{source.name}/{entry}', textured(seed, 320, 400),
+                                     '1.0', 'CC0') for seed, (entry, _) in enumerate(collect_photos.entries_with_groups(source), len(source.name))]
+
+    monkeypatch.setattr(collect_photos, 'load_source', fake_load)
+    out = tmp_path / 'photos'
+    counts = collect_photos.collect(str(out), str(tmp_path / 'cache'), max_side=200, min_side=100,
+                                    sources=[train_source, eval_source, missing])
+    assert counts == {'train': {'train': 9, 'val': 1}, 'held': {'eval': 1}}
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob('*.png'))
+    assert len(written) == 11 and 'eval/held_e0.png' in written
+    assert max(cv2.imread(str(out / written[0])).shape[:2]) == 200
+    lines = (out / 'SOURCES.txt').read_text().splitlines()
+    assert len(lines) == 12 and 'lomiri-wallpapers-16.04' in lines[1]
+    with pytest.raises(FileExistsError):
+        collect_photos.collect(str(out), str(tmp_path / 'cache'), sources=[train_source])
+    bad = collect_photos.PhotoSource('bad', 'deb', 'plasma-workspace-wallpapers', files=['x'])
+    with pytest.raises(ValueError, match='reserved for held-out evaluation'):
+        collect_photos.collect(str(tmp_path / 'other'), str(tmp_path / 'cache'), sources=[bad])

@@ -1,0 +1,114 @@
+import importlib.util
+import json
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import sdnet_plugin  # noqa: F401  (must precede basicsr imports)
+from basicsr.metrics import calculate_psnr
+from sdnet_plugin.archs.sdnet_arch import SDNet
+
+SCRIPT = osp.join(osp.dirname(__file__), '..', '..', 'scripts', 'eval_heldout.py')
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location('eval_heldout', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+eval_heldout = load_script()
+
+
+def make_tree(root, sequences=2, size=24, seed=0):
+    """GoPro layout with a sharp random image and a box-blurred copy per sequence."""
+    rng = np.random.default_rng(seed)
+    for i in range(sequences):
+        sharp = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
+        blurry = cv2.blur(sharp, (5, 1))
+        for folder, image in (('sharp', sharp), ('blur', blurry)):
+            path = root / f'SEQ_{i}' / folder
+            path.mkdir(parents=True)
+            cv2.imwrite(str(path / '000000.png'), image)
+    return root
+
+
+def save_checkpoint(path, net, network_g=None, key='params'):
+    content = {key: net.state_dict()}
+    if network_g is not None:
+        content['network_g'] = network_g
+    torch.save(content, path)
+
+
+class Identity(torch.nn.Module):
+
+    def forward(self, x):
+        return x
+
+
+def test_blurry_metrics_match_basicsr_and_identity_network_gains_nothing(tmp_path):
+    make_tree(tmp_path / 'data')
+    pairs = eval_heldout.find_pairs(str(tmp_path / 'data'))
+    assert [name for name, _, _ in pairs] == ['SEQ_0/000000', 'SEQ_1/000000']
+    result = eval_heldout.evaluate(Identity(), pairs)
+    expected = np.mean([calculate_psnr(cv2.imread(b), cv2.imread(s), 0) for _, b, s in pairs])
+    assert result['count'] == 2
+    assert result['blurry']['psnr'] == pytest.approx(expected)
+    assert result['restored']['psnr'] == pytest.approx(expected)
+    assert result['gain']['psnr'] == pytest.approx(0, abs=1e-9)
+    assert 0 < result['blurry']['ssim'] < 1
+
+
+def test_checkpoint_architecture_and_ema_are_used(tmp_path):
+    net, ema = SDNet(preset='tiny'), SDNet(preset='tiny')
+    for p in ema.parameters():
+        torch.nn.init.normal_(p, std=0.01)
+    path = tmp_path / 'net_g_10.pth'
+    torch.save({'params': net.state_dict(), 'params_ema': ema.state_dict(),
+                'network_g': {'type': 'SDNet', 'preset': 'tiny'}}, path)
+    loaded, network_opt = eval_heldout.load_network(str(path), preset='base')
+    assert network_opt == {'type': 'SDNet', 'preset': 'tiny'}
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, ema.state_dict()[name])
+
+
+def test_bare_half_precision_weights_use_the_preset(tmp_path):
+    net = SDNet(preset='tiny')
+    path = tmp_path / 'weights.pth'
+    save_checkpoint(path, net.half(), key='params')
+    loaded, network_opt = eval_heldout.load_network(str(path), preset='tiny')
+    assert network_opt == {'type': 'SDNet', 'preset': 'tiny'}
+    assert next(loaded.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match='does not fit SDNet'):
+        eval_heldout.load_network(str(path), preset='base')
+
+
+def test_cli_prints_table_and_writes_json(tmp_path, capsys):
+    make_tree(tmp_path / 'data', sequences=1)
+    path = tmp_path / 'net.pth'
+    save_checkpoint(path, SDNet(preset='tiny'), {'type': 'SDNet', 'preset': 'tiny'})
+    out_json = tmp_path / 'result.json'
+    eval_heldout.main(['--weights', str(path), '--data', str(tmp_path / 'data'), '--device', 'cpu',
+                       '--json', str(out_json)])
+    printed = capsys.readouterr().out
+    assert '| blurry vs sharp |' in printed and '| gain |' in printed
+    result = json.loads(out_json.read_text())
+    assert result['count'] == 1 and result['network_g']['preset'] == 'tiny'
+    assert result['gain']['psnr'] == pytest.approx(result['restored']['psnr'] - result['blurry']['psnr'])
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    net_path = tmp_path / 'net.pth'
+    save_checkpoint(net_path, SDNet(preset='tiny'), {'type': 'SDNet', 'preset': 'tiny'})
+    with pytest.raises(SystemExit, match='no images in'):
+        eval_heldout.main(['--weights', str(net_path), '--data', str(tmp_path / 'empty')])
+    make_tree(tmp_path / 'data', sequences=1)
+    (tmp_path / 'data' / 'SEQ_0' / 'sharp' / '000000.png').unlink()
+    with pytest.raises(SystemExit, match='has no sharp image'):
+        eval_heldout.main(['--weights', str(net_path), '--data', str(tmp_path / 'data')])
+    with pytest.raises(SystemExit, match='weights not found'):
+        eval_heldout.main(['--weights', str(tmp_path / 'missing.pth'), '--data', str(tmp_path / 'data')])
