@@ -81,8 +81,9 @@ def test_collect_writes_splits_and_sources_and_refuses_eval_packages_for_trainin
     def fake_load(source, cache_dir):
         if source is missing:
             raise RuntimeError('E: Unable to locate package no-such-package')
-        return [collect_photos.Photo(source, entry, f'{source.name}/{entry}', textured(seed, 320, 400),
-                                     '1.0', 'CC0') for seed, (entry, _) in enumerate(collect_photos.entries_with_groups(source), len(source.name))]
+        entries = [entry for entry, _ in collect_photos.entries_with_groups(source)]
+        return [collect_photos.Photo(source, entry, f'{source.name}/{entry}', textured(seed, 320, 400), '1.0', 'CC0')
+                for seed, entry in enumerate(entries, start=100 * len(source.name))]
 
     monkeypatch.setattr(collect_photos, 'load_source', fake_load)
     out = tmp_path / 'photos'
