@@ -1,0 +1,219 @@
+"""GoPro-layout trees (``<split>/<SEQ>/{blur,blur_gamma,sharp,flow}/NNNNNN.png``) and their LMDB form.
+
+:func:`scan_gopro_split` lists and checks the (blurry, sharp, flow) triplets of a split; :func:`create_gopro_lmdb`
+writes them into three BasicSR LMDB databases (``<prefix>_blur.lmdb``, ``<prefix>_sharp.lmdb``,
+``<prefix>_flow.lmdb``) with BasicSR's :class:`~basicsr.utils.lmdb_util.LmdbMaker`, keys ``<SEQ>/<NNNNNN>`` (plus
+``_sXXX`` for sub-images), optionally cropping sub-images first.
+"""
+import os
+import shutil
+from os import path as osp
+
+import cv2
+import lmdb
+import numpy as np
+from tqdm import tqdm
+
+from sdnet_plugin.data.flow_io import decode_flow
+
+LMDB_KINDS = ('blur', 'sharp', 'flow')
+
+
+def scan_gopro_split(dataroot, blur_folder='blur', sharp_folder='sharp', flow_folder='flow', use_flow=True):
+    """List the triplets of a GoPro-layout split, checking that every blurry image has its partners.
+
+    Args:
+        dataroot (str): Split folder holding ``<SEQ>/`` sub-folders.
+        blur_folder (str): ``'blur'`` or ``'blur_gamma'``. Default: ``'blur'``.
+        sharp_folder (str): Default: ``'sharp'``.
+        flow_folder (str): Default: ``'flow'``.
+        use_flow (bool): Require and list flows. Default: True.
+
+    Returns:
+        list[dict]: ``{'key': 'SEQ/NNNNNN', 'blur': path, 'sharp': path, 'flow': path or None}``, sorted by key.
+
+    Raises:
+        FileNotFoundError: Missing split, no blurry image, or a missing sharp image / flow (named).
+    """
+    if not osp.isdir(dataroot):
+        raise FileNotFoundError(f'dataset folder not found: {dataroot}')
+    samples = []
+    for seq in sorted(os.listdir(dataroot)):
+        blur_dir = osp.join(dataroot, seq, blur_folder)
+        if not osp.isdir(blur_dir):
+            continue
+        for name in sorted(os.listdir(blur_dir)):
+            stem, ext = osp.splitext(name)
+            if ext.lower() != '.png' or name.startswith('.'):
+                continue
+            if '.' in stem or '.' in seq:
+                raise ValueError(f'names must not contain dots (they become LMDB keys): {osp.join(blur_dir, name)}')
+            sharp = osp.join(dataroot, seq, sharp_folder, name)
+            if not osp.isfile(sharp):
+                raise FileNotFoundError(f'sharp image missing for {osp.join(blur_dir, name)}: {sharp}')
+            flow = None
+            if use_flow:
+                flow = osp.join(dataroot, seq, flow_folder, name)
+                if not osp.isfile(flow):
+                    raise FileNotFoundError(f'flow missing for {osp.join(blur_dir, name)}: {flow} '
+                                            '(set use_flow: false for data without flows)')
+            samples.append({'key': f'{seq}/{stem}', 'blur': osp.join(blur_dir, name), 'sharp': sharp, 'flow': flow})
+    if not samples:
+        raise FileNotFoundError(f'no blurry images found in {dataroot}/<SEQ>/{blur_folder}/*.png')
+    return samples
+
+
+def lmdb_paths(dst, prefix):
+    """``{'blur': .., 'sharp': .., 'flow': ..}`` database paths for a prefix."""
+    return {kind: osp.join(dst, f'{prefix}_{kind}.lmdb') for kind in LMDB_KINDS}
+
+
+def read_meta_keys(lmdb_path):
+    """Keys listed in a BasicSR LMDB's ``meta_info.txt``, with their ``(h, w, c)`` shapes."""
+    meta = osp.join(lmdb_path, 'meta_info.txt')
+    if not osp.isfile(meta):
+        raise FileNotFoundError(f'not a BasicSR LMDB (no meta_info.txt): {lmdb_path}')
+    entries = []
+    with open(meta) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            name, shape = line.split(' ')[:2]
+            entries.append((name.split('.')[0], tuple(int(v) for v in shape.strip('()').split(','))))
+    return entries
+
+
+def crop_positions(length, crop_size, step, thresh_size=0):
+    """Start positions of sub-images along one axis (BasicSR's ``extract_subimages`` rule)."""
+    if crop_size is None or crop_size >= length:
+        return [0]
+    starts = list(range(0, length - crop_size + 1, step))
+    if length - (starts[-1] + crop_size) > thresh_size:
+        starts.append(length - crop_size)
+    return starts
+
+
+def _read_unchanged(path):
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise IOError(f'unreadable or truncated image: {path}')
+    return img
+
+
+def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_size=None, step=256, thresh_size=0,
+                      compress_level=1, overwrite=False, progress=True):
+    """Write a GoPro-layout split into ``<dst>/<prefix>_{blur,sharp,flow}.lmdb`` (BasicSR LMDB format).
+
+    The databases are built under temporary names and renamed only when complete, so an interrupted run never leaves
+    a database that looks finished.
+
+    Args:
+        src (str): Split folder (``<src>/<SEQ>/{blur,sharp,flow}/NNNNNN.png``).
+        dst (str): Output folder.
+        prefix (str): Database name prefix, e.g. ``'train'``.
+        blur_folder (str): ``'blur'`` or ``'blur_gamma'``. Default: ``'blur'``.
+        use_flow (bool): Also write the flow database. Default: True.
+        crop_size (int | None): Crop every image into ``crop_size`` sub-images first. Default: None, whole images.
+        step (int): Step between sub-images. Default: 256.
+        thresh_size (int): A remaining border larger than this gets one more sub-image flush with the edge.
+            Default: 0.
+        compress_level (int): PNG compression in the database. Default: 1.
+        overwrite (bool): Replace existing databases. Default: False.
+        progress (bool): Show a progress bar. Default: True.
+
+    Returns:
+        dict: ``kind -> database path``; ``'keys'``: the list of keys written.
+    """
+    from basicsr.utils.lmdb_util import LmdbMaker
+    samples = scan_gopro_split(src, blur_folder=blur_folder, use_flow=use_flow)
+    kinds = LMDB_KINDS if use_flow else LMDB_KINDS[:2]
+    finals = {k: v for k, v in lmdb_paths(dst, prefix).items() if k in kinds}
+    for path in finals.values():
+        if osp.exists(path) and not overwrite:
+            raise FileExistsError(f'{path} exists; pass --overwrite to replace it')
+    os.makedirs(dst, exist_ok=True)
+    temps = {k: osp.join(dst, f'.partial_{prefix}_{k}.lmdb') for k in kinds}
+    for path in temps.values():
+        if osp.exists(path):
+            shutil.rmtree(path)
+    makers = {k: LmdbMaker(temps[k], map_size=1024**4, compress_level=compress_level) for k in kinds}
+    keys = []
+    try:
+        for sample in tqdm(samples, unit='image', desc=f'lmdb {prefix}', disable=not progress):
+            images = {k: _read_unchanged(sample[k]) for k in kinds}
+            shapes = {k: img.shape[:2] for k, img in images.items()}
+            if len(set(shapes.values())) != 1:
+                raise ValueError(f'sizes disagree for {sample["key"]}: ' +
+                                 ', '.join(f'{sample[k]} {shapes[k][1]}x{shapes[k][0]}' for k in kinds))
+            h, w = shapes['blur']
+            tops, lefts = crop_positions(h, crop_size, step, thresh_size), crop_positions(w, crop_size, step,
+                                                                                         thresh_size)
+            index = 0
+            for top in tops:
+                for left in lefts:
+                    key = sample['key'] if crop_size is None else f'{sample["key"]}_s{index:03d}'
+                    index += 1
+                    for kind, img in images.items():
+                        patch = img if crop_size is None else img[top:top + crop_size, left:left + crop_size]
+                        patch = np.ascontiguousarray(patch)
+                        ok, buf = cv2.imencode('.png', patch, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+                        if not ok:
+                            raise IOError(f'could not encode {sample[kind]}')
+                        channels = 1 if patch.ndim == 2 else patch.shape[2]
+                        makers[kind].put(buf.tobytes(), key, (patch.shape[0], patch.shape[1], channels))
+                    keys.append(key)
+    except BaseException:
+        for kind, maker in makers.items():
+            maker.close()
+            shutil.rmtree(temps[kind], ignore_errors=True)
+        raise
+    for maker in makers.values():
+        maker.close()
+    for kind in kinds:
+        if osp.exists(finals[kind]):
+            shutil.rmtree(finals[kind])
+        os.replace(temps[kind], finals[kind])
+    return dict(finals, keys=keys)
+
+
+def verify_gopro_lmdb(dst, prefix, use_flow=True, progress=True):
+    """Re-read and decode every key of the databases; check that they hold the same keys and shapes.
+
+    Returns:
+        int: Number of keys checked.
+
+    Raises:
+        ValueError: Mismatching keys or shapes, undecodable entries (named).
+    """
+    kinds = LMDB_KINDS if use_flow else LMDB_KINDS[:2]
+    paths = {k: v for k, v in lmdb_paths(dst, prefix).items() if k in kinds}
+    entries = {k: read_meta_keys(p) for k, p in paths.items()}
+    reference = [key for key, _ in entries['blur']]
+    for kind in kinds:
+        keys = [key for key, _ in entries[kind]]
+        if keys != reference:
+            missing = sorted(set(reference) ^ set(keys))
+            raise ValueError(f'{paths[kind]} and {paths["blur"]} hold different keys (e.g. {missing[:3]})')
+    count = 0
+    for kind in kinds:
+        env = lmdb.open(paths[kind], readonly=True, lock=False, readahead=False)
+        try:
+            with env.begin(write=False) as txn:
+                for key, shape in tqdm(entries[kind], desc=f'verify {kind}', unit='key', disable=not progress):
+                    content = txn.get(key.encode('ascii'))
+                    name = f'{paths[kind]}:{key}'
+                    if content is None:
+                        raise ValueError(f'{name}: listed in meta_info.txt but missing')
+                    if kind == 'flow':
+                        img = decode_flow(content, name)
+                    else:
+                        img = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_UNCHANGED)
+                        if img is None:
+                            raise ValueError(f'{name}: undecodable image')
+                    got = (img.shape[0], img.shape[1], 1 if img.ndim == 2 else img.shape[2])
+                    if got != shape:
+                        raise ValueError(f'{name}: shape {got} differs from meta_info.txt {shape}')
+                    count += 1
+        finally:
+            env.close()
+    return count
