@@ -1,0 +1,408 @@
+"""``sdnet-deblur``: restore motion-blurred photos and videos with SDNet.
+
+Examples::
+
+    sdnet-deblur photo.jpg -o out/                     # -> out/photo.jpg
+    sdnet-deblur shots/ -r --suffix _sharp -o out/      # whole folder tree, keeping sub-folders
+    sdnet-deblur 'clips/*.mp4' -o out/ --compare        # videos frame by frame, plus blurry | restored
+    sdnet-deblur photo.png -o out/ --save-offsets       # also out/photo_offsets.png: the estimated blur
+    python -m sdnet_plugin.deblur --export experiments/NAME/models/net_g_latest.pth weights/mine.pth
+
+Outputs keep the input's name, format, bit depth, channels (grey, alpha) and size; videos keep frame rate and
+size. Every file is written to a temporary name first and renamed when complete. A file that cannot be processed
+is reported on one line and skipped; the exit status is 1 when anything failed.
+"""
+import argparse
+import glob
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sdnet_plugin.inference import (DEFAULT_WEIGHTS, auto_tile_size, export_weights, load_network, make_temp_path,
+                                    tiled_forward, write_atomically)
+
+IMAGE_EXTENSIONS = {
+    '.bmp', '.dib', '.jpg', '.jpeg', '.jpe', '.jp2', '.png', '.webp', '.pbm', '.pgm', '.ppm', '.pnm', '.pxm',
+    '.sr', '.ras', '.tif', '.tiff', '.exr', '.hdr', '.pic'
+}
+# container -> FourCC codes OpenCV's writers accept for it, in order of preference
+VIDEO_CODECS = {
+    '.mp4': ('mp4v', 'avc1'), '.m4v': ('mp4v', 'avc1'), '.mov': ('mp4v', 'avc1'), '.avi': ('MJPG', 'XVID'),
+    '.mkv': ('XVID', 'mp4v', 'MJPG'), '.webm': ('VP80', 'VP90'), '.mpg': ('PIM1', ), '.mpeg': ('PIM1', ),
+    '.wmv': ('WMV2', ), '.flv': ('FLV1', )
+}
+PIXEL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
+
+
+class InputError(Exception):
+    """A problem with one input file, reported on one line; the other inputs go on."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='sdnet-deblur', description='Deblur photos and videos with SDNet (CVPR 2020).',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('inputs', nargs='*', help='image or video files, folders, or glob patterns')
+    parser.add_argument('-o', '--output', default='deblurred', help='output folder')
+    parser.add_argument('-r', '--recursive', action='store_true', help='search folders (and ** globs) recursively')
+    parser.add_argument('--suffix', default='', help='added to output file names, e.g. _sharp')
+    parser.add_argument('--weights', default=None,
+                        help=f'weights file or BasicSR checkpoint (default: shipped {DEFAULT_WEIGHTS.name})')
+    parser.add_argument('--preset', default='base', choices=('tiny', 'small', 'base'),
+                        help='SDNet preset, used only when the weights do not record their network')
+    parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument('--no-half', action='store_true', help='run in float32 on CUDA (default: float16)')
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
+    parser.add_argument('--tile', type=int, default=None,
+                        help='tile side in pixels; 0 disables tiling (default: chosen from free memory)')
+    parser.add_argument('--tile-overlap', type=int, default=96, help='context pixels around each tile')
+    parser.add_argument('--compare', action='store_true', help='also write blurry | restored side by side')
+    parser.add_argument('--save-offsets', action='store_true',
+                        help='also write a picture of the sampling points (estimated blur) of one SVD module')
+    parser.add_argument('--offset-level', type=int, default=None,
+                        help='SVD module to draw: 0 = full resolution, 1 = 1/2, 2 = 1/4 (default: coarsest)')
+    parser.add_argument('--export', nargs=2, metavar=('CHECKPOINT', 'OUT'),
+                        help='convert a training checkpoint into a float16 weights file, then exit')
+    args = parser.parse_args(argv)
+    if not args.export and not args.inputs:
+        parser.error('give at least one input (file, folder or glob)')
+    if args.tile is not None and args.tile < 0 or args.tile_overlap < 0:
+        parser.error('--tile and --tile-overlap must not be negative')
+    if args.threads is not None and args.threads < 1:
+        parser.error('--threads must be at least 1')
+    return args
+
+
+def collect_inputs(patterns, recursive=False):
+    """Expand files, folders and globs into ``(path, relative output path)`` pairs, in a stable order.
+
+    Files inside a given folder keep their sub-folder in the output; patterns matching nothing come back as errors.
+
+    Returns:
+        tuple[list[tuple[Path, Path]], list[tuple[str, str]]]: inputs and ``(pattern, reason)`` errors.
+    """
+    media = IMAGE_EXTENSIONS | set(VIDEO_CODECS)
+    inputs, errors = [], []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = path.rglob('*') if recursive else path.iterdir()
+            files = sorted(p for p in found if p.suffix.lower() in media and not p.is_dir())
+            inputs += [(p, p.relative_to(path)) for p in files]
+            if not files:
+                errors.append((pattern, 'folder has no images or videos' + ('' if recursive else ' (try -r)')))
+        elif path.exists() or os.path.islink(pattern):
+            inputs.append((path, Path(path.name)))
+        elif glob.has_magic(pattern):
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=recursive))
+            files = [p for p in matches if not p.is_dir()]
+            inputs += [(p, Path(p.name)) for p in files]
+            if not files:
+                errors.append((pattern, 'no file matches'))
+        else:
+            errors.append((pattern, 'no such file or folder'))
+    return inputs, errors
+
+
+def select_device(name):
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('sdnet-deblur: error: --device cuda requested but CUDA is not available')
+    return device
+
+
+class Restorer:
+    """Runs a loaded network on ``(H, W, 3)`` float32 RGB arrays, tiled when they are large.
+
+    Args:
+        net (nn.Module): The network (eval mode, on ``device``).
+        device (torch.device): Where it runs.
+        dtype (torch.dtype): Its dtype (float16 or float32).
+        tile (int | None): Tile side; None picks it from free memory, 0 disables tiling. Default: None.
+        overlap (int): Context pixels around tiles. Default: 96.
+        offset_level (int | None): SVD level whose offsets are returned; None returns none. Default: None.
+    """
+
+    def __init__(self, net, device, dtype, tile=None, overlap=96, offset_level=None):
+        self.net, self.device, self.dtype = net, device, dtype
+        self.overlap = overlap
+        self.tile = auto_tile_size(net, device, dtype, overlap) if tile is None else tile
+        self.offset_level = offset_level
+
+    def _forward(self, x):
+        if self.offset_level is None:
+            return {'image': (self.net(x), 1)}
+        out, offsets = self.net(x, return_offsets=True)
+        entry = next(o for o in offsets if o['level'] == self.offset_level)
+        return {'image': (out, 1), 'offset': (entry['offset'], entry['stride'])}
+
+    def offset_geometry(self):
+        """``(kernel_size, dilation, stride)`` of the drawn SVD module."""
+        return self.net.deform_kernel_size, self.net.deform_dilation, 2**self.offset_level
+
+    @torch.no_grad()
+    def __call__(self, rgb, progress=False):
+        """
+        Args:
+            rgb (ndarray): ``(H, W, 3)`` float32 RGB in [0, 1].
+            progress (bool): Show a progress bar over tiles. Default: False.
+
+        Returns:
+            tuple[ndarray, Tensor | None]: restored ``(H, W, 3)`` float32 RGB in [0, 1], and the chosen module's
+            offsets ``(1, 2K, ceil(H/s), ceil(W/s))`` (None without ``offset_level``).
+        """
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(self.device, self.dtype)
+        outputs = tiled_forward(self._forward, x, self.tile, self.overlap, progress=progress)
+        restored = outputs['image'][0].clamp_(0, 1).permute(1, 2, 0).numpy()
+        return restored, outputs.get('offset')
+
+
+def read_image(path):
+    """Read an image file as stored (bit depth, channels), raising :class:`InputError` with the reason."""
+    try:
+        data = np.frombuffer(Path(path).read_bytes(), np.uint8)
+    except OSError as error:
+        raise InputError(f'cannot read: {error.strerror or error}') from None
+    if data.size == 0:
+        raise InputError('empty file')
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise InputError('not a decodable image (truncated, corrupt or not an image)')
+    if image.dtype not in PIXEL_SCALE:
+        raise InputError(f'unsupported pixel type {image.dtype} (8-bit, 16-bit or float32 images only)')
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 3 and image.shape[2] not in (3, 4):
+        raise InputError(f'unsupported number of channels {image.shape[2]}')
+    return image
+
+
+def split_image(image):
+    """Stored image -> ``(float32 RGB (H, W, 3) in [0, 1], alpha or None, was_grey)``."""
+    scale = PIXEL_SCALE[image.dtype]
+    alpha = None
+    if image.ndim == 2:
+        rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.shape[2] == 4:
+        rgb, alpha = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB), image[..., 3]
+    else:
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    rgb = np.clip(rgb.astype(np.float32) / scale, 0, 1) if scale != 1 else np.clip(rgb, 0, 1)
+    return rgb, alpha, image.ndim == 2
+
+
+def merge_image(rgb, alpha, grey, dtype):
+    """Inverse of :func:`split_image`: float RGB in [0, 1] -> stored layout and ``dtype``."""
+    scale = PIXEL_SCALE[np.dtype(dtype)]
+    values = rgb * scale
+    values = np.round(values).astype(dtype) if scale != 1 else values.astype(dtype)
+    if grey:
+        return cv2.cvtColor(values, cv2.COLOR_RGB2GRAY)
+    bgr = cv2.cvtColor(values, cv2.COLOR_RGB2BGR)
+    return bgr if alpha is None else np.dstack((bgr, alpha))
+
+
+def to_bgr8(rgb):
+    """float RGB in [0, 1] -> uint8 BGR (for offset pictures and video frames)."""
+    return cv2.cvtColor(np.round(rgb * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+
+
+def encode_image(image, suffix):
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix.lower() in ('.jpg', '.jpeg', '.jpe') else []
+    try:
+        ok, encoded = cv2.imencode(suffix, image, params)
+    except cv2.error as error:
+        raise InputError(f'cannot encode as {suffix}: {str(error).strip().splitlines()[-1]}') from None
+    if not ok:
+        raise InputError(f'cannot encode as {suffix}')
+    return encoded.tobytes()
+
+
+def output_paths(rel_path, out_dir, suffix, args):
+    """Output files of one input: ``{'restored': ..., 'compare': ..., 'offsets': ...}`` (only those requested)."""
+    stem = rel_path.stem + suffix
+    ext = rel_path.suffix
+    folder = Path(out_dir) / rel_path.parent
+    paths = {'restored': folder / f'{stem}{ext}'}
+    if args.compare:
+        paths['compare'] = folder / f'{stem}_compare{ext}'
+    if args.save_offsets:
+        is_video = ext.lower() in VIDEO_CODECS
+        paths['offsets'] = folder / f'{stem}_offsets{ext if is_video else ".png"}'
+    return paths
+
+
+def process_image(path, paths, restorer, progress=True):
+    image = read_image(path)
+    rgb, alpha, grey = split_image(image)
+    restored, offset = restorer(rgb, progress=progress)
+    # encode everything before writing anything, so a failure leaves no output
+    encoded = {'restored': encode_image(merge_image(restored, alpha, grey, image.dtype), paths['restored'].suffix)}
+    if 'compare' in paths:
+        side_by_side = np.concatenate((image, merge_image(restored, alpha, grey, image.dtype)), axis=1)
+        encoded['compare'] = encode_image(side_by_side, paths['compare'].suffix)
+    if 'offsets' in paths:
+        from sdnet_plugin.visualize import render_offset_picture
+        picture = render_offset_picture(to_bgr8(rgb), offset, *restorer.offset_geometry())
+        encoded['offsets'] = encode_image(picture, '.png')
+    for name, data in encoded.items():
+        write_atomically(paths[name], data)
+
+
+class VideoSink:
+    """A video written to a temporary file next to its destination and renamed into place by :meth:`commit`."""
+
+    def __init__(self, path, fps, frame_size):
+        self.path = Path(path)
+        self.tmp_path = make_temp_path(self.path)
+        self.writer = None
+        for code in VIDEO_CODECS.get(self.path.suffix.lower(), ('mp4v', )):
+            writer = cv2.VideoWriter(self.tmp_path, cv2.VideoWriter_fourcc(*code), fps, frame_size)
+            if writer.isOpened():
+                self.writer = writer
+                break
+            writer.release()
+        if self.writer is None:
+            self.discard()
+            raise InputError(f'no OpenCV video encoder for {self.path.suffix} files')
+
+    def write(self, frame):
+        self.writer.write(frame)
+
+    def commit(self):
+        self.writer.release()
+        os.replace(self.tmp_path, self.path)
+
+    def discard(self):
+        if self.writer is not None:
+            self.writer.release()
+        if os.path.exists(self.tmp_path):
+            os.remove(self.tmp_path)
+
+
+def process_video(path, paths, restorer):
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise InputError('cannot open as a video')
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    sinks = {}
+    try:
+        ok, frame = capture.read()
+        if not ok:
+            raise InputError('video has no readable frames')
+        with tqdm(total=total if total > 0 else None, desc=path.name, unit='frame', leave=False) as bar:
+            while ok:
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+                restored_rgb, offset = restorer(rgb)
+                outputs = {'restored': to_bgr8(restored_rgb)}
+                if 'compare' in paths:
+                    outputs['compare'] = np.concatenate((frame, outputs['restored']), axis=1)
+                if 'offsets' in paths:
+                    from sdnet_plugin.visualize import render_offset_picture
+                    outputs['offsets'] = render_offset_picture(frame, offset, *restorer.offset_geometry())
+                for name, out_frame in outputs.items():
+                    if name not in sinks:
+                        sinks[name] = VideoSink(paths[name], fps, (out_frame.shape[1], out_frame.shape[0]))
+                    sinks[name].write(out_frame)
+                bar.update()
+                ok, frame = capture.read()
+        for sink in sinks.values():
+            sink.commit()
+        sinks.clear()
+    finally:
+        capture.release()
+        for sink in sinks.values():
+            sink.discard()
+
+
+def missing_weights_message(path):
+    return (f'sdnet-deblur: error: default weights {path} are missing; train and export them as described in '
+            'docs/deblur.md, or pass --weights CHECKPOINT')
+
+
+def main(argv=None):
+    """Command-line entry point; returns the exit status (0 ok, 1 some input failed, 2 usage error)."""
+    args = parse_args(argv)
+    import sdnet_plugin  # noqa: F401  (BasicSR fixes and registries)
+
+    if args.export:
+        try:
+            size = export_weights(args.export[0], args.export[1], args.preset)
+        except (OSError, ValueError, KeyError) as error:
+            print(f'sdnet-deblur: error: {error}', file=sys.stderr)
+            return 2
+        print(f'sdnet-deblur: wrote {args.export[1]} ({size / 2**20:.1f} MiB, float16)')
+        return 0
+
+    weights = Path(args.weights) if args.weights else DEFAULT_WEIGHTS
+    if args.weights is None and not weights.is_file():
+        print(missing_weights_message(weights), file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    half = device.type == 'cuda' and not args.no_half
+    try:
+        net, network_opt = load_network(weights, device, half=half, preset=args.preset)
+    except (OSError, ValueError, KeyError) as error:
+        print(f'sdnet-deblur: error: {error}', file=sys.stderr)
+        return 2
+    offset_level = None
+    if args.save_offsets:
+        levels = sorted(getattr(net, 'svd_levels', ()))
+        offset_level = levels[-1] if args.offset_level is None and levels else args.offset_level
+        if offset_level not in levels:
+            print(f'sdnet-deblur: error: --offset-level {args.offset_level} is not one of the network\'s SVD '
+                  f'levels {levels}', file=sys.stderr)
+            return 2
+    restorer = Restorer(net, device, torch.float16 if half else torch.float32, args.tile, args.tile_overlap,
+                        offset_level)
+
+    inputs, failures = collect_inputs(args.inputs, args.recursive)
+    for pattern, reason in failures:
+        tqdm.write(f'sdnet-deblur: {pattern}: {reason}', file=sys.stderr)
+    if not inputs:
+        print('sdnet-deblur: error: no input files found', file=sys.stderr)
+        return 2
+
+    input_paths = {p.resolve() for p, _ in inputs}
+    claimed = {}
+    done, start = 0, time.time()
+    for path, rel_path in tqdm(inputs, desc='sdnet-deblur', unit='file', disable=len(inputs) < 2):
+        try:
+            paths = output_paths(rel_path, args.output, args.suffix, args)
+            for out in paths.values():
+                resolved = out.resolve()
+                if resolved in input_paths:
+                    raise InputError(f'output {out} would overwrite an input; choose another -o or a --suffix')
+                if resolved in claimed:
+                    raise InputError(f'output {out} is also the output of {claimed[resolved]}')
+            claimed.update({out.resolve(): path for out in paths.values()})
+            if path.suffix.lower() in VIDEO_CODECS:
+                process_video(path, paths, restorer)
+            else:
+                process_image(path, paths, restorer, progress=len(inputs) == 1)
+            done += 1
+        except InputError as error:
+            failures.append((path, str(error)))
+            tqdm.write(f'sdnet-deblur: {path}: {error}', file=sys.stderr)
+        except (OSError, RuntimeError, cv2.error) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            failures.append((path, reason))
+            tqdm.write(f'sdnet-deblur: {path}: {reason}', file=sys.stderr)
+    print(f'sdnet-deblur: {done} restored, {len(failures)} failed, {time.time() - start:.1f} s, '
+          f'outputs in {args.output}')
+    return 1 if failures else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Inference helpers: loading SDNet weights, exporting shipped weights, and tiled restoration of large images.
+
+Weights files are BasicSR checkpoints: ``params`` and/or ``params_ema`` (preferred) state dicts, plus the network
+options under ``network_g`` (``{'type': 'SDNet', 'preset': 'base', ...}``) so the architecture can be rebuilt.
+"""
+import io
+import math
+import os
+import tempfile
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS = REPO_ROOT / 'weights' / 'sdnet_base_synthetic.pth'
+# Tile sides are multiples of the network's downsampling factor, so every tile sees the same stride-2/4 sampling
+# phase as the whole image and tiled output matches untiled output.
+TILE_ALIGN = 4
+# Peak inference memory per input pixel and feature channel at full resolution, in elements (measured on CPU for
+# the SDNet presets with the torchvision DCN backend: about 3.9 KB per pixel for 32 float32 channels).
+ELEMENTS_PER_PIXEL_PER_FEATURE = 32
+
+
+def make_temp_path(path):
+    """Create an empty hidden temporary file next to ``path`` (same extension, normal file permissions).
+
+    Returns:
+        str: Its path; rename it onto ``path`` when complete, or remove it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix=f'.partial{path.suffix}', dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates owner-only files
+    return tmp_path
+
+
+def write_atomically(path, data):
+    """Write ``data`` (bytes) to ``path`` through a temporary file in the same folder, then rename it into place.
+
+    An interrupted write never leaves a partial file under ``path``.
+    """
+    tmp_path = make_temp_path(path)
+    try:
+        with open(tmp_path, 'wb') as f:
+            f.write(data)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def _read_option_file_network(weights_path):
+    """``network_g`` of the option file BasicSR copies into the experiment folder (``<exp>/models/net_g_*.pth``)."""
+    experiment_dir = Path(weights_path).resolve().parent.parent
+    for option_file in sorted(experiment_dir.glob('*.yml')):
+        with open(option_file, encoding='utf-8') as f:
+            opt = yaml.safe_load(f)
+        if isinstance(opt, dict) and isinstance(opt.get('network_g'), dict):
+            return opt['network_g']
+    return None
+
+
+def load_weights(weights_path, preset='base'):
+    """Read a weights file or BasicSR checkpoint.
+
+    Args:
+        weights_path (str | Path): ``.pth`` with ``params_ema`` / ``params`` (or a bare state dict).
+        preset (str): SDNet preset assumed when neither the file (``network_g``) nor an option ``.yml`` in the
+            experiment folder says which network it is. Default: ``'base'``.
+
+    Returns:
+        tuple[dict, dict]: the state dict (``params_ema`` preferred) and the network options.
+    """
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise FileNotFoundError(f'weights file {weights_path} does not exist')
+    try:
+        checkpoint = torch.load(weights_path, map_location='cpu', weights_only=True)
+    except Exception as error:
+        raise ValueError(f'cannot read weights {weights_path}: {str(error).splitlines()[0]}') from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'weights {weights_path} hold a {type(checkpoint).__name__}, not a checkpoint dict')
+    for key in ('params_ema', 'params'):
+        if isinstance(checkpoint.get(key), dict):
+            state_dict = checkpoint[key]
+            break
+    else:
+        if not checkpoint or not all(torch.is_tensor(v) for v in checkpoint.values()):
+            raise ValueError(f'weights {weights_path} have no params_ema / params state dict')
+        state_dict = checkpoint
+    state_dict = {(k[7:] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+    network_opt = checkpoint.get('network_g') or _read_option_file_network(weights_path)
+    if not network_opt:
+        network_opt = {'type': 'SDNet', 'preset': preset}
+    return state_dict, dict(network_opt)
+
+
+def build_sdnet(network_opt, state_dict=None):
+    """Build the network described by ``network_opt`` with BasicSR's registry and load ``state_dict`` (strict)."""
+    import sdnet_plugin  # noqa: F401  (registers SDNet)
+    from basicsr.archs import build_network
+    from basicsr.utils import get_root_logger
+
+    # build_network logs through BasicSR's logger; keep the console quiet for command-line use.
+    get_root_logger().setLevel('WARNING')
+    net = build_network(deepcopy(network_opt))
+    if state_dict is not None:
+        try:
+            net.load_state_dict(state_dict, strict=True)
+        except RuntimeError as error:
+            raise ValueError(f'weights do not fit {network_opt}: {str(error).splitlines()[0]}') from None
+    return net.eval()
+
+
+def load_network(weights_path, device='cpu', half=False, preset='base'):
+    """Load weights into a ready-to-run network (eval mode, no gradients).
+
+    Args:
+        weights_path (str | Path): Weights file or BasicSR checkpoint, see :func:`load_weights`.
+        device (str | torch.device): Default: ``'cpu'``.
+        half (bool): Convert to float16 (CUDA). Default: False.
+        preset (str): Fallback SDNet preset, see :func:`load_weights`. Default: ``'base'``.
+
+    Returns:
+        tuple[nn.Module, dict]: the network and its options.
+    """
+    state_dict, network_opt = load_weights(weights_path, preset)
+    net = build_sdnet(network_opt, state_dict).to(device)
+    if half:
+        net = net.half()
+    for param in net.parameters():
+        param.requires_grad_(False)
+    return net, network_opt
+
+
+def export_weights(checkpoint_path, out_path, preset='base'):
+    """Turn a training checkpoint into a shipped weights file: float16 ``params`` (from ``params_ema`` when
+    present) and ``network_g``. The architecture is rebuilt and loaded first, so a broken checkpoint is refused.
+
+    Returns:
+        int: Size of the written file in bytes.
+    """
+    state_dict, network_opt = load_weights(checkpoint_path, preset)
+    build_sdnet(network_opt, state_dict)
+    half_state = {k: (v.half() if v.is_floating_point() else v) for k, v in state_dict.items()}
+    buffer = io.BytesIO()
+    torch.save({'params': half_state, 'network_g': network_opt}, buffer)
+    write_atomically(out_path, buffer.getvalue())
+    return buffer.tell()
+
+
+def feature_channels(net):
+    """Channels of the network's full-resolution features (drives the memory estimate)."""
+    conv_first = getattr(net, 'conv_first', None)
+    return conv_first.out_channels if conv_first is not None else 64
+
+
+def available_memory(device):
+    """Bytes that inference on ``device`` can use now (free GPU memory, or available RAM)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    import psutil
+    return psutil.virtual_memory().available
+
+
+def auto_tile_size(net, device, dtype, overlap, memory_fraction=0.4, max_tile=2048):
+    """Largest tile side (before adding ``overlap`` on each side) whose inference fits in a share of free memory.
+
+    Returns:
+        int: Tile side in pixels, a multiple of ``TILE_ALIGN``, at least 64.
+    """
+    element_size = torch.empty((), dtype=dtype).element_size()
+    bytes_per_pixel = ELEMENTS_PER_PIXEL_PER_FEATURE * feature_channels(net) * element_size
+    pixels = available_memory(device) * memory_fraction / bytes_per_pixel
+    side = int(math.sqrt(pixels)) - 2 * overlap
+    return max(64, min(max_tile, side // TILE_ALIGN * TILE_ALIGN))
+
+
+def _tile_starts(length, tile):
+    """Core boundaries that split ``length`` into near-equal parts of at most ``tile``, aligned to ``TILE_ALIGN``."""
+    count = max(1, math.ceil(length / tile))
+    step = math.ceil(length / count / TILE_ALIGN) * TILE_ALIGN
+    bounds = list(range(0, length, step))
+    return [(start, min(start + step, length)) for start in bounds]
+
+
+def _ramp(length, start, end, blend, size):
+    """1-D blending weight over a tile's input span: 1 inside the core [start, end), falling linearly to 0 over
+    ``blend`` pixels centred on each interior core edge (neighbouring ramps sum to 1); ``size`` is the full axis."""
+    pos = torch.arange(length, dtype=torch.float32)
+    weight = torch.ones(length)
+    if start > 0:
+        weight = torch.minimum(weight, ((pos - start) + blend / 2 + 0.5) / blend)
+    if end < size:
+        weight = torch.minimum(weight, ((end - pos) + blend / 2 - 0.5) / blend)
+    return weight.clamp_(0, 1)
+
+
+def tiled_forward(forward, image, tile=None, overlap=96, blend=16, progress=False):
+    """Run ``forward`` on overlapping tiles of ``image`` and blend the results smoothly.
+
+    The image is split into cores of at most ``tile`` pixels; each core is run with ``overlap`` pixels of context
+    on every interior side, and neighbouring results are cross-faded linearly over ``blend`` pixels around the core
+    edges. With ``overlap`` larger than the network's reach, the result equals one pass over the whole image.
+
+    Args:
+        forward (callable): ``forward(x)`` with ``x`` ``(1, C, h, w)`` returns a dict ``name -> (tensor, stride)``,
+            each tensor ``(1, C_name, ceil(h / stride), ceil(w / stride))``.
+        image (Tensor): ``(1, C, H, W)`` on the device ``forward`` runs on.
+        tile (int | None): Core side; None or a tile covering the image runs a single pass. Default: None.
+        overlap (int): Context pixels around each core (rounded up to ``TILE_ALIGN``). Default: 96.
+        blend (int): Width of the cross-fade in pixels (at most ``overlap``). Default: 16.
+        progress (bool): Show a progress bar over the tiles. Default: False.
+
+    Returns:
+        dict[str, Tensor]: the blended outputs, float32 on the CPU.
+    """
+    _, _, height, width = image.shape
+    if not tile or (tile >= height and tile >= width):
+        return {name: out.float().cpu() for name, (out, _) in forward(image).items()}
+    tile = max(TILE_ALIGN, tile // TILE_ALIGN * TILE_ALIGN)
+    overlap = math.ceil(overlap / TILE_ALIGN) * TILE_ALIGN
+    blend = max(2, min(blend, overlap))
+    sums, weights = {}, {}
+    cores = [(y, x) for y in _tile_starts(height, tile) for x in _tile_starts(width, tile)]
+    for (y0, y1), (x0, x1) in tqdm(cores, desc='tiles', unit='tile', leave=False, disable=not progress):
+        in_y0, in_y1 = max(0, y0 - overlap), min(height, y1 + overlap)
+        in_x0, in_x1 = max(0, x0 - overlap), min(width, x1 + overlap)
+        weight = (_ramp(in_y1 - in_y0, y0 - in_y0, y1 - in_y0, blend, height - in_y0)[:, None] *
+                  _ramp(in_x1 - in_x0, x0 - in_x0, x1 - in_x0, blend, width - in_x0)[None, :])
+        outputs = forward(image[:, :, in_y0:in_y1, in_x0:in_x1])
+        for name, (out, stride) in outputs.items():
+            out = out.float().cpu()
+            if name not in sums:
+                sums[name] = torch.zeros(out.shape[:2] + (-(-height // stride), -(-width // stride)))
+                weights[name] = torch.zeros(sums[name].shape[-2:])
+            # tile starts are multiples of TILE_ALIGN, hence of every stride: the tile lands on whole cells
+            weight_s = weight[::stride, ::stride] if stride > 1 else weight
+            oy, ox = in_y0 // stride, in_x0 // stride
+            h_s, w_s = out.shape[-2:]
+            sums[name][:, :, oy:oy + h_s, ox:ox + w_s] += out * weight_s
+            weights[name][oy:oy + h_s, ox:ox + w_s] += weight_s
+    return {name: sums[name] / weights[name].clamp_min(1e-8) for name in sums}

@@ -1,0 +1,141 @@
+"""Pictures of the blur an SDNet has estimated: where each SVD module's deformable kernel samples.
+
+With flow-guided training the K sampling points of a kernel lie along the blur trajectory through their pixel
+(see :func:`sdnet_plugin.losses.flow_to_offsets`). Fitting that two-segment trajectory back to the predicted points
+gives the network's own estimate of the bi-directional flow, drawn as a flow-colour map (hue = direction,
+saturation = length) next to the blurry image with the sampling points of a sparse grid of pixels over it.
+"""
+import math
+
+import cv2
+import numpy as np
+import torch
+
+from sdnet_plugin.losses.flow_offset_loss import trajectory_coefficients
+
+
+def sampling_points(offset, kernel_size=3, dilation=1, stride=1):
+    """Positions of the K sampling points relative to their output pixel, in input pixels.
+
+    Args:
+        offset (Tensor): ``(B, 2K, h, w)`` DCN offsets (interleaved ``(dy, dx)``, raster order) in level pixels.
+        kernel_size (int): Kernel size k, K = k * k. Default: 3.
+        dilation (int): Kernel dilation. Default: 1.
+        stride (int): Stride of the level relative to the input. Default: 1.
+
+    Returns:
+        Tensor: ``(B, K, 2, h, w)`` displacements ``(dy, dx)`` in input pixels.
+    """
+    b, _, h, w = offset.shape
+    num_points = kernel_size * kernel_size
+    j = torch.arange(num_points, device=offset.device)
+    grid_y = ((j // kernel_size).to(offset) - (kernel_size - 1) / 2) * dilation
+    grid_x = ((j % kernel_size).to(offset) - (kernel_size - 1) / 2) * dilation
+    grid = torch.stack((grid_y, grid_x), dim=1).view(1, num_points, 2, 1, 1)
+    return (offset.view(b, num_points, 2, h, w) + grid) * stride
+
+
+def offsets_to_flow(offset, kernel_size=3, dilation=1, stride=1):
+    """Bi-directional flow that best explains the sampling points (least squares; inverse of ``flow_to_offsets``).
+
+    Args:
+        offset (Tensor): ``(B, 2K, h, w)`` DCN offsets in level pixels.
+        kernel_size (int): Default: 3.
+        dilation (int): Default: 1.
+        stride (int): Default: 1.
+
+    Returns:
+        Tensor: ``(B, 4, h, w)`` flow ``(u_first, v_first, u_last, v_last)`` in input pixels.
+    """
+    points = sampling_points(offset, kernel_size, dilation, stride)
+    a_first, a_last = (a.to(points) for a in trajectory_coefficients(kernel_size * kernel_size))
+
+    def fit(coeffs):
+        if float(coeffs.square().sum()) == 0:  # a 1x1 kernel has no trajectory
+            return torch.zeros_like(points[:, 0])
+        return (points * coeffs.view(1, -1, 1, 1, 1)).sum(1) / coeffs.square().sum()
+
+    (v_first, u_first), (v_last, u_last) = fit(a_first).unbind(1), fit(a_last).unbind(1)
+    return torch.stack((u_first, v_first, u_last, v_last), dim=1)
+
+
+def flow_to_color(motion, max_magnitude=None):
+    """Flow-colour map: hue = direction, saturation = length (white = no motion).
+
+    Args:
+        motion (ndarray): ``(H, W, 2)`` vectors ``(u, v)`` in pixels.
+        max_magnitude (float | None): Length drawn fully saturated. Default: the 99th percentile length.
+
+    Returns:
+        tuple[ndarray, float]: ``(H, W, 3)`` uint8 BGR picture and the ``max_magnitude`` used.
+    """
+    magnitude, angle = cv2.cartToPolar(motion[..., 0].astype(np.float32), motion[..., 1].astype(np.float32),
+                                       angleInDegrees=True)
+    if max_magnitude is None:
+        max_magnitude = float(np.percentile(magnitude, 99)) if magnitude.size else 0.0
+    max_magnitude = max(max_magnitude, 1e-6)
+    hsv = np.empty(motion.shape[:2] + (3, ), np.uint8)
+    hsv[..., 0] = (angle / 2).astype(np.uint8)  # OpenCV's 8-bit hue spans 0..180
+    hsv[..., 1] = np.clip(magnitude / max_magnitude * 255, 0, 255).astype(np.uint8)
+    hsv[..., 2] = 255
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR), max_magnitude
+
+
+def color_wheel(size):
+    """Legend of :func:`flow_to_color`: a disc whose colours are the vectors from its centre (``(size, size, 3)``)."""
+    coords = np.arange(size, dtype=np.float32) - (size - 1) / 2
+    u, v = np.meshgrid(coords, coords)
+    wheel, _ = flow_to_color(np.stack((u, v), axis=-1), max_magnitude=size / 2)
+    wheel[np.hypot(u, v) > size / 2] = 0
+    return wheel
+
+
+def render_offset_picture(image, offset, kernel_size=3, dilation=1, stride=1, num_anchors=16, max_magnitude=None):
+    """Picture of one SVD module's sampling points: blurry image with sparse trajectories | flow-colour map.
+
+    Args:
+        image (ndarray): ``(H, W, 3)`` uint8 BGR blurry image.
+        offset (Tensor): ``(1, 2K, ceil(H/stride), ceil(W/stride))`` offsets of the module, in level pixels.
+        kernel_size (int): Default: 3.
+        dilation (int): Default: 1.
+        stride (int): Default: 1.
+        num_anchors (int): Pixels drawn along the longer side. Default: 16.
+        max_magnitude (float | None): Motion length drawn fully saturated. Default: 99th percentile.
+
+    Returns:
+        ndarray: ``(H, 2W, 3)`` uint8 BGR picture.
+    """
+    height, width = image.shape[:2]
+    offset = offset.detach().float().cpu()
+    flow = offsets_to_flow(offset, kernel_size, dilation, stride)[0]
+    # mean trajectory: half the displacement from the exposure's first to its last frame
+    motion = ((flow[2:] - flow[:2]) / 2).permute(1, 2, 0).numpy()
+    motion = cv2.resize(motion, (width, height), interpolation=cv2.INTER_LINEAR)
+    colors, max_magnitude = flow_to_color(motion, max_magnitude)
+
+    overlay = (image.astype(np.float32) * 0.6).astype(np.uint8)
+    points = sampling_points(offset, kernel_size, dilation, stride)[0].numpy()  # (K, 2, h, w)
+    spacing = max(1.0, max(height, width) / num_anchors)
+    scale = max(1, round(max(height, width) / 512))  # line width that stays visible on large pictures
+    for y in np.arange(spacing / 2, height, spacing):
+        for x in np.arange(spacing / 2, width, spacing):
+            cy, cx = min(int(y) // stride, points.shape[2] - 1), min(int(x) // stride, points.shape[3] - 1)
+            # the level's pixel (cy, cx) sits on input pixel (cy * stride, cx * stride)
+            pts = np.stack((cx * stride + points[:, 1, cy, cx], cy * stride + points[:, 0, cy, cx]), axis=-1)
+            color = tuple(int(c) for c in colors[min(int(y), height - 1), min(int(x), width - 1)])
+            cv2.polylines(overlay, [np.round(pts).astype(np.int32)], False, color, scale, cv2.LINE_AA)
+            for px, py in pts:
+                cv2.circle(overlay, (int(round(px)), int(round(py))), scale, (255, 255, 255), -1, cv2.LINE_AA)
+
+    wheel_size = max(8, min(height, width) // 5)
+    if wheel_size <= min(height, width):
+        wheel = color_wheel(wheel_size)
+        corner = colors[:wheel_size, width - wheel_size:]
+        inside = wheel.any(axis=-1)
+        corner[inside] = wheel[inside]
+    label = f'{max_magnitude:.1f} px'
+    font_scale = max(0.3, min(height, width) / 600)
+    if height >= 24:
+        cv2.putText(colors, label, (4, height - 6), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0),
+                    max(1, math.ceil(font_scale)), cv2.LINE_AA)
+    return np.concatenate((overlay, colors), axis=1)

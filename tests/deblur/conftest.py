@@ -1,0 +1,42 @@
+"""Fixtures for the inference tests: a random tiny SDNet saved like a training checkpoint."""
+import pytest
+import torch
+
+
+def make_tiny_sdnet(seed=0, offset_std=0.05, offset_bias_std=1.0):
+    """Random ``SDNet('tiny')`` whose offset heads are perturbed, so its sampling points really move (by about
+    ``offset_bias_std`` level pixels, varying with the content through ``offset_std``)."""
+    from sdnet_plugin.archs.sdnet_arch import SDNet
+    torch.manual_seed(seed)
+    net = SDNet('tiny')
+    for module in net.svd.values():
+        torch.nn.init.normal_(module.dcn.conv_offset[-1].weight, std=offset_std)
+        torch.nn.init.normal_(module.dcn.conv_offset[-1].bias, std=offset_bias_std)
+    return net.eval()
+
+
+def save_checkpoint(net, path, network_opt=None, keys=('params', 'params_ema')):
+    checkpoint = {key: net.state_dict() for key in keys}
+    if network_opt is not None:
+        checkpoint['network_g'] = network_opt
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.fixture(scope='session')
+def tiny_weights(tmp_path_factory):
+    """Path of a checkpoint ``{'params', 'params_ema', 'network_g': {'type': 'SDNet', 'preset': 'tiny'}}``."""
+    path = tmp_path_factory.mktemp('weights') / 'net_g_tiny.pth'
+    return save_checkpoint(make_tiny_sdnet(), path, {'type': 'SDNet', 'preset': 'tiny'})
+
+
+@pytest.fixture
+def tiny_sdnet():
+    """Factory ``tiny_sdnet(seed=0, offset_std=0.05, offset_bias_std=1.0)`` -> random tiny SDNet in eval mode."""
+    return make_tiny_sdnet
+
+
+@pytest.fixture
+def checkpoint_writer():
+    """``checkpoint_writer(net, path, network_opt=None, keys=('params', 'params_ema'))`` saves a checkpoint."""
+    return save_checkpoint
