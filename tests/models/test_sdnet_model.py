@@ -1,0 +1,192 @@
+"""SDNetModel in-process: losses and their schedule, safeguards, checkpoints, validation helpers, option errors."""
+import math
+import os
+
+import pytest
+import torch
+
+import sdnet_plugin  # noqa: F401
+from basicsr.models import build_model
+from sdnet_plugin.archs.sdnet_arch import SDNet
+from sdnet_plugin.models import sdnet_model
+from sdnet_plugin.models.sdnet_model import atomic_torch_save, tiled_forward
+
+NETWORK = {'type': 'SDNet', 'preset': 'tiny', 'dcn_backend': 'torch'}
+
+
+def make_opt(tmp_path, offset_opt=None, **train_extra):
+    train = {
+        'ema_decay': 0.9,
+        'optim_g': {'type': 'AdamW', 'lr': 1e-3},
+        'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [10], 'restart_weights': [1]},
+        'pixel_opt': {'type': 'L1Loss'},
+    }
+    if offset_opt is not None:
+        train['offset_opt'] = offset_opt
+    train.update(train_extra)
+    return {
+        'name': 'unit', 'model_type': 'SDNetModel', 'num_gpu': 0, 'dist': False, 'is_train': True, 'rank': 0,
+        'world_size': 1, 'network_g': dict(NETWORK), 'datasets': {'train': {'type': 'BlurSharpFlowDataset'}},
+        'path': {'models': str(tmp_path), 'training_states': str(tmp_path)}, 'train': train,
+    }
+
+
+def batch(height=20, width=24, flow=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    data = {'lq': torch.rand(2, 3, height, width, generator=gen), 'gt': torch.rand(2, 3, height, width, generator=gen),
+            'lq_path': ['a/blur/000000.png', 'a/blur/000001.png']}
+    if flow:
+        data['flow'] = 3 * torch.randn(2, 4, height, width, generator=gen)
+    return data
+
+
+def parameters(model):
+    return [p.detach().clone() for p in model.net_g.parameters()]
+
+
+OFFSET = {'type': 'FlowGuidedOffsetLoss', 'loss_weight': 0.1}
+
+
+def test_offset_loss_is_added_and_logged_separately(tmp_path):
+    model = build_model(make_opt(tmp_path, OFFSET))
+    data = batch()
+    model.feed_data(data)
+    model.optimize_parameters(1)
+    log = model.get_current_log()
+    assert set(log) == {'l_pix', 'l_offset', 'l_total', 'grad_norm'}
+    assert log['l_offset'] > 0
+    assert log['l_total'] == pytest.approx(log['l_pix'] + log['l_offset'], rel=1e-5)
+
+
+def test_linear_offset_weight_schedule_reaches_zero(tmp_path):
+    opt = make_opt(tmp_path, dict(OFFSET, weight_schedule='linear', weight_zero_iter=4))
+    model = build_model(opt)
+    assert [model.offset_weight_factor(i) for i in (0, 1, 2, 4, 9)] == [1.0, 0.75, 0.5, 0.0, 0.0]
+    model.feed_data(batch())
+    model.optimize_parameters(5)
+    assert model.get_current_log()['l_offset'] == 0
+    constant = build_model(make_opt(tmp_path, OFFSET))
+    assert constant.offset_weight_factor(10**6) == 1.0
+
+
+def test_without_flow_and_without_offset_loss_trains(tmp_path):
+    model = build_model(make_opt(tmp_path))
+    before = parameters(model)
+    model.feed_data(batch(flow=False))
+    model.optimize_parameters(1)
+    assert 'l_offset' not in model.get_current_log()
+    assert any(not torch.equal(a, b) for a, b in zip(before, parameters(model)))
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    model = build_model(make_opt(tmp_path, grad_clip_norm=1e-3))
+    model.feed_data(batch())
+    model.optimize_parameters(1)
+    clipped = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.net_g.parameters() if p.grad is not None))
+    assert model.get_current_log()['grad_norm'] > 1e-3  # the logged norm is the one before clipping
+    assert clipped == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_non_finite_loss_skips_the_step_then_stops(tmp_path):
+    model = build_model(make_opt(tmp_path, max_nonfinite_steps=2))
+    before = parameters(model)
+    ema_before = [p.detach().clone() for p in model.net_g_ema.parameters()]
+    data = batch()
+    data['lq'][0, 0, 0, 0] = float('nan')
+    model.feed_data(data)
+    model.optimize_parameters(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, parameters(model)))
+    assert all(torch.equal(a, b) for a, b in zip(ema_before, model.net_g_ema.parameters()))
+    assert model.nonfinite_steps == 1
+    model.feed_data(batch())  # a good step resets the count
+    model.optimize_parameters(2)
+    assert model.nonfinite_steps == 0
+    model.feed_data(data)
+    model.optimize_parameters(3)
+    with pytest.raises(RuntimeError, match='2 consecutive non-finite loss'):
+        model.optimize_parameters(4)
+
+
+def test_checkpoints_hold_network_options_and_are_written_atomically(tmp_path, monkeypatch):
+    model = build_model(make_opt(tmp_path))
+    model.save(epoch=0, current_iter=3)
+    checkpoint = torch.load(tmp_path / 'net_g_3.pth', weights_only=True)
+    assert set(checkpoint) == {'params', 'params_ema', 'network_g'}
+    assert checkpoint['network_g'] == NETWORK
+    net = SDNet(**{k: v for k, v in checkpoint['network_g'].items() if k != 'type'})
+    net.load_state_dict(checkpoint['params_ema'])
+    state = torch.load(tmp_path / '3.state', weights_only=False)
+    assert state['iter'] == 3 and len(state['optimizers']) == len(state['schedulers']) == 1
+
+    # a crash in the middle of writing leaves the previous files intact and no temporary file behind
+    good = (tmp_path / '3.state').read_bytes()
+    real_save = torch.save
+
+    def crash(obj, f):
+        real_save(obj, f)
+        f.truncate(10)
+        raise OSError('disk full')
+
+    monkeypatch.setattr(sdnet_model.torch, 'save', crash)
+    monkeypatch.setattr(sdnet_model.time, 'sleep', lambda s: None)
+    assert not atomic_torch_save({'iter': 4}, str(tmp_path / '3.state'))
+    assert (tmp_path / '3.state').read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == ['3.state', 'net_g_3.pth']
+
+
+def test_flow_image_size_mismatch_is_a_clear_error(tmp_path):
+    model = build_model(make_opt(tmp_path, OFFSET))
+    data = batch()
+    data['flow'] = data['flow'][..., :-2]
+    with pytest.raises(ValueError, match='flow is 20x22 but the blurry image is 20x24'):
+        model.feed_data(data)
+
+
+def test_offset_loss_without_flow_is_a_clear_error(tmp_path):
+    model = build_model(make_opt(tmp_path, OFFSET))
+    model.feed_data(batch(flow=False))
+    with pytest.raises(ValueError, match='training data has no flow'):
+        model.optimize_parameters(1)
+    opt = make_opt(tmp_path, OFFSET)
+    opt['datasets']['train']['use_flow'] = False
+    with pytest.raises(ValueError, match='use_flow is false'):
+        build_model(opt)
+
+
+@pytest.mark.parametrize('change, message', [
+    ({'network_g': {'type': 'SDNet', 'preset': 'huge'}}, "unknown SDNet preset 'huge'"),
+    ({'offset_opt': dict(OFFSET, weight_schedule='linear')}, 'needs a positive weight_zero_iter'),
+    ({'offset_opt': dict(OFFSET, weight_schedule='cosine')}, 'weight_schedule must be one of'),
+    ({'grad_clip_norm': -1}, 'grad_clip_norm must be >= 0'),
+])
+def test_bad_options_are_clear_errors(tmp_path, change, message):
+    opt = make_opt(tmp_path)
+    if 'network_g' in change:
+        opt['network_g'] = change['network_g']
+    else:
+        opt['train'].update(change)
+    with pytest.raises(ValueError, match=message):
+        build_model(opt)
+
+
+def test_tiled_forward_matches_the_whole_image():
+    torch.manual_seed(0)
+    net = SDNet('tiny', dcn_backend='torch').eval()
+    image = torch.rand(1, 3, 70, 90)
+    with torch.no_grad():
+        whole = net(image)
+        tiled = tiled_forward(net, image, tile_size=64, tile_overlap=48)
+    assert tiled.shape == whole.shape
+    assert torch.allclose(tiled, whole, atol=1e-4)
+    with pytest.raises(ValueError, match='tile_overlap'):
+        tiled_forward(net, image, tile_size=32, tile_overlap=30)
+
+
+def test_validation_image_names_stay_unique_across_sequences(tmp_path):
+    model = build_model(make_opt(tmp_path))
+    root = str(tmp_path / 'split')
+    disk = {'dataroot': root, 'blur_folder': 'blur'}
+    assert model._image_name(disk, os.path.join(root, 'GOPR0372_07_00', 'blur', '000047.png')) == \
+        'GOPR0372_07_00_000047'
+    assert model._image_name({'dataroot_lq': '/x/val_blur.lmdb'}, 'GOPR0372_07_00/000047') == 'GOPR0372_07_00_000047'
+    assert model._image_name({'dataroot_lq': '/elsewhere'}, '/data/lq/0001.png') == '0001'
