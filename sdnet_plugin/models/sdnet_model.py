@@ -8,8 +8,8 @@ Adds to ``SRModel`` (all options are read from the usual option file, see ``docs
 * ``train.max_nonfinite_steps``: a non-finite loss or gradient skips the step with a warning; that many consecutive
   skips stop the run.
 * Atomic checkpoints (temp file, fsync, ``os.replace``) that also store the network options under ``network_g``.
-* Validation on full images, optionally tiled (``val.tile_size`` / ``val.tile_overlap``) to bound memory, with
-  image names that stay unique across GoPro sequences.
+* Validation on full images, optionally tiled (``val.tile_size`` / ``val.tile_overlap``, the blending tiler of
+  :mod:`sdnet_plugin.inference`) to bound memory, with image names that stay unique across GoPro sequences.
 """
 import inspect
 import os
@@ -27,6 +27,8 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
+
+from sdnet_plugin.inference import tiled_forward
 
 OFFSET_WEIGHT_SCHEDULES = ('constant', 'linear')
 
@@ -69,58 +71,6 @@ def atomic_torch_save(obj, path, retries=3):
             time.sleep(1)
     get_root_logger().warning(f'Giving up saving {path}; the previous checkpoints are intact.')
     return False
-
-
-def _tile_starts(length, tile_size, step, align):
-    """Tile origins on multiples of ``align`` covering ``[0, length)``; the last tile runs to the end."""
-    if length <= tile_size:
-        return [0]
-    last = (length - tile_size) // align * align
-    return list(range(0, last, step)) + [last]
-
-
-def tiled_forward(net, lq, tile_size, tile_overlap=32, align=None):
-    """Run a fully convolutional restoration network tile by tile to bound memory on large images.
-
-    Each tile keeps only its interior (``tile_overlap // 2`` pixels are dropped on sides shared with a neighbour,
-    where the tile lacks context); interiors of neighbouring tiles overlap and are averaged there.
-
-    Args:
-        net (nn.Module): Maps ``(B, C, h, w)`` to ``(B, C_out, h, w)``.
-        lq (Tensor): ``(B, C, H, W)`` input.
-        tile_size (int): Tile side in pixels; 0 or an image no larger than a tile runs in one pass.
-        tile_overlap (int): Overlap between neighbouring tiles, at least ``align`` below ``tile_size``. Default: 32.
-        align (int | None): Tile origins are multiples of this, so that strided layers see the same sampling grid
-            as on the whole image. Default: None (the network's ``pad_multiple``, else 8).
-
-    Returns:
-        Tensor: ``(B, C_out, H, W)``.
-    """
-    height, width = lq.shape[-2:]
-    if tile_size <= 0 or (height <= tile_size and width <= tile_size):
-        return net(lq)
-    align = align or getattr(net, 'pad_multiple', 8)
-    if tile_overlap < 0 or tile_size - tile_overlap < align:
-        raise ValueError(f'tile_overlap must be >= 0 and at least {align} below tile_size, got tile_size {tile_size}'
-                         f' and tile_overlap {tile_overlap}')
-    step = (tile_size - tile_overlap) // align * align
-    margin = tile_overlap // 2
-    ys, xs = _tile_starts(height, tile_size, step, align), _tile_starts(width, tile_size, step, align)
-    output, weight = None, lq.new_zeros(1, 1, height, width)
-    for y in ys:
-        for x in xs:
-            y1 = height if y == ys[-1] else y + tile_size
-            x1 = width if x == xs[-1] else x + tile_size
-            tile_out = net(lq[..., y:y1, x:x1])
-            if output is None:
-                output = lq.new_zeros(lq.shape[0], tile_out.shape[1], height, width)
-            # interior of the tile: drop the margin on every side that is not an image border
-            top, left = (margin if y > 0 else 0), (margin if x > 0 else 0)
-            bottom, right = (margin if y1 < height else 0), (margin if x1 < width else 0)
-            region = (..., slice(y + top, y1 - bottom), slice(x + left, x1 - right))
-            output[region] += tile_out[..., top:tile_out.shape[-2] - bottom, left:tile_out.shape[-1] - right]
-            weight[region] += 1
-    return output / weight
 
 
 @MODEL_REGISTRY.register()
@@ -263,9 +213,14 @@ class SDNetModel(SRModel):
         val_opt = self.opt.get('val') or {}
         was_training = net.training
         net.eval()
+        tile_size = int(val_opt.get('tile_size', 0) or 0)
         with torch.no_grad():
-            self.output = tiled_forward(net, self.lq, int(val_opt.get('tile_size', 0) or 0),
-                                        int(val_opt.get('tile_overlap', 32)))
+            if tile_size > 0:
+                outputs = tiled_forward(lambda x: {'image': (net(x), 1)}, self.lq, tile=tile_size,
+                                        overlap=int(val_opt.get('tile_overlap', 96)))
+                self.output = outputs['image'].to(self.lq.device)
+            else:
+                self.output = net(self.lq)
         if was_training:
             net.train()
 

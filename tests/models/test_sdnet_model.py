@@ -9,7 +9,7 @@ import sdnet_plugin  # noqa: F401
 from basicsr.models import build_model
 from sdnet_plugin.archs.sdnet_arch import SDNet
 from sdnet_plugin.models import sdnet_model
-from sdnet_plugin.models.sdnet_model import atomic_torch_save, tiled_forward
+from sdnet_plugin.models.sdnet_model import atomic_torch_save
 
 NETWORK = {'type': 'SDNet', 'preset': 'tiny', 'dcn_backend': 'torch'}
 
@@ -169,17 +169,16 @@ def test_bad_options_are_clear_errors(tmp_path, change, message):
         build_model(opt)
 
 
-def test_tiled_forward_matches_the_whole_image():
-    torch.manual_seed(0)
-    net = SDNet('tiny', dcn_backend='torch').eval()
-    image = torch.rand(1, 3, 70, 90)
-    with torch.no_grad():
-        whole = net(image)
-        tiled = tiled_forward(net, image, tile_size=64, tile_overlap=48)
-    assert tiled.shape == whole.shape
-    assert torch.allclose(tiled, whole, atol=1e-4)
-    with pytest.raises(ValueError, match='tile_overlap'):
-        tiled_forward(net, image, tile_size=32, tile_overlap=30)
+def test_tiled_validation_matches_the_whole_image(tmp_path):
+    opt = make_opt(tmp_path)
+    model = build_model(opt)
+    model.feed_data(batch(height=70, width=90))
+    model.test()
+    whole = model.output
+    opt['val'] = {'tile_size': 32, 'tile_overlap': 48}
+    model.test()
+    assert model.output.shape == whole.shape
+    assert torch.allclose(model.output, whole, atol=1e-4)
 
 
 def test_validation_image_names_stay_unique_across_sequences(tmp_path):
