@@ -1,0 +1,54 @@
+import importlib.util
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from sdnet_plugin.data.flow_io import read_flow
+
+SCRIPT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'synthesize_gopro.py'))
+spec = importlib.util.spec_from_file_location('synthesize_gopro', SCRIPT)
+synthesize_gopro = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(synthesize_gopro)
+
+
+def test_script_runs_from_another_folder(tmp_path):
+    out = tmp_path / 'syn'
+    subprocess.run([sys.executable, SCRIPT, '--out', str(out), '--count', '2', '--size', '40x32', '--seed', '1'],
+                   cwd=str(tmp_path), check=True, capture_output=True)
+    seqs = [d for d in os.listdir(out) if osp.isdir(out / d)]
+    assert len(seqs) == 1
+    for folder in ('blur', 'blur_gamma', 'sharp', 'flow'):
+        assert sorted(os.listdir(out / seqs[0] / folder)) == ['000000.png', '000001.png']
+    assert cv2.imread(str(out / seqs[0] / 'sharp' / '000001.png')).shape == (32, 40, 3)
+    assert read_flow(str(out / seqs[0] / 'flow' / '000001.png')).shape == (32, 40, 4)
+    assert json.loads((out / 'synthesis.json').read_text())['options']['seed'] == 1
+
+
+def test_photo_folder_split_overwrite_and_histogram(tmp_path):
+    photos = tmp_path / 'photos' / 'nested'
+    photos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        cv2.imwrite(str(photos / f'p{i}.jpg'), cv2.resize(small, (96, 72), interpolation=cv2.INTER_CUBIC))
+    out = tmp_path / 'out'
+    args = ['--out', str(out), '--count', '3', '--size', '32x32', '--photos', str(tmp_path / 'photos')]
+    synthesize_gopro.main(args + ['--split', 'val', '--histogram', str(tmp_path / 'hist.png')])
+    used = json.loads((out / 'synthesis.json').read_text())['options']['photos']
+    assert len(used) == 1 and used[0].startswith('nested/')
+    assert cv2.imread(str(tmp_path / 'hist.png')) is not None
+    with pytest.raises(SystemExit, match='exists; pass --overwrite'):
+        synthesize_gopro.main(args)
+    synthesize_gopro.main(args + ['--overwrite', '--split', 'train'])
+    train_used = json.loads((out / 'synthesis.json').read_text())['options']['photos']
+    assert len(train_used) == 4 and not set(train_used) & set(used)
+    (tmp_path / 'no_photos').mkdir()
+    with pytest.raises(SystemExit, match='no images'):
+        synthesize_gopro.main(['--out', str(tmp_path / 'x'), '--count', '1', '--photos', str(tmp_path / 'no_photos')])
+    assert not (tmp_path / 'x').exists()
