@@ -28,7 +28,7 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
-from sdnet_plugin.inference import tiled_forward
+from sdnet_plugin import inference
 
 OFFSET_WEIGHT_SCHEDULES = ('constant', 'linear')
 
@@ -71,6 +71,24 @@ def atomic_torch_save(obj, path, retries=3):
             time.sleep(1)
     get_root_logger().warning(f'Giving up saving {path}; the previous checkpoints are intact.')
     return False
+
+
+def tiled_forward(net, lq, tile_size, tile_overlap=96):
+    """Restore ``lq`` with ``net`` in blended tiles (:func:`sdnet_plugin.inference.tiled_forward`) to bound memory.
+
+    Args:
+        net (nn.Module): Maps ``(B, C, h, w)`` to ``(B, C_out, h, w)``.
+        lq (Tensor): ``(B, C, H, W)`` input.
+        tile_size (int): Core side of a tile in pixels; 0 runs the whole image at once.
+        tile_overlap (int): Context pixels around each core. Default: 96.
+
+    Returns:
+        Tensor: ``(B, C_out, H, W)`` on the device of ``lq``.
+    """
+    if tile_size <= 0:
+        return net(lq)
+    outputs = inference.tiled_forward(lambda x: {'image': (net(x), 1)}, lq, tile=tile_size, overlap=tile_overlap)
+    return outputs['image'].to(device=lq.device, dtype=lq.dtype)
 
 
 @MODEL_REGISTRY.register()
@@ -213,14 +231,9 @@ class SDNetModel(SRModel):
         val_opt = self.opt.get('val') or {}
         was_training = net.training
         net.eval()
-        tile_size = int(val_opt.get('tile_size', 0) or 0)
         with torch.no_grad():
-            if tile_size > 0:
-                outputs = tiled_forward(lambda x: {'image': (net(x), 1)}, self.lq, tile=tile_size,
-                                        overlap=int(val_opt.get('tile_overlap', 96)))
-                self.output = outputs['image'].to(self.lq.device)
-            else:
-                self.output = net(self.lq)
+            self.output = tiled_forward(net, self.lq, int(val_opt.get('tile_size', 0) or 0),
+                                        int(val_opt.get('tile_overlap', 96)))
         if was_training:
             net.train()
 
