@@ -366,6 +366,9 @@ def main(argv=None):
             return 2
     restorer = Restorer(net, device, torch.float16 if half else torch.float32, args.tile, args.tile_overlap,
                         offset_level)
+    print(f'sdnet-deblur: {network_opt.get("type")} {network_opt.get("preset", "")} from {weights}, {device} '
+          f'{"float16" if half else "float32"}, tiles up to {restorer.tile} px (+{args.tile_overlap} px context)',
+          file=sys.stderr)
 
     inputs, failures = collect_inputs(args.inputs, args.recursive)
     for pattern, reason in failures:
