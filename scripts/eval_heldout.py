@@ -29,45 +29,10 @@ if ROOT_PATH not in sys.path:
 import sdnet_plugin  # noqa: E402,F401  (BasicSR fixes and registries)
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.utils import img2tensor, tensor2img  # noqa: E402
-from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
+from sdnet_plugin.inference import DEFAULT_WEIGHTS, load_network  # noqa: E402
 from sdnet_plugin.models.sdnet_model import tiled_forward  # noqa: E402
 
-DEFAULT_WEIGHTS = osp.join(ROOT_PATH, 'weights', 'sdnet_base_synthetic.pth')
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
-
-
-def load_network(weights_path, preset='base', device='cpu'):
-    """Build the network stored with a weights file or BasicSR checkpoint and load its parameters.
-
-    Args:
-        weights_path (str): ``.pth`` with ``params_ema`` and/or ``params`` (EMA preferred) and optionally
-            ``network_g`` (the architecture options), or a bare state dict.
-        preset (str): SDNet preset used when the file stores no ``network_g``. Default: 'base'.
-        device (str | torch.device): Where to put the network. Default: 'cpu'.
-
-    Returns:
-        tuple[nn.Module, dict]: The network in eval mode (float32) and the architecture options used.
-    """
-    if not osp.isfile(weights_path):
-        raise FileNotFoundError(f'weights not found: {weights_path}')
-    try:
-        checkpoint = torch.load(weights_path, map_location='cpu', weights_only=True)
-    except Exception as error:
-        raise ValueError(f'cannot read weights {weights_path}: {error}') from error
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f'{weights_path} holds no state dict')
-    state = checkpoint.get('params_ema') or checkpoint.get('params')
-    if state is None:  # a bare state dict
-        state = checkpoint
-    network_opt = dict(checkpoint.get('network_g') or {'type': 'SDNet', 'preset': preset})
-    arch_type = network_opt.pop('type')
-    try:
-        net = ARCH_REGISTRY.get(arch_type)(**network_opt)
-        net.load_state_dict(state, strict=True)
-    except (KeyError, RuntimeError, TypeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise ValueError(f'{weights_path} does not fit {arch_type}({network_opt}): {first_line}') from error
-    return net.float().eval().to(device), {'type': arch_type, **network_opt}
 
 
 def find_pairs(data_root, blur_folder='blur', sharp_folder='sharp'):
@@ -102,7 +67,7 @@ def read_image(path):
 
 
 @torch.no_grad()
-def restore(net, image_bgr, device, tile_size=0, tile_overlap=32):
+def restore(net, image_bgr, device, tile_size=0, tile_overlap=96):
     """Restore one HxWx3 uint8 BGR image; returns the same shape and type."""
     lq = img2tensor(image_bgr.astype(np.float32) / 255.0, bgr2rgb=True, float32=True).unsqueeze(0).to(device)
     output = tiled_forward(net, lq, tile_size, tile_overlap)
@@ -117,7 +82,7 @@ def image_metrics(image, reference):
     }
 
 
-def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=32):
+def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96):
     """Mean metrics of blurry vs sharp and restored vs sharp over ``pairs``.
 
     Args:
@@ -125,7 +90,7 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=32):
         pairs (list[tuple[str, str, str]]): From :func:`find_pairs`.
         device (str | torch.device): Device of ``net``. Default: 'cpu'.
         tile_size (int): Tiled inference above this size (0: whole image). Default: 0.
-        tile_overlap (int): Tile overlap in pixels. Default: 32.
+        tile_overlap (int): Context pixels around each tile. Default: 96.
 
     Returns:
         dict: ``count``, ``blurry``/``restored``/``gain`` (``psnr``, ``ssim``), ``seconds_per_image`` and
@@ -171,7 +136,7 @@ def pick_device(name):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--weights', default=DEFAULT_WEIGHTS,
+    parser.add_argument('--weights', default=str(DEFAULT_WEIGHTS),
                         help='weights or BasicSR checkpoint (default: weights/sdnet_base_synthetic.pth)')
     parser.add_argument('--data', required=True, help='GoPro-layout folder: <data>/<SEQ>/{blur,sharp}/*.png')
     parser.add_argument('--preset', default='base', choices=('tiny', 'small', 'base'),
@@ -180,7 +145,7 @@ def main(argv=None):
     parser.add_argument('--sharp-folder', default='sharp', help='sharp sub-folder (default: sharp)')
     parser.add_argument('--max-images', type=int, default=0, help='evaluate only the first N pairs (default: all)')
     parser.add_argument('--tile-size', type=int, default=0, help='tiled inference tile size (default: 0, whole image)')
-    parser.add_argument('--tile-overlap', type=int, default=32, help='tile overlap (default: 32)')
+    parser.add_argument('--tile-overlap', type=int, default=96, help='tile context in pixels (default: 96)')
     parser.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default: auto)')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch default)')
     parser.add_argument('--json', default=None, metavar='PATH', help="also write the result as JSON ('-': stdout)")
@@ -190,7 +155,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     try:
         device = pick_device(args.device)
-        net, network_opt = load_network(args.weights, args.preset, device)
+        net, network_opt = load_network(args.weights, device, preset=args.preset)
         pairs = find_pairs(args.data, args.blur_folder, args.sharp_folder)
         if args.max_images > 0:
             pairs = pairs[:args.max_images]
