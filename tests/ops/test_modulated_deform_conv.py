@@ -170,41 +170,57 @@ def test_auto_picks_an_available_backend_and_caches_it(monkeypatch):
     monkeypatch.delenv('SDNET_DCN_BACKEND', raising=False)
     monkeypatch.setattr(mdc, '_auto_choice', {})
     timed = []
-    real_time_backend = mdc._time_backend
+    real_time_backends = mdc._time_backends
 
-    def counting_time_backend(name, *args, **kwargs):
-        timed.append(name)
-        return real_time_backend(name, *args, **kwargs)
+    def counting_time_backends(names, *args, **kwargs):
+        timed.append(list(names))
+        return real_time_backends(names, *args, **kwargs)
 
-    monkeypatch.setattr(mdc, '_time_backend', counting_time_backend)
+    monkeypatch.setattr(mdc, '_time_backends', counting_time_backends)
     chosen = select_backend('cpu', torch.float32, backward=False)
     assert chosen in AVAILABLE
-    assert sorted(timed) == sorted(AVAILABLE)
+    assert timed == [AVAILABLE]
     assert select_backend('cpu', torch.float32, backward=False) == chosen
-    assert len(timed) == len(AVAILABLE)  # cached: no second measurement
     with torch.no_grad():  # inference without autograd resolves through the same cache entry
         tensors, geometry = make_inputs('plain', dtype=torch.float32)
         modulated_deform_conv2d(*(tensors[k] for k in ('input', 'offset', 'mask', 'weight', 'bias')), **geometry)
-    assert len(timed) == len(AVAILABLE)
+    assert len(timed) == 1  # cached: no second measurement
     assert set(mdc._auto_choice) == {('cpu', torch.float32, False)}
 
 
-def test_auto_times_training_separately_and_falls_back_to_torch(monkeypatch):
+def test_backend_timing_measures_every_backend_that_runs(monkeypatch):
+    monkeypatch.setitem(mdc._IMPLS, 'broken', lambda *args: 1 / 0)
+    for backward in (False, True):
+        timings = mdc._time_backends(AVAILABLE + ['broken'], torch.device('cpu'), torch.float32, backward, rounds=1)
+        assert set(timings) == set(AVAILABLE) and all(0 < t < 60 for t in timings.values())
+
+
+def test_auto_keys_training_and_inference_apart_and_falls_back_to_torch(monkeypatch):
     monkeypatch.delenv('SDNET_DCN_BACKEND', raising=False)
     monkeypatch.setattr(mdc, '_auto_choice', {})
     modes = []
 
-    def failing_time_backend(name, device, dtype, backward):
+    def failing_time_backends(names, device, dtype, backward):
         modes.append(backward)
-        raise RuntimeError('no kernel')
+        return {}  # nothing ran
 
-    monkeypatch.setattr(mdc, '_time_backend', failing_time_backend)
+    monkeypatch.setattr(mdc, '_time_backends', failing_time_backends)
     assert select_backend('cpu', torch.float64) == 'torch'  # autograd on: timed as training
-    assert modes and all(modes)
     with torch.inference_mode():
         assert select_backend('cpu', torch.float64) == 'torch'
-    assert not modes[-1]
+    assert modes == [True, False]
     assert set(mdc._auto_choice) == {('cpu', torch.float64, True), ('cpu', torch.float64, False)}
+
+
+@pytest.mark.parametrize('config', ['plain', 'stride2_dilation2_nopad', 'outside'])
+def test_torch_backend_inference_in_bands_matches_reference(monkeypatch, config):
+    """Without autograd the pure-torch backend works through bands of output rows; a band may be a single row."""
+    monkeypatch.setattr(mdc, '_INFERENCE_BAND_ELEMENTS', 1)
+    tensors, geometry = make_inputs(config, dtype=torch.float64, seed=6)
+    args = [tensors[k].detach() for k in ('input', 'offset', 'mask', 'weight', 'bias')]
+    with torch.inference_mode():
+        out = modulated_deform_conv2d(*args, backend='torch', **geometry)
+    torch.testing.assert_close(out, reference_deform_conv(*args, **geometry))
 
 
 def test_environment_overrides_auto(monkeypatch):
