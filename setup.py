@@ -9,7 +9,9 @@ setup(
     packages=find_packages(include=['sdnet_plugin', 'sdnet_plugin.*']),
     python_requires='>=3.9',
     # torch, torchvision and basicsr are installed first (basicsr without build isolation), see the Makefile.
-    install_requires=['basicsr==1.4.2', 'lmdb', 'numpy', 'opencv-python', 'pyyaml', 'tqdm'],
+    install_requires=[
+        'basicsr==1.4.2', 'lmdb', 'matplotlib', 'numpy', 'opencv-python', 'pyyaml', 'scikit-image', 'tqdm'
+    ],
     extras_require={'test': ['pytest'], 'mmcv': ['mmengine==0.10.7', 'ninja']},
     entry_points={'console_scripts': ['sdnet-deblur=sdnet_plugin.deblur:main']},
 )
