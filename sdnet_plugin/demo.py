@@ -1,0 +1,164 @@
+"""End-to-end demo (``make demo``): synthetic data, LMDB, training, testing, side-by-side pictures and metrics.
+
+Steps, each through the project's own command-line tools:
+
+1. ``datasets_prep/synthesize_gopro.py``: blurry / sharp / flow triplets from scikit-image's photographs, a
+   training split and a held-out validation split (whole photographs kept apart).
+2. ``datasets_prep/create_lmdb.py``: BasicSR LMDB databases of both splits.
+3. ``sdnet_plugin/train.py -opt options/train_sdnet_demo.yml``: fine-tunes the shipped default weights when
+   ``weights/sdnet_base_synthetic.pth`` exists, otherwise trains from scratch.
+4. ``sdnet_plugin/test.py -opt options/test_sdnet_demo.yml``: restores the validation set.
+5. Pictures ``blurry | restored | sharp`` and the mean PSNR / SSIM (BasicSR's metrics, RGB, crop_border 0) of the
+   blurry inputs and of the restored images against the sharp ones.
+
+Usage: ``python -m sdnet_plugin.demo [--train-count N] [--val-count N] [--size WxH] [--scratch]
+[--train-options YML --test-options YML]``
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from os import path as osp
+
+import cv2
+import numpy as np
+import yaml
+
+ROOT_PATH = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+DATA_DIR = osp.join(ROOT_PATH, 'datasets', 'demo')
+TRAIN_OPTIONS = osp.join(ROOT_PATH, 'options', 'train_sdnet_demo.yml')
+TEST_OPTIONS = osp.join(ROOT_PATH, 'options', 'test_sdnet_demo.yml')
+DEFAULT_WEIGHTS = osp.join(ROOT_PATH, 'weights', 'sdnet_base_synthetic.pth')
+LABELS = ('blurry', 'restored', 'sharp')
+
+
+class StepError(Exception):
+    """A demo step failed; its own output above says why."""
+
+
+def run_step(title, args):
+    """Run one project command with its output (progress bars, training log) streaming to the terminal."""
+    print(f'\n==> [{time.strftime("%H:%M:%S")}] {title}', flush=True)
+    start = time.time()
+    result = subprocess.run([sys.executable, *args], cwd=ROOT_PATH)
+    if result.returncode != 0:
+        raise StepError(f'{title} failed (exit code {result.returncode})')
+    print(f'    done in {time.time() - start:.0f} s', flush=True)
+
+
+def read_options(path):
+    with open(path, encoding='utf-8') as f:
+        return yaml.safe_load(f)
+
+
+def labelled(image, label):
+    """The image with a caption strip on top."""
+    strip = np.full((22, image.shape[1], 3), 255, np.uint8)
+    cv2.putText(strip, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, image], axis=0)
+
+
+def compare(val_dir, restored_dir, suffix, out_dir):
+    """Write ``blurry | restored | sharp`` pictures and measure PSNR / SSIM of blurry and restored images.
+
+    Returns:
+        dict: ``images`` (per image metrics) and the means ``psnr_blurry``, ``psnr_restored``, ``ssim_blurry``,
+        ``ssim_restored``.
+    """
+    from basicsr.metrics import calculate_psnr, calculate_ssim
+
+    from sdnet_plugin.data.gopro_layout import scan_gopro_split
+
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for sample in scan_gopro_split(val_dir, use_flow=False):
+        name = sample['key'].replace('/', '_')
+        restored_path = osp.join(restored_dir, f'{name}_{suffix}.png')
+        if not osp.isfile(restored_path):
+            raise StepError(f'the test step wrote no {restored_path}')
+        blurry, restored, sharp = (cv2.imread(p, cv2.IMREAD_COLOR) for p in (sample['blur'], restored_path,
+                                                                            sample['sharp']))
+        row = {'name': name}
+        for label, image in (('blurry', blurry), ('restored', restored)):
+            row[f'psnr_{label}'] = float(calculate_psnr(image, sharp, crop_border=0))
+            row[f'ssim_{label}'] = float(calculate_ssim(image, sharp, crop_border=0))
+        rows.append(row)
+        gap = np.full((sharp.shape[0] + 22, 4, 3), 255, np.uint8)
+        panels = [labelled(img, label) for img, label in zip((blurry, restored, sharp), LABELS)]
+        picture = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+        cv2.imwrite(osp.join(out_dir, f'{name}.png'), picture)
+    summary = {'images': rows}
+    for key in ('psnr_blurry', 'psnr_restored', 'ssim_blurry', 'ssim_restored'):
+        summary[key] = float(np.mean([row[key] for row in rows]))
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--train-count', type=int, default=96, help='training triplets (default 96)')
+    parser.add_argument('--val-count', type=int, default=8, help='held-out validation triplets (default 8)')
+    parser.add_argument('--size', default='256x256', help='WxH of the synthetic images (default 256x256)')
+    parser.add_argument('--workers', type=int, default=2, help='synthesis processes (default 2)')
+    parser.add_argument('--weights', default=DEFAULT_WEIGHTS,
+                        help='weights to fine-tune from when the file exists (default weights/sdnet_base_synthetic.pth)')
+    parser.add_argument('--scratch', action='store_true', help='train from scratch even if the weights exist')
+    parser.add_argument('--train-options', default=TRAIN_OPTIONS, help='default options/train_sdnet_demo.yml')
+    parser.add_argument('--test-options', default=TEST_OPTIONS, help='default options/test_sdnet_demo.yml')
+    args = parser.parse_args(argv)
+    start = time.time()
+    train_options, test_options = osp.abspath(args.train_options), osp.abspath(args.test_options)
+    train_opt, test_opt = read_options(train_options), read_options(test_options)
+    pretrained = None if args.scratch or not osp.isfile(args.weights) else osp.abspath(args.weights)
+    lmdb_dir = osp.join(DATA_DIR, 'lmdb')
+    try:
+        for split, count, seed in (('train', args.train_count, 0), ('val', args.val_count, 1)):
+            run_step(f'synthesizing {count} {split} triplets ({args.size}) into {osp.join(DATA_DIR, split)}', [
+                'datasets_prep/synthesize_gopro.py', '--out', osp.join(DATA_DIR, split), '--count', str(count),
+                '--size', args.size, '--seed', str(seed), '--split', split, '--workers', str(args.workers),
+                '--overwrite'
+            ])
+            run_step(f'building LMDB {lmdb_dir}/{split}_*.lmdb', [
+                'datasets_prep/create_lmdb.py', '--src', osp.join(DATA_DIR, split), '--dst', lmdb_dir, '--prefix',
+                split, '--overwrite'
+            ] + (['--no-flow'] if split == 'val' else []))
+
+        train_args = ['sdnet_plugin/train.py', '-opt', train_options]
+        if pretrained:
+            train_args += ['--force_yml', f'path:pretrain_network_g={pretrained}']
+            title = f'fine-tuning SDNet from {osp.relpath(pretrained, ROOT_PATH)}'
+        else:
+            title = f"training SDNet from scratch (no {osp.relpath(args.weights, ROOT_PATH)})"
+        run_step(f'{title}: {train_opt["train"]["total_iter"]} iterations ({osp.relpath(train_options, ROOT_PATH)})',
+                 train_args)
+        run_step(f'testing on the held-out validation set ({osp.relpath(test_options, ROOT_PATH)})',
+                 ['sdnet_plugin/test.py', '-opt', test_options])
+
+        results_dir = osp.join(ROOT_PATH, 'results', test_opt['name'])
+        test_set = test_opt['datasets']['test']
+        summary = compare(osp.join(DATA_DIR, 'val'), osp.join(results_dir, 'visualization', test_set['name']),
+                          test_opt['val']['suffix'], osp.join(results_dir, 'side_by_side'))
+    except StepError as error:
+        sys.exit(f'error: {error}')
+
+    summary.update(pretrained=pretrained, total_iter=train_opt['train']['total_iter'],
+                   wall_time_s=round(time.time() - start, 1))
+    with open(osp.join(results_dir, 'demo_summary.json'), 'w', encoding='utf-8') as f:
+        json.dump(summary, f, indent=2)
+    count = len(summary['images'])
+    print(f'\nHeld-out validation set: {count} synthetic images ({args.size}), metrics on RGB, crop_border 0')
+    print(f'{"":10s}{"PSNR (dB)":>11s}{"SSIM":>9s}')
+    print(f'{"blurry":10s}{summary["psnr_blurry"]:11.2f}{summary["ssim_blurry"]:9.4f}')
+    print(f'{"restored":10s}{summary["psnr_restored"]:11.2f}{summary["ssim_restored"]:9.4f}')
+    print(f'{"gain":10s}{summary["psnr_restored"] - summary["psnr_blurry"]:+11.2f}'
+          f'{summary["ssim_restored"] - summary["ssim_blurry"]:+9.4f}')
+    if not pretrained:
+        print('Trained from scratch: a few CPU minutes are too few to learn deblurring, so expect little or no gain '
+              'here; with weights/sdnet_base_synthetic.pth the demo fine-tunes from them instead.')
+    print(f'Pictures (blurry | restored | sharp): {osp.relpath(osp.join(results_dir, "side_by_side"), ROOT_PATH)}/')
+    print(f'Total time: {summary["wall_time_s"] / 60:.1f} min')
+
+
+if __name__ == '__main__':
+    main()
