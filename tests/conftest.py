@@ -10,7 +10,8 @@ def _make_synthetic_gopro(root, count=6, size=(64, 48), seed=0, split='all', lmd
     root = str(root)
     split_dir = os.path.join(root, 'train')
     synthesize_dataset(split_dir, count, size=size, seed=seed, split=split, blur_scale=blur_scale, progress=False)
-    info = {'root': split_dir, 'count': count, 'size': tuple(size), 'keys': [s['key'] for s in scan_gopro_split(split_dir)]}
+    keys = [sample['key'] for sample in scan_gopro_split(split_dir)]
+    info = {'root': split_dir, 'count': count, 'size': tuple(size), 'keys': keys}
     if lmdb:
         create_gopro_lmdb(split_dir, os.path.join(root, 'lmdb'), 'train', progress=False)
         info['lmdb'] = lmdb_paths(os.path.join(root, 'lmdb'), 'train')

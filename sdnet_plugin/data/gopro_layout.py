@@ -146,8 +146,8 @@ def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_
                 raise ValueError(f'sizes disagree for {sample["key"]}: ' +
                                  ', '.join(f'{sample[k]} {shapes[k][1]}x{shapes[k][0]}' for k in kinds))
             h, w = shapes['blur']
-            tops, lefts = crop_positions(h, crop_size, step, thresh_size), crop_positions(w, crop_size, step,
-                                                                                         thresh_size)
+            tops = crop_positions(h, crop_size, step, thresh_size)
+            lefts = crop_positions(w, crop_size, step, thresh_size)
             index = 0
             for top in tops:
                 for left in lefts:

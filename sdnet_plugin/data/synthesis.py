@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sdnet_plugin.data.flow_io import FLOW_MAX, encode_flow
+from sdnet_plugin.data.flow_io import FLOW_MAX, FLOW_MIN, encode_flow
 from sdnet_plugin.data.flow_utils import blur_extent
 
 GAMMA = 2.2
@@ -139,7 +139,8 @@ def sample_motion(rng, width, height, centre, translation_median, max_extent, ro
 
     Args:
         rng (np.random.Generator): Random source.
-        width (int): Image width. height (int): Image height.
+        width (int): Image width.
+        height (int): Image height.
         centre (tuple[float, float]): Centre of rotation and zoom.
         translation_median (float): Median first-to-last translation, pixels (log-normal, sigma 0.6).
         max_extent (float): Cap of the first-to-last translation, pixels.
@@ -211,7 +212,8 @@ def sample_scene(rng, num_photos, width, height, blur_scale=1.0, max_blur=60.0, 
     Args:
         rng (np.random.Generator): Random source.
         num_photos (int): Number of photos to pick from.
-        width (int): Output width. height (int): Output height.
+        width (int): Output width.
+        height (int): Output height.
         blur_scale (float): Multiplies every motion (1.0: median camera blur about 10 px first-to-last).
             Default: 1.0.
         max_blur (float): Cap of each surface's first-to-last translation, pixels. Default: 60.
@@ -333,8 +335,8 @@ def render_scene(scene, photos, return_subframes=False):
         motions = [cam @ m for cam, m in zip(bg_motions, own)]  # object motion, then the camera's
         reach = int(np.ceil(_max_displacement(motions, width, height))) + 4
         alpha = _shape_alpha(layer['shape'], width, height, reach)
-        texture, (tx, ty) = _prepare_texture(photos[layer['photo']], layer['hflip'], width + 2 * reach, height + 2 * reach,
-                                             layer['zoom_out'], layer['texture_offset'])
+        texture, (tx, ty) = _prepare_texture(photos[layer['photo']], layer['hflip'], width + 2 * reach,
+                                             height + 2 * reach, layer['zoom_out'], layer['texture_offset'])
         texture = np.clip(texture * layer['gain'], 0, 1)
         layer_data.append((motions, alpha, texture, _translation(tx + reach, ty + reach), reach))
 
@@ -430,7 +432,7 @@ def _render_and_write(task):
     rng = _sample_rng(seed, split, index)
     scene = sample_scene(rng, len(photos), width, height, blur_scale, max_blur)
     sample = render_scene(scene, photos)
-    flow = np.clip(sample['flow'], -FLOW_MAX, FLOW_MAX)
+    flow = np.clip(sample['flow'], FLOW_MIN, FLOW_MAX)  # max_blur keeps flows far inside; never wrap around
     key = sample_key(split, index)
     seq, name = key.split('/')
     for folder in ('blur', 'blur_gamma', 'sharp', 'flow'):
