@@ -1,0 +1,67 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdnet_plugin.archs.sdnet_arch import SDNet
+from sdnet_plugin.ops import ModulatedDeformConv2d
+
+SCRIPT = Path(__file__).resolve().parents[2] / 'benchmarks' / 'speed.py'
+
+
+@pytest.fixture(scope='module')
+def speed():
+    spec = importlib.util.spec_from_file_location('speed_benchmark', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def macs_by_hooks(preset, width, height):
+    """Independent count: every conv's output elements times its input channels times its kernel area."""
+    net = SDNet(preset, dcn_backend='torch').eval()
+    total = []
+
+    def hook(module, inputs, output):
+        out = output[0] if isinstance(output, tuple) else output
+        weight = module.weight
+        total.append(out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3])
+
+    for module in net.modules():
+        if isinstance(module, (torch.nn.Conv2d, ModulatedDeformConv2d)):
+            module.register_forward_hook(hook)
+    with torch.no_grad():
+        net(torch.rand(1, 3, height, width))
+    return sum(total)
+
+
+@pytest.mark.parametrize('preset', ['tiny', 'base'])
+def test_macs_count_every_convolution_and_deformable_convolution(speed, preset):
+    assert speed.count_macs(preset, 40, 24) == macs_by_hooks(preset, 40, 24)
+
+
+def test_dcn_counting_patch_is_undone(speed):
+    from sdnet_plugin.ops import modulated_deform_conv as dcn_ops
+    original = dcn_ops.modulated_deform_conv2d
+    with speed.deform_conv_as_plain_conv():
+        assert dcn_ops.modulated_deform_conv2d is not original
+    assert dcn_ops.modulated_deform_conv2d is original
+
+
+def test_tables_are_printed(speed, capsys):
+    assert speed.main(['--size', '24x16', '--presets', 'tiny', '--backends', 'torch', '--repeats', '1',
+                       '--warmup', '0', '--devices', 'cpu']) == 0
+    out = capsys.readouterr().out
+    assert '| tiny | 426,089 (0.43 M) |' in out
+    row = [line for line in out.splitlines() if line.startswith('| tiny | torch | CPU')]
+    assert len(row) == 1 and 'failed' not in row[0]
+
+
+def test_bad_options_are_refused(speed, capsys):
+    for argv in (['--size', '1280by720'], ['--size', '0x10'], ['--repeats', '0'], ['--presets', 'huge']):
+        with pytest.raises(SystemExit):
+            speed.parse_args(argv)
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            speed.parse_args(['--devices', 'cuda'])
