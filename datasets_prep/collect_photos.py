@@ -414,6 +414,8 @@ def collect(out_dir, cache_dir, max_side=1600, min_side=256, val_fraction=0.1, o
         print(f'note: {photo.source.name}:{photo.entry} duplicates {kept.source.name}:{kept.entry}, skipped',
               file=sys.stderr)
 
+    if not usable:
+        raise RuntimeError('no photographs could be collected (see the warnings above)')
     val_groups = split_groups([p.group for p in usable if p.source.split != 'eval'], val_fraction)
     parent = osp.dirname(osp.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -459,7 +461,7 @@ def main():
     args = parser.parse_args()
     try:
         counts = collect(args.out, args.cache, args.max_side, args.min_side, args.val_fraction, args.overwrite)
-    except (FileExistsError, ValueError) as error:
+    except (FileExistsError, ValueError, RuntimeError) as error:
         sys.exit(f'error: {error}')
     totals = {}
     print(f'{"source":<12} {"train":>6} {"val":>5} {"eval":>5}')

@@ -100,3 +100,6 @@ def test_collect_writes_splits_and_sources_and_refuses_eval_packages_for_trainin
     bad = collect_photos.PhotoSource('bad', 'deb', 'plasma-workspace-wallpapers', files=['x'])
     with pytest.raises(ValueError, match='reserved for held-out evaluation'):
         collect_photos.collect(str(tmp_path / 'other'), str(tmp_path / 'cache'), sources=[bad])
+    with pytest.raises(RuntimeError, match='no photographs could be collected'):
+        collect_photos.collect(str(tmp_path / 'none'), str(tmp_path / 'cache'), sources=[missing])
+    assert not (tmp_path / 'none').exists()
