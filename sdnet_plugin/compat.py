@@ -17,6 +17,9 @@ removed once a BasicSR release includes the equivalent change (its master branch
 4. ``BaseModel.get_optimizer`` accepts only ``Adam``. We accept every optimizer in ``torch.optim`` (``AdamW``,
    ``SGD``, ...), keeping the same ``optim_g: {type: ..., lr: ..., ...}`` option format.
    Remove when: basicsr's ``get_optimizer`` covers AdamW (its master branch does).
+5. ``BaseModel.model_to_device`` passes ``device_ids=[torch.cuda.current_device()]`` to
+   ``DistributedDataParallel`` even for a CPU model, so distributed training without GPUs (fix 3) fails. We pass
+   ``device_ids=None`` for CPU models. Remove when: basicsr wraps CPU models without CUDA calls.
 """
 import importlib
 import os
@@ -84,6 +87,20 @@ def get_optimizer(self, optim_type, params, lr, **kwargs):
     return optimizer_cls(params, lr, **kwargs)
 
 
+def model_to_device(self, net):
+    """``BaseModel.model_to_device`` that also wraps CPU models for distributed training (fix 5)."""
+    import torch
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    net = net.to(self.device)
+    if self.opt['dist']:
+        device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+        net = DistributedDataParallel(
+            net, device_ids=device_ids, find_unused_parameters=self.opt.get('find_unused_parameters', False))
+    elif self.opt['num_gpu'] > 1:
+        net = DataParallel(net)
+    return net
+
+
 def apply():
     """Apply all fixes (idempotent)."""
     global _applied
@@ -96,4 +113,5 @@ def apply():
     basicsr.train.load_resume_state = load_resume_state
     basicsr.utils.dist_util._init_dist_pytorch = _init_dist_pytorch
     BaseModel.get_optimizer = get_optimizer
+    BaseModel.model_to_device = model_to_device
     _applied = True
