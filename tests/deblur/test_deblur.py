@@ -163,9 +163,9 @@ def test_default_weights_resolve_from_the_repository_not_the_working_directory(t
 def test_module_entry_point_exit_status(tmp_path, tiny_weights):
     (tmp_path / 'bad.png').write_bytes(b'\x89PNG\r\n')
     env = dict(os.environ, SDNET_DCN_BACKEND='torch')  # skip timing the backends in the fresh process
-    result = subprocess.run([sys.executable, '-m', 'sdnet_plugin.deblur', str(tmp_path / 'bad.png'), '-o',
-                             str(tmp_path / 'out'), '--weights', str(tiny_weights)], capture_output=True, text=True,
-                            timeout=120, env=env)
+    command = [sys.executable, '-m', 'sdnet_plugin.deblur', tmp_path / 'bad.png', '-o', tmp_path / 'out',
+               '--weights', tiny_weights, '--threads', '1']
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 1
     assert 'bad.png: not a decodable image' in result.stderr and '0 restored, 1 failed' in result.stdout
 
