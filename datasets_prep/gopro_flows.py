@@ -8,7 +8,8 @@ does not match, and reporting what cannot be matched), then estimates the flows 
 frame of the window (OpenCV's DIS by default, Farneback as an option, or any ``module:function`` estimator).
 
 Without ``GOPRO_Large_all``, ``--approximate`` estimates the flows from the neighbouring sharp images instead
-(``yy`` frames apart), scaled by the time ratio ``(yy-1) / (2*yy)``: a constant-velocity approximation.
+(``yy`` frames apart), scaled by the time ratio (``(yy-1) / (2*yy)`` for odd ``yy``): a constant-velocity
+approximation.
 
 Example::
 
@@ -163,7 +164,7 @@ def _compute_flow(task):
         if task.get(side) is None:
             parts.append(None)
             continue
-        parts.append(estimator(middle, read_rgb(task[side])).astype(np.float32) * task['scale'])
+        parts.append(estimator(middle, read_rgb(task[side])).astype(np.float32) * task[f'scale_{side}'])
     if parts[0] is None and parts[1] is None:
         raise ValueError(f'no neighbour to estimate the flow of {task["middle"]}')
     # a missing side (sequence end in approximate mode) mirrors the other: constant velocity
@@ -218,9 +219,11 @@ def plan_split(gopro_split, all_split=None, estimator='dis', search=None, thresh
                 continue
             task = {'estimator': estimator, 'out': out}
             if all_split is None:
-                ratio = (frames - 1) / (2.0 * frames)
+                # the window's first / last frame lie frames // 2 and frames - 1 - frames // 2 frames from the
+                # middle; the neighbouring sharp images lie a whole window (frames) away
                 task.update(middle=sharp_frames[index], first=sharp_frames.get(index - 1),
-                            last=sharp_frames.get(index + 1), scale=ratio)
+                            last=sharp_frames.get(index + 1), scale_first=(frames // 2) / frames,
+                            scale_last=(frames - 1 - frames // 2) / frames)
                 if task['first'] is None and task['last'] is None:
                     entry['unmatched'][name] = 'no neighbouring sharp image'
                     continue
@@ -241,7 +244,7 @@ def plan_split(gopro_split, all_split=None, estimator='dis', search=None, thresh
                 offset = middle - guess
                 half = frames // 2
                 task.update(middle=available[middle], first=available[middle - half],
-                            last=available[middle + frames - 1 - half], scale=1.0)
+                            last=available[middle + frames - 1 - half], scale_first=1.0, scale_last=1.0)
             tasks.append(task)
     return tasks, report
 

@@ -405,7 +405,9 @@ def _sample_rng(seed, split, index):
     return np.random.default_rng([int(seed), zlib.crc32(split.encode()), int(index)])
 
 
-def _init_worker(photo_paths):
+def _init_worker(photo_paths, single_thread=False):
+    if single_thread:
+        cv2.setNumThreads(1)  # one OpenCV thread per worker process: the processes already fill the cores
     _WORKER['photos'] = [load_photo(p) for p in photo_paths]
 
 
@@ -499,7 +501,7 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
     bar = tqdm(total=count, unit='sample', desc='synthesize', disable=not progress)
     if workers > 1:
         context = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
-        with context.Pool(workers, initializer=_init_worker, initargs=(photo_paths, )) as pool:
+        with context.Pool(workers, initializer=_init_worker, initargs=(photo_paths, True)) as pool:
             for record, hist in pool.imap(_render_and_write, tasks, chunksize=max(1, count // (8 * workers))):
                 records.append(record)
                 histogram += hist

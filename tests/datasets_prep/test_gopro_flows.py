@@ -59,8 +59,8 @@ def _fake_gopro(root, seq='GOPR0001_07_00', blurs=4, shift=0, first_index=1, str
 def _check_flow(path, frames, tolerance):
     flow = read_flow(path)
     centre = flow[16:-16, 16:-16].reshape(-1, 4)
-    half = frames // 2
-    expected = [-half * VELOCITY[0], -half * VELOCITY[1], half * VELOCITY[0], half * VELOCITY[1]]
+    before, after = frames // 2, frames - 1 - frames // 2  # frames from the middle to the first / last
+    expected = [-before * VELOCITY[0], -before * VELOCITY[1], after * VELOCITY[0], after * VELOCITY[1]]
     assert np.allclose(np.median(centre, 0), expected, atol=tolerance), np.median(centre, 0)
 
 
@@ -99,13 +99,19 @@ def test_index_mismatch_is_found_and_unmatched_images_reported(tmp_path, capsys)
     assert again['sequences']['GOPR0002_09_00']['existing'] == 2
 
 
-def test_approximate_mode_from_neighbouring_sharp_images(tmp_path):
-    _fake_gopro(str(tmp_path), blurs=3)
+@pytest.mark.parametrize('seq', ['GOPR0001_07_00', 'GOPR0003_08_00'])
+def test_approximate_mode_from_neighbouring_sharp_images(tmp_path, seq):
+    _fake_gopro(str(tmp_path), seq=seq, blurs=3)
     gopro_flows.main(['--gopro', str(tmp_path / 'GOPRO_Large'), '--approximate', '--splits', 'train'])
-    folder = tmp_path / 'GOPRO_Large' / 'train' / 'GOPR0001_07_00' / 'flow'
+    folder = tmp_path / 'GOPRO_Large' / 'train' / seq / 'flow'
     assert sorted(os.listdir(folder)) == ['000001.png', '000002.png', '000003.png']
-    for n in (1, 2, 3):  # ends mirror their only neighbour
-        _check_flow(str(folder / f'{n:06d}.png'), 7, 0.4)
+    _check_flow(str(folder / '000002.png'), gopro_flows.frames_per_blur(seq), 0.4)
+    frames = gopro_flows.frames_per_blur(seq)
+    # the ends estimate their one side from their only neighbour and mirror it
+    for n, side, expected in ((1, 2, frames - 1 - frames // 2), (3, 0, -(frames // 2))):
+        flow = np.median(read_flow(str(folder / f'{n:06d}.png'))[16:-16, 16:-16].reshape(-1, 4), 0)
+        assert np.allclose(flow[:2], -flow[2:], atol=1e-3)
+        assert np.allclose(flow[side:side + 2], np.multiply(VELOCITY, expected), atol=0.4)
 
 
 def test_needs_exactly_one_source(tmp_path):
