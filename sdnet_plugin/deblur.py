@@ -46,22 +46,21 @@ class InputError(Exception):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        prog='sdnet-deblur', description='Deblur photos and videos with SDNet (CVPR 2020).',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog='sdnet-deblur', description='Deblur photos and videos with SDNet (CVPR 2020).')
     parser.add_argument('inputs', nargs='*', help='image or video files, folders, or glob patterns')
-    parser.add_argument('-o', '--output', default='deblurred', help='output folder')
+    parser.add_argument('-o', '--output', default='deblurred', help='output folder (default: deblurred)')
     parser.add_argument('-r', '--recursive', action='store_true', help='search folders (and ** globs) recursively')
     parser.add_argument('--suffix', default='', help='added to output file names, e.g. _sharp')
     parser.add_argument('--weights', default=None,
                         help=f'weights file or BasicSR checkpoint (default: shipped {DEFAULT_WEIGHTS.name})')
     parser.add_argument('--preset', default='base', choices=('tiny', 'small', 'base'),
-                        help='SDNet preset, used only when the weights do not record their network')
+                        help='SDNet preset, used only when the weights do not record their network (default: base)')
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--no-half', action='store_true', help='run in float32 on CUDA (default: float16)')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
     parser.add_argument('--tile', type=int, default=None,
                         help='tile side in pixels; 0 disables tiling (default: chosen from free memory)')
-    parser.add_argument('--tile-overlap', type=int, default=96, help='context pixels around each tile')
+    parser.add_argument('--tile-overlap', type=int, default=96, help='context pixels around each tile (default: 96)')
     parser.add_argument('--compare', action='store_true', help='also write blurry | restored side by side')
     parser.add_argument('--save-offsets', action='store_true',
                         help='also write a picture of the sampling points (estimated blur) of one SVD module')
