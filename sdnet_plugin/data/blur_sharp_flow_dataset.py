@@ -94,11 +94,17 @@ class BlurSharpFlowDataset(data.Dataset):
         self.io_backend_opt['client_keys'] = list(roots.keys())
         return [{name: key for name in roots} for key in keys['lq']]
 
+    def _describe(self, sample, name):
+        """The file, or database and key, of one image of a sample (for error messages)."""
+        if self.backend == 'lmdb':
+            return f'{self.opt["dataroot_" + name]}:{sample[name]}'
+        return sample[name]
+
     def _get_bytes(self, sample, name):
         if self.backend == 'lmdb':
             content = self.file_client.get(sample[name], name)
             if content is None:
-                raise IOError(f'{self.opt["dataroot_" + name]}: key {sample[name]} missing')
+                raise IOError(f'{self._describe(sample, name)}: key missing')
             return content
         try:
             return self.file_client.get(sample[name])
@@ -110,7 +116,7 @@ class BlurSharpFlowDataset(data.Dataset):
         try:
             img = imfrombytes(content, float32=True)
         except (AttributeError, ValueError) as error:  # cv2.imdecode returned None
-            raise IOError(f'unreadable or truncated image: {sample[name]}') from error
+            raise IOError(f'unreadable or truncated image: {self._describe(sample, name)}') from error
         return img
 
     def __getitem__(self, index):
@@ -122,15 +128,16 @@ class BlurSharpFlowDataset(data.Dataset):
         img_gt = self._read_image(sample, 'gt')
         images = {'gt': img_gt, 'lq': img_lq}
         if self.use_flow:
-            images['flow'] = decode_flow(self._get_bytes(sample, 'flow'), sample['flow'])
+            images['flow'] = decode_flow(self._get_bytes(sample, 'flow'), self._describe(sample, 'flow'))
         sizes = {name: img.shape[:2] for name, img in images.items()}
         if len(set(sizes.values())) != 1:
-            raise ValueError('sizes disagree: ' + ', '.join(f'{sample[n]} {s[1]}x{s[0]}' for n, s in sizes.items()))
+            raise ValueError('sizes disagree: ' +
+                             ', '.join(f'{self._describe(sample, n)} {s[1]}x{s[0]}' for n, s in sizes.items()))
 
         if self.phase == 'train':
             h, w = sizes['lq']
             if self.gt_size > min(h, w):
-                raise ValueError(f'gt_size {self.gt_size} is larger than {sample["lq"]} ({w}x{h})')
+                raise ValueError(f'gt_size {self.gt_size} is larger than {self._describe(sample, "lq")} ({w}x{h})')
             others = [images['gt']] + ([images['flow']] if self.use_flow else [])
             others, img_lq = paired_random_crop(others, images['lq'], self.gt_size, 1, sample['gt'])
             images = dict(zip(['gt', 'flow'], others), lq=img_lq)

@@ -141,3 +141,16 @@ def test_lmdb_with_missing_keys_is_rejected(make_synthetic_gopro):
         f.write('\n'.join(lines[1:]) + '\n')
     with pytest.raises(FileNotFoundError, match='train_flow.lmdb lacks 1 key'):
         build_dataset(_lmdb_opt(tree['lmdb']))
+
+
+def test_corrupt_lmdb_entry_names_database_and_key(make_synthetic_gopro):
+    import lmdb
+    tree = make_synthetic_gopro(count=2)
+    env = lmdb.open(tree['lmdb']['flow'], map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.put(tree['keys'][1].encode(), b'not a png')
+    env.close()
+    dataset = build_dataset(_lmdb_opt(tree['lmdb']))
+    dataset[0]
+    with pytest.raises(IOError, match=f'train_flow.lmdb:{tree["keys"][1]}: unreadable'):
+        dataset[1]
