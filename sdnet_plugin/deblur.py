@@ -159,7 +159,17 @@ class Restorer:
             offsets ``(1, 2K, ceil(H/s), ceil(W/s))`` (None without ``offset_level``).
         """
         x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(self.device, self.dtype)
-        outputs = tiled_forward(self._forward, x, self.tile, self.overlap, progress=progress)
+        while True:
+            try:
+                outputs = tiled_forward(self._forward, x, self.tile, self.overlap, progress=progress)
+                break
+            except torch.cuda.OutOfMemoryError:
+                # the memory estimate was optimistic (or other processes took memory): retry with smaller tiles
+                current = self.tile or max(x.shape[-2:])
+                if current <= 64:
+                    raise
+                self.tile = max(64, current // 2)
+                torch.cuda.empty_cache()
         restored = outputs['image'][0].clamp_(0, 1).permute(1, 2, 0).numpy()
         return restored, outputs.get('offset')
 
@@ -376,6 +386,14 @@ def main(argv=None):
         print('sdnet-deblur: error: no input files found', file=sys.stderr)
         return 2
 
+    try:
+        return _process_all(inputs, failures, restorer, args)
+    except KeyboardInterrupt:
+        print('sdnet-deblur: interrupted (outputs written so far are complete)', file=sys.stderr)
+        return 130
+
+
+def _process_all(inputs, failures, restorer, args):
     input_paths = {p.resolve() for p, _ in inputs}
     claimed = {}
     done, start = 0, time.time()

@@ -179,3 +179,20 @@ def test_cuda_half_precision_default(tmp_path, tiny_weights, capsys):
         assert status == 0
         outputs[name] = cv2.imread(str(tmp_path / name / 'shot.png')).astype(np.int64)
     assert np.abs(outputs['half'] - outputs['cpu']).max() <= 3
+
+
+def test_out_of_memory_retries_with_smaller_tiles(monkeypatch, tiny_sdnet):
+    tiles = []
+
+    def tiled_forward(forward, image, tile, overlap, progress=False):
+        tiles.append(tile)
+        if not tile or tile > 100:
+            raise torch.cuda.OutOfMemoryError('CUDA out of memory')
+        return {'image': image.float()}
+
+    monkeypatch.setattr(deblur, 'tiled_forward', tiled_forward)
+    monkeypatch.setattr(torch.cuda, 'empty_cache', lambda: None)
+    restorer = deblur.Restorer(tiny_sdnet(), torch.device('cpu'), torch.float32, tile=0)
+    restored, offsets = restorer(np.full((300, 500, 3), 0.5, np.float32))
+    assert tiles == [0, 250, 125, 64] and restorer.tile == 64
+    assert restored.shape == (300, 500, 3) and offsets is None
