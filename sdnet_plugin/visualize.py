@@ -133,7 +133,7 @@ def render_offset_picture(image, offset, kernel_size=3, dilation=1, stride=1, nu
         corner = colors[:wheel_size, width - wheel_size:]
         inside = wheel.any(axis=-1)
         corner[inside] = wheel[inside]
-    label = f'{max_magnitude:.1f} px'
+    label = f'full colour: {max_magnitude:.1f} px'
     font_scale = max(0.3, min(height, width) / 600)
     if height >= 24:
         cv2.putText(colors, label, (4, height - 6), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0),
