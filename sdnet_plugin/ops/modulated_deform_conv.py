@@ -13,6 +13,7 @@ Backends:
 ``'auto'`` times every available backend once per (device, dtype, training or inference) on a representative layer
 and keeps the fastest. ``SDNET_DCN_BACKEND`` in the environment overrides the choice.
 """
+import functools
 import math
 import os
 import time
@@ -26,6 +27,7 @@ BACKENDS = ('mmcv', 'torchvision', 'torch')
 _auto_choice = {}
 
 
+@functools.lru_cache(maxsize=None)
 def _mmcv_op():
     try:
         from mmcv.ops import modulated_deform_conv2d as op
@@ -36,8 +38,8 @@ def _mmcv_op():
     return op
 
 
-def available_backends():
-    """Backends that can run here, in order of preference when timings tie."""
+@functools.lru_cache(maxsize=None)
+def _available_backends():
     names = []
     if _mmcv_op() is not None:
         names.append('mmcv')
@@ -47,7 +49,12 @@ def available_backends():
     except Exception:
         pass
     names.append('torch')
-    return names
+    return tuple(names)
+
+
+def available_backends():
+    """Backends that can run here, in order of preference when timings tie (probed once per process)."""
+    return list(_available_backends())
 
 
 # Inference processes the output in bands of rows whose sampled columns hold about this many elements (16 MB in
