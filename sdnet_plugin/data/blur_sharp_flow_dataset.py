@@ -140,6 +140,8 @@ class BlurSharpFlowDataset(data.Dataset):
                 raise ValueError(f'gt_size {self.gt_size} is larger than {self._describe(sample, "lq")} ({w}x{h})')
             others = [images['gt']] + ([images['flow']] if self.use_flow else [])
             others, img_lq = paired_random_crop(others, images['lq'], self.gt_size, 1, sample['gt'])
+            if not isinstance(others, list):  # BasicSR unwraps one-element lists
+                others = [others]
             images = dict(zip(['gt', 'flow'], others), lq=img_lq)
             hflip = self.opt.get('use_hflip', False) and random.random() < 0.5
             vflip = self.opt.get('use_vflip', False) and random.random() < 0.5

@@ -52,9 +52,14 @@ def test_disk_and_lmdb_return_identical_samples(synthetic_gopro):
         assert all(torch.equal(a[k], b[k]) for k in ('lq', 'gt', 'flow'))
 
 
-def test_use_flow_false_and_blur_gamma(synthetic_gopro):
-    sample = build_dataset(_disk_opt(synthetic_gopro['root'], use_flow=False, blur_folder='blur_gamma'))[0]
+@pytest.mark.parametrize('phase', ['val', 'train'])
+def test_use_flow_false_and_blur_gamma(synthetic_gopro, phase):
+    opt = _disk_opt(synthetic_gopro['root'], use_flow=False, blur_folder='blur_gamma', phase=phase)
+    if phase == 'train':
+        opt.update(gt_size=32, use_hflip=True, use_vflip=True, use_rot=True)
+    sample = build_dataset(opt)[0]
     assert 'flow' not in sample and sample['lq_path'].split(os.sep)[-2] == 'blur_gamma'
+    assert sample['lq'].shape == sample['gt'].shape == ((3, 32, 32) if phase == 'train' else (3, 48, 64))
 
 
 class _ForcedFlags:
