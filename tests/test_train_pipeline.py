@@ -2,6 +2,7 @@
 import copy
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -187,3 +188,18 @@ def test_sdnet_model_trains_on_data_without_flow(synthetic_gopro, tmp_path):
     opt['train']['offset_opt'] = {'type': 'FlowGuidedOffsetLoss'}
     with pytest.raises(ValueError, match='use_flow is false'):
         build_model(opt)
+
+
+def test_torchrun_two_cpu_processes(synthetic_gopro, experiment, tmp_path):
+    opt = demo_options(experiment, lmdb_set(synthetic_gopro), total_iter=2)
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}']
+    result = subprocess.run(torchrun + [str(TRAIN), '-opt', str(write_options(opt, tmp_path)), '--launcher', 'pytorch'],
+                            cwd='/', capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exp = REPO / 'experiments' / experiment
+    log = read_log(exp)
+    assert 'World size (gpu number): 2' in log and 'iter:       2' in log and 'l_offset:' in log
+    assert (exp / 'models' / 'net_g_latest.pth').is_file()
