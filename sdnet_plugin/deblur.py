@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from sdnet_plugin.inference import (DEFAULT_WEIGHTS, auto_tile_size, export_weights, load_network, make_temp_path,
                                     tiled_forward, write_atomically)
+from sdnet_plugin.visualize import render_offset_picture
 
 IMAGE_EXTENSIONS = {
     '.bmp', '.dib', '.jpg', '.jpeg', '.jpe', '.jp2', '.png', '.webp', '.pbm', '.pgm', '.ppm', '.pnm', '.pxm',
@@ -259,7 +260,6 @@ def process_image(path, paths, restorer, progress=True):
         side_by_side = np.concatenate((image, merge_image(restored, alpha, grey, image.dtype)), axis=1)
         encoded['compare'] = encode_image(side_by_side, paths['compare'].suffix)
     if 'offsets' in paths:
-        from sdnet_plugin.visualize import render_offset_picture
         picture = render_offset_picture(to_bgr8(rgb), offset, *restorer.offset_geometry())
         encoded['offsets'] = encode_image(picture, '.png')
     for name, data in encoded.items():
@@ -316,7 +316,6 @@ def process_video(path, paths, restorer):
                 if 'compare' in paths:
                     outputs['compare'] = np.concatenate((frame, outputs['restored']), axis=1)
                 if 'offsets' in paths:
-                    from sdnet_plugin.visualize import render_offset_picture
                     outputs['offsets'] = render_offset_picture(frame, offset, *restorer.offset_geometry())
                 for name, out_frame in outputs.items():
                     if name not in sinks:
@@ -334,8 +333,8 @@ def process_video(path, paths, restorer):
 
 
 def missing_weights_message(path):
-    return (f'sdnet-deblur: error: default weights {path} are missing; train and export them as described in '
-            'docs/deblur.md, or pass --weights CHECKPOINT')
+    return (f'sdnet-deblur: error: default weights {path} are missing; train and export them with '
+            'scripts/train_default_weights.sh (see README), or pass --weights CHECKPOINT')
 
 
 def main(argv=None):
