@@ -69,12 +69,15 @@ def _sample_columns(x, offset, kernel_size, stride, padding, dilation, first_row
     kh, kw = kernel_size
     k = kh * kw
     ho, wo = offset.shape[-2:]
+    # Sampling positions need float32 at least: a float16 grid_sample grid is off by up to 0.16 px at 1280 px wide
+    # (and CPU float16 grid_sample returns NaNs); only the K-times larger columns go back to the input dtype.
+    dtype = torch.promote_types(x.dtype, torch.float32)
     # Regular grid of each output pixel's kernel points in input coordinates, plus the offsets: (B, K, Ho', Wo).
-    base_y = torch.arange(first_row, first_row + ho, device=x.device, dtype=x.dtype) * stride[0] - padding[0]
-    base_x = torch.arange(wo, device=x.device, dtype=x.dtype) * stride[1] - padding[1]
-    ky = (torch.arange(kh, device=x.device, dtype=x.dtype) * dilation[0]).repeat_interleave(kw)
-    kx = (torch.arange(kw, device=x.device, dtype=x.dtype) * dilation[1]).repeat(kh)
-    off = offset.view(b, k, 2, ho, wo)
+    base_y = torch.arange(first_row, first_row + ho, device=x.device, dtype=dtype) * stride[0] - padding[0]
+    base_x = torch.arange(wo, device=x.device, dtype=dtype) * stride[1] - padding[1]
+    ky = (torch.arange(kh, device=x.device, dtype=dtype) * dilation[0]).repeat_interleave(kw)
+    kx = (torch.arange(kw, device=x.device, dtype=dtype) * dilation[1]).repeat(kh)
+    off = offset.view(b, k, 2, ho, wo).to(dtype)
     py = base_y.view(1, 1, ho, 1) + ky.view(1, k, 1, 1) + off[:, :, 0]
     px = base_x.view(1, 1, 1, wo) + kx.view(1, k, 1, 1) + off[:, :, 1]
     # Pixel centre i sits at (2i + 1) / size - 1 with align_corners=False (valid for any size, including 1), and
@@ -82,8 +85,8 @@ def _sample_columns(x, offset, kernel_size, stride, padding, dilation, first_row
     gx = px * (2.0 / w) + (1.0 / w - 1.0)
     gy = py * (2.0 / h) + (1.0 / h - 1.0)
     grid = torch.stack((gx, gy), dim=-1).view(b, k * ho, wo, 2)
-    cols = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
-    return cols.view(b, c, k, ho, wo)
+    cols = F.grid_sample(x.to(dtype), grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+    return cols.view(b, c, k, ho, wo).to(x.dtype)
 
 
 def _deform_conv_torch(x, offset, mask, weight, bias, stride, padding, dilation):

@@ -265,3 +265,23 @@ def test_module_offsets_come_from_cond_features():
     torch.testing.assert_close(offset, offset_again)
     out.sum().backward()
     assert layer.conv_offset[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype, mean_tol', [(torch.float16, 3e-4), (torch.bfloat16, 2.5e-3)])
+def test_torch_backend_samples_low_precision_inputs_at_float32_positions(device, dtype, mean_tol):
+    """Half-precision sampling positions would be off by a sizeable fraction of a pixel on a 1280-wide map; the
+    error must stay at the level of rounding the inputs."""
+    gen = torch.Generator().manual_seed(7)
+    h, w = 4, 1280
+    x = torch.rand(1, 4, h, w, generator=gen)
+    offset = torch.randn(1, 18, h, w, generator=gen) * 3
+    mask = torch.rand(1, 9, h, w, generator=gen)
+    weight = torch.randn(4, 4, 3, 3, generator=gen) / 6
+    expected = reference_deform_conv(x, offset, mask, weight, None, 1, 1, 1)
+    for grad in (False, True):
+        args = [t.to(device, dtype).requires_grad_(grad) for t in (x, offset, mask, weight)]
+        out = modulated_deform_conv2d(*args, padding=1, backend='torch')
+        assert out.dtype == dtype
+        error = (out.double().cpu() - expected).abs()
+        assert error.mean() < mean_tol and error.max() < 40 * mean_tol
