@@ -10,6 +10,7 @@ Example::
 
     python benchmarks/speed.py                                  # all presets, backends, devices at 1280x720
     python benchmarks/speed.py --presets base --backends torch --repeats 5 --size 640x360
+    python benchmarks/speed.py --threads 1 --clock cpu          # single-core compute time on a busy machine
 """
 import argparse
 import contextlib
@@ -48,12 +49,17 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per row (default: 3)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed runs first (default: 1; CUDA adds 2)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s choice)')
+    parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
+                        help='wall: elapsed time (default); cpu: CPU time of this process, summed over its threads, '
+                        'which other load on a shared machine barely changes (use with --threads 1)')
     parser.add_argument('--macs-only', action='store_true', help='print the presets table only (no timing)')
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error('--repeats must be >= 1 and --warmup >= 0')
     if args.devices is None:
-        args.devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+        args.devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() and args.clock == 'wall' else [])
+    elif args.clock == 'cpu' and 'cuda' in args.devices:
+        parser.error('--clock cpu measures CPU work only; use --devices cpu')
     elif 'cuda' in args.devices and not torch.cuda.is_available():
         parser.error('--devices cuda: CUDA is not available here')
     available = available_backends()
@@ -95,8 +101,8 @@ def count_macs(preset, width, height):
     return counter.get_total_flops() // 2
 
 
-def time_forward(preset, backend, device, dtype, width, height, repeats, warmup):
-    """Median seconds of one forward pass (no autograd) of ``preset`` with the given DCN backend."""
+def time_forward(preset, backend, device, dtype, width, height, repeats, warmup, clock=time.perf_counter):
+    """Median seconds (of ``clock``) of one forward pass (no autograd) of ``preset`` with the given DCN backend."""
     torch.manual_seed(0)
     net = SDNet(preset, dcn_backend=backend).eval().to(device, dtype)
     x = torch.rand(1, 3, height, width, device=device, dtype=dtype)
@@ -105,11 +111,11 @@ def time_forward(preset, backend, device, dtype, width, height, repeats, warmup)
     with torch.inference_mode():
         for i in range(warmup + (2 if device == 'cuda' else 0) + repeats):
             sync()
-            start = time.perf_counter()
+            start = clock()
             net(x)
             sync()
             if i >= warmup + (2 if device == 'cuda' else 0):
-                times.append(time.perf_counter() - start)
+                times.append(clock() - start)
     del net, x
     if device == 'cuda':
         torch.cuda.empty_cache()
@@ -124,8 +130,16 @@ def device_name(device):
 
 def main(argv=None):
     args = parse_args(argv)
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args):
     width, height = args.size
     megapixels = width * height / 1e6
 
@@ -143,12 +157,14 @@ def main(argv=None):
     results = []
     for preset, backend, device, dtype in tqdm(rows, desc='timing', unit='row', file=sys.stderr):
         try:
-            seconds = time_forward(preset, backend, device, dtype, width, height, args.repeats, args.warmup)
+            seconds = time_forward(preset, backend, device, dtype, width, height, args.repeats, args.warmup,
+                                   clock=time.process_time if args.clock == 'cpu' else time.perf_counter)
             results.append((preset, backend, device, dtype, seconds, None))
         except Exception as error:  # e.g. a backend without a kernel for this dtype: report it, keep going
             results.append((preset, backend, device, dtype, None, f'{type(error).__name__}: {error}'.split('\n')[0]))
 
-    print(f'\nInference latency at {width}x{height}, batch 1, no autograd, median of {args.repeats} '
+    what = 'CPU time' if args.clock == 'cpu' else 'Latency'
+    print(f'\n{what} of inference at {width}x{height}, batch 1, no autograd, median of {args.repeats} '
           f'(torch {torch.__version__})\n')
     print('| preset | DCN backend | device | dtype | latency (ms) | frames/s | megapixels/s |')
     print('|---|---|---|---|---:|---:|---:|')

@@ -59,9 +59,16 @@ def test_tables_are_printed(speed, capsys):
 
 
 def test_bad_options_are_refused(speed, capsys):
-    for argv in (['--size', '1280by720'], ['--size', '0x10'], ['--repeats', '0'], ['--presets', 'huge']):
+    for argv in (['--size', '1280by720'], ['--size', '0x10'], ['--repeats', '0'], ['--presets', 'huge'],
+                 ['--clock', 'cpu', '--devices', 'cuda']):
         with pytest.raises(SystemExit):
             speed.parse_args(argv)
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             speed.parse_args(['--devices', 'cuda'])
+
+
+def test_cpu_clock_counts_process_time(speed, capsys):
+    assert speed.main(['--size', '16x16', '--presets', 'tiny', '--backends', 'torch', '--repeats', '1',
+                       '--warmup', '0', '--threads', '1', '--clock', 'cpu']) == 0
+    assert 'CPU time of inference at 16x16' in capsys.readouterr().out
