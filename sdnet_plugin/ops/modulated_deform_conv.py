@@ -57,10 +57,12 @@ def available_backends():
     return list(_available_backends())
 
 
-# Inference processes the output in bands of rows whose sampled columns hold about this many elements (16 MB in
-# float32): peak memory stays flat at any image size, and the allocator reuses the band buffers instead of
-# page-faulting fresh gigabyte-sized ones (about 2.5x faster on CPU at 1280x720).
+# Inference processes the output in bands of rows whose sampled columns hold about this many elements: peak memory
+# stays flat at any image size. On the CPU small bands also let the allocator reuse their buffers instead of
+# page-faulting fresh gigabyte-sized ones (about 2.5x faster at 1280x720); on GPUs (caching allocator, launch
+# overhead) bands are large.
 _INFERENCE_BAND_ELEMENTS = 1 << 22
+_INFERENCE_BAND_ELEMENTS_GPU = 1 << 26
 
 
 def _sample_columns(x, offset, kernel_size, stride, padding, dilation, first_row=0):
@@ -104,7 +106,8 @@ def _deform_conv_torch(x, offset, mask, weight, bias, stride, padding, dilation)
         out = torch.bmm(weight_2d, cols.view(b, c * k, ho * wo)).view(b, c_out, ho, wo)
     else:
         out = x.new_empty(b, c_out, ho, wo)
-        band = max(1, _INFERENCE_BAND_ELEMENTS // (b * c * k * wo))
+        budget = _INFERENCE_BAND_ELEMENTS if x.device.type == 'cpu' else _INFERENCE_BAND_ELEMENTS_GPU
+        band = max(1, budget // (b * c * k * wo))
         for row in range(0, ho, band):
             rows = min(band, ho - row)
             cols = _sample_columns(x, offset[:, :, row:row + rows], (kh, kw), stride, padding, dilation, row)

@@ -212,14 +212,17 @@ def test_auto_keys_training_and_inference_apart_and_falls_back_to_torch(monkeypa
     assert set(mdc._auto_choice) == {('cpu', torch.float64, True), ('cpu', torch.float64, False)}
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('config', ['plain', 'stride2_dilation2_nopad', 'outside'])
-def test_torch_backend_inference_in_bands_matches_reference(monkeypatch, config):
+def test_torch_backend_inference_in_bands_matches_reference(monkeypatch, config, device):
     """Without autograd the pure-torch backend works through bands of output rows; a band may be a single row."""
     monkeypatch.setattr(mdc, '_INFERENCE_BAND_ELEMENTS', 1)
-    tensors, geometry = make_inputs(config, dtype=torch.float64, seed=6)
+    monkeypatch.setattr(mdc, '_INFERENCE_BAND_ELEMENTS_GPU', 1)
+    tensors, geometry = make_inputs(config, dtype=torch.float64, seed=6, device=device)
     args = [tensors[k].detach() for k in ('input', 'offset', 'mask', 'weight', 'bias')]
     with torch.inference_mode():
         out = modulated_deform_conv2d(*args, backend='torch', **geometry)
+    assert out.device.type == device
     torch.testing.assert_close(out, reference_deform_conv(*args, **geometry))
 
 
