@@ -66,7 +66,7 @@ latest_checkpoint() {  # the newest net_g_<iter>.pth (or net_g_latest.pth) of ex
 if [[ $SMOKE_ITERS -gt 0 ]]; then
     step "smoke run: $SMOKE_ITERS iterations"
     "$PY" sdnet_plugin/train.py -opt "$OPTIONS" --auto_resume --force_yml "name=${NAME}_smoke" \
-        "train:total_iter=$SMOKE_ITERS" "train:warmup_iter=-1" "logger:print_freq=1" \
+        "train:total_iter=$SMOKE_ITERS" "logger:print_freq=1" \
         "logger:save_checkpoint_freq=$SMOKE_ITERS" "val:val_freq=$SMOKE_ITERS" "$@"
     checkpoint=$(latest_checkpoint "${NAME}_smoke")
     step "smoke checkpoint: $checkpoint"
