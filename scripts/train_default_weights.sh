@@ -59,7 +59,7 @@ fi
 
 latest_checkpoint() {  # the newest net_g_<iter>.pth (or net_g_latest.pth) of experiment $1
     ls experiments/"$1"/models/net_g_*.pth 2>/dev/null | sed -n 's/.*net_g_\([0-9]*\|latest\)\.pth$/\1 &/p' \
-        | sed 's/^latest /999999999 /' | sort -n | tail -n 1 | cut -d' ' -f2
+        | sed 's/^latest /999999999 /' | sort -n | tail -n 1 | cut -d' ' -f2 || true
 }
 
 # 4. Training (resumable).
