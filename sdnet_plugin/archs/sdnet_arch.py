@@ -88,6 +88,10 @@ class SDNet(nn.Module):
             for lv in svd_levels
         })
         self.conv_last = nn.Conv2d(chans[0], num_out_ch, 3, 1, 1)
+        if num_in_ch == num_out_ch:
+            # The untrained network returns its input (global residual of zero), a far better start than noise.
+            nn.init.zeros_(self.conv_last.weight)
+            nn.init.zeros_(self.conv_last.bias)
         self.lrelu = nn.LeakyReLU(0.1, inplace=True)
 
     @property

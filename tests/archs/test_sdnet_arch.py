@@ -9,8 +9,11 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs 
 
 
 def make_net(preset='tiny', **kwargs):
+    """SDNet with a random output layer (it starts at zero), so the output depends on every layer."""
     torch.manual_seed(0)
-    return SDNet(preset, dcn_backend='torch', **kwargs).eval()
+    net = SDNet(preset, dcn_backend='torch', **kwargs).eval()
+    torch.nn.init.normal_(net.conv_last.weight, std=0.05)
+    return net
 
 
 def randomize_offset_heads(net, std=0.05):
@@ -53,6 +56,12 @@ def test_global_residual_returns_input_when_last_conv_is_zero():
     x = torch.rand(1, 3, 13, 22)
     with torch.no_grad():
         assert torch.equal(net(x), x)
+
+
+def test_untrained_network_returns_its_input():
+    x = torch.rand(1, 3, 13, 22)
+    with torch.no_grad():
+        assert torch.equal(SDNet('tiny', dcn_backend='torch')(x), x)
 
 
 def test_different_output_channels_drop_the_residual():
