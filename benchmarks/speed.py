@@ -125,7 +125,8 @@ def time_forward(preset, backend, device, dtype, width, height, repeats, warmup,
 def device_name(device):
     if device == 'cuda':
         return torch.cuda.get_device_name()
-    return f'CPU ({torch.get_num_threads()} threads)'
+    threads = torch.get_num_threads()
+    return f'CPU ({threads} thread{"s" if threads > 1 else ""})'
 
 
 def main(argv=None):
@@ -166,7 +167,7 @@ def run(args):
     what = 'CPU time' if args.clock == 'cpu' else 'Latency'
     print(f'\n{what} of inference at {width}x{height}, batch 1, no autograd, median of {args.repeats} '
           f'(torch {torch.__version__})\n')
-    print('| preset | DCN backend | device | dtype | latency (ms) | frames/s | megapixels/s |')
+    print(f'| preset | DCN backend | device | dtype | {what.lower()} (ms) | frames/s | megapixels/s |')
     print('|---|---|---|---|---:|---:|---:|')
     for preset, backend, device, dtype, seconds, error in results:
         head = f'| {preset} | {backend} | {device_name(device)} | {str(dtype).replace("torch.", "")} |'
