@@ -189,3 +189,41 @@ def test_validation_image_names_stay_unique_across_sequences(tmp_path):
         'GOPR0372_07_00_000047'
     assert model._image_name({'dataroot_lq': '/x/val_blur.lmdb'}, 'GOPR0372_07_00/000047') == 'GOPR0372_07_00_000047'
     assert model._image_name({'dataroot_lq': '/elsewhere'}, '/data/lq/0001.png') == '0001'
+
+
+def learning_rates(model, iters, warmup_iter):
+    rates = []
+    for current_iter in range(1, iters + 1):
+        model.update_learning_rate(current_iter, warmup_iter=warmup_iter)
+        rates.append(model.get_current_learning_rate()[0])
+    return rates
+
+
+def test_cosine_schedule_with_linear_warm_up(tmp_path):
+    opt = make_opt(tmp_path)
+    opt['train']['scheduler'].update(periods=[10], eta_min=1e-5)
+    rates = learning_rates(build_model(opt), 10, warmup_iter=4)
+    assert rates[:3] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3])  # linear warm-up to lr
+    cosine = [1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * (i - 1) / 10)) for i in range(4, 11)]
+    assert rates[3:] == pytest.approx(cosine)  # then the cosine curve, counted from iteration 0
+
+
+def test_resume_restores_optimizer_and_scheduler_on_cpu(tmp_path):
+    from sdnet_plugin.compat import load_resume_state
+    opt = make_opt(tmp_path)
+    model = build_model(make_opt(tmp_path))
+    for current_iter in (1, 2, 3):
+        model.update_learning_rate(current_iter)
+        model.feed_data(batch(seed=current_iter))
+        model.optimize_parameters(current_iter)
+    model.save(epoch=0, current_iter=3)
+    opt['auto_resume'] = False
+    opt['path']['resume_state'] = str(tmp_path / '3.state')
+    state = load_resume_state(opt)
+    resumed = build_model(make_opt(tmp_path))
+    resumed.resume_training(state)
+    assert resumed.schedulers[0].last_epoch == model.schedulers[0].last_epoch == 2
+    original, restored = model.optimizer_g.state_dict(), resumed.optimizer_g.state_dict()
+    assert restored['state'][0]['step'] == original['state'][0]['step'] == 3
+    assert torch.equal(restored['state'][0]['exp_avg'], original['state'][0]['exp_avg'])
+    assert restored['state'][0]['exp_avg'].device.type == 'cpu'
