@@ -48,6 +48,12 @@ def run_step(title, args):
     print(f'    done in {time.time() - start:.0f} s', flush=True)
 
 
+def shown(path):
+    """``path`` relative to the repository when inside it, absolute otherwise."""
+    relative = osp.relpath(path, ROOT_PATH)
+    return path if relative.startswith(os.pardir) else relative
+
+
 def read_options(path):
     with open(path, encoding='utf-8') as f:
         return yaml.safe_load(f)
@@ -100,7 +106,7 @@ def main(argv=None):
     parser.add_argument('--train-count', type=int, default=96, help='training triplets (default 96)')
     parser.add_argument('--val-count', type=int, default=8, help='held-out validation triplets (default 8)')
     parser.add_argument('--size', default='256x256', help='WxH of the synthetic images (default 256x256)')
-    parser.add_argument('--workers', type=int, default=2, help='synthesis processes (default 2)')
+    parser.add_argument('--workers', type=int, default=1, help='synthesis processes (default 1)')
     parser.add_argument('--weights', default=DEFAULT_WEIGHTS,
                         help='weights to fine-tune from when the file exists (default weights/sdnet_base_synthetic.pth)')
     parser.add_argument('--scratch', action='store_true', help='train from scratch even if the weights exist')
@@ -127,12 +133,12 @@ def main(argv=None):
         train_args = ['sdnet_plugin/train.py', '-opt', train_options]
         if pretrained:
             train_args += ['--force_yml', f'path:pretrain_network_g={pretrained}']
-            title = f'fine-tuning SDNet from {osp.relpath(pretrained, ROOT_PATH)}'
+            title = f'fine-tuning SDNet from {shown(pretrained)}'
         else:
-            title = f"training SDNet from scratch (no {osp.relpath(args.weights, ROOT_PATH)})"
-        run_step(f'{title}: {train_opt["train"]["total_iter"]} iterations ({osp.relpath(train_options, ROOT_PATH)})',
+            title = f"training SDNet from scratch (no {shown(osp.abspath(args.weights))})"
+        run_step(f'{title}: {train_opt["train"]["total_iter"]} iterations ({shown(train_options)})',
                  train_args)
-        run_step(f'testing on the held-out validation set ({osp.relpath(test_options, ROOT_PATH)})',
+        run_step(f'testing on the held-out validation set ({shown(test_options)})',
                  ['sdnet_plugin/test.py', '-opt', test_options])
 
         results_dir = osp.join(ROOT_PATH, 'results', test_opt['name'])
@@ -156,7 +162,7 @@ def main(argv=None):
     if not pretrained:
         print('Trained from scratch: a few CPU minutes are too few to learn deblurring, so expect little or no gain '
               'here; with weights/sdnet_base_synthetic.pth the demo fine-tunes from them instead.')
-    print(f'Pictures (blurry | restored | sharp): {osp.relpath(osp.join(results_dir, "side_by_side"), ROOT_PATH)}/')
+    print(f'Pictures (blurry | restored | sharp): {shown(osp.join(results_dir, "side_by_side"))}/')
     print(f'Total time: {summary["wall_time_s"] / 60:.1f} min')
 
 
