@@ -84,8 +84,8 @@ def compare(val_dir, restored_dir, suffix, out_dir):
         restored_path = osp.join(restored_dir, f'{name}_{suffix}.png')
         if not osp.isfile(restored_path):
             raise StepError(f'the test step wrote no {restored_path}')
-        blurry, restored, sharp = (cv2.imread(p, cv2.IMREAD_COLOR) for p in (sample['blur'], restored_path,
-                                                                            sample['sharp']))
+        blurry, restored, sharp = (cv2.imread(p, cv2.IMREAD_COLOR)
+                                   for p in (sample['blur'], restored_path, sample['sharp']))
         row = {'name': name}
         for label, image in (('blurry', blurry), ('restored', restored)):
             row[f'psnr_{label}'] = float(calculate_psnr(image, sharp, crop_border=0))
@@ -108,7 +108,7 @@ def main(argv=None):
     parser.add_argument('--size', default='256x256', help='WxH of the synthetic images (default 256x256)')
     parser.add_argument('--workers', type=int, default=1, help='synthesis processes (default 1)')
     parser.add_argument('--weights', default=DEFAULT_WEIGHTS,
-                        help='weights to fine-tune from when the file exists (default weights/sdnet_base_synthetic.pth)')
+                        help='weights to fine-tune from if the file exists (default weights/sdnet_base_synthetic.pth)')
     parser.add_argument('--scratch', action='store_true', help='train from scratch even if the weights exist')
     parser.add_argument('--train-options', default=TRAIN_OPTIONS, help='default options/train_sdnet_demo.yml')
     parser.add_argument('--test-options', default=TEST_OPTIONS, help='default options/test_sdnet_demo.yml')
