@@ -29,7 +29,7 @@ MMCV_VERSION := 2.2.0
 mmcv: $(STAMP)
 	$(PIP) mmengine==0.10.7 ninja
 	rm -rf build/mmcv && mkdir -p build/mmcv
-	cd build/mmcv && $(abspath $(PY)) -m pip download --no-deps --no-binary :all: mmcv==$(MMCV_VERSION) -d . \
+	cd build/mmcv && $(abspath $(PY)) -m pip download --no-deps --no-build-isolation --no-binary :all: mmcv==$(MMCV_VERSION) -d . \
 		&& tar xzf mmcv-$(MMCV_VERSION).tar.gz
 	# mmcv asks for C++14/17; torch's headers need C++20.
 	sed -i 's/c++14/c++20/g; s/c++17/c++20/g' build/mmcv/mmcv-$(MMCV_VERSION)/setup.py
