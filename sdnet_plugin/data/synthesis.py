@@ -405,9 +405,7 @@ def _sample_rng(seed, split, index):
     return np.random.default_rng([int(seed), zlib.crc32(split.encode()), int(index)])
 
 
-def _init_worker(photo_paths, single_thread=False):
-    if single_thread:
-        cv2.setNumThreads(1)  # one OpenCV thread per worker process: the processes already fill the cores
+def _init_worker(photo_paths):
     _WORKER['photos'] = [load_photo(p) for p in photo_paths]
 
 
@@ -501,11 +499,18 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
     bar = tqdm(total=count, unit='sample', desc='synthesize', disable=not progress)
     if workers > 1:
         context = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
-        with context.Pool(workers, initializer=_init_worker, initargs=(photo_paths, True)) as pool:
-            for record, hist in pool.imap(_render_and_write, tasks, chunksize=max(1, count // (8 * workers))):
-                records.append(record)
-                histogram += hist
-                bar.update(1)
+        # One OpenCV thread per worker (the processes already fill the cores). It is set in the parent before the
+        # fork: changing OpenCV's thread pool inside a forked child deadlocks on the parent's copied pool state.
+        opencv_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with context.Pool(workers, initializer=_init_worker, initargs=(photo_paths,)) as pool:
+                for record, hist in pool.imap(_render_and_write, tasks, chunksize=max(1, count // (8 * workers))):
+                    records.append(record)
+                    histogram += hist
+                    bar.update(1)
+        finally:
+            cv2.setNumThreads(opencv_threads)
     else:
         for task in tasks:
             record, hist = _render_and_write(task)
