@@ -24,15 +24,22 @@ TILE_ALIGN = 4
 ELEMENTS_PER_PIXEL_PER_FEATURE = 32
 
 
-def make_temp_path(path):
-    """Create an empty hidden temporary file next to ``path`` (same extension, normal file permissions).
+def make_temp_path(path, keep_suffix=True):
+    """Create an empty hidden temporary file next to ``path`` (normal file permissions).
+
+    Args:
+        path (str | Path): The final file.
+        keep_suffix (bool): End the temporary name with ``path``'s extension (image and video writers choose their
+            encoder by it). Without it the name ends in ``.partial``, so scans for finished files (BasicSR's resume
+            looks for ``*.state``) never pick it up. Default: True.
 
     Returns:
         str: Its path; rename it onto ``path`` when complete, or remove it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix=f'.partial{path.suffix}', dir=path.parent)
+    suffix = f'.partial{path.suffix}' if keep_suffix else '.partial'
+    fd, tmp_path = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix=suffix, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

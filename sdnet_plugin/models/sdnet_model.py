@@ -45,7 +45,7 @@ def _plain_options(value):
 def atomic_torch_save(obj, path, retries=3):
     """``torch.save`` to ``path`` through a temporary file in the same folder, so ``path`` is never truncated.
 
-    The temporary name ends in ``.tmp<pid>``: BasicSR's resume scan (``*.state``) never picks it up.
+    The temporary name ends in ``.partial``: BasicSR's resume scan (``*.state``) never picks it up.
 
     Args:
         obj (object): What to save.
@@ -55,8 +55,8 @@ def atomic_torch_save(obj, path, retries=3):
     Returns:
         bool: Whether the file was written.
     """
-    tmp_path = f'{path}.tmp{os.getpid()}'
     for attempt in range(1, retries + 1):
+        tmp_path = inference.make_temp_path(path, keep_suffix=False)
         try:
             with open(tmp_path, 'wb') as f:
                 torch.save(obj, f)
