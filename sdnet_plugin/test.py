@@ -12,14 +12,8 @@ if __name__ == '__main__' and sys.path and osp.abspath(sys.path[0] or '.') == os
 
 
 def main():
-    from sdnet_plugin.train import ROOT_PATH, prepare_argv
-    sys.argv = prepare_argv(sys.argv)
-    import sdnet_plugin  # noqa: F401  (applies the BasicSR fixes and registers the plugin)
-    from basicsr.test import test_pipeline
-    try:
-        test_pipeline(ROOT_PATH)
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f'error: {error}')
+    from sdnet_plugin.train import run_pipeline
+    run_pipeline('test')
 
 
 if __name__ == '__main__':

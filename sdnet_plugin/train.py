@@ -4,6 +4,7 @@ Accepts BasicSR's arguments (``--auto_resume``, ``--launcher pytorch`` under ``t
 ``--force_yml``). Works from any working directory: experiments, logs and relative paths inside the option file
 (datasets, weights) are taken from the repository root.
 """
+import importlib
 import os
 import sys
 from os import path as osp
@@ -24,14 +25,22 @@ def prepare_argv(argv):
     return argv
 
 
-def main():
+def run_pipeline(name):
+    """Run BasicSR's ``basicsr.<name>.<name>_pipeline`` (``train`` or ``test``) with the plugin registered.
+
+    Option mistakes end the run with a one-line ``error: ...`` (exit status 1) instead of a traceback.
+    """
     sys.argv = prepare_argv(sys.argv)
     import sdnet_plugin  # noqa: F401  (applies the BasicSR fixes and registers the plugin)
-    from basicsr.train import train_pipeline
+    pipeline = getattr(importlib.import_module(f'basicsr.{name}'), f'{name}_pipeline')
     try:
-        train_pipeline(ROOT_PATH)
+        pipeline(ROOT_PATH)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f'error: {error}')
+
+
+def main():
+    run_pipeline('train')
 
 
 if __name__ == '__main__':
