@@ -84,10 +84,15 @@ class FlowGuidedOffsetLoss(nn.Module):
             pixels) exceeds this. 0 supervises every pixel. Default: 0.
         reduction (str): ``'mean'`` (over supervised elements, then averaged over modules) or ``'sum'``.
             Default: ``'mean'``.
+        order_invariant (bool): Score each pixel against the nearer of the two time orders of its trajectory
+            (first->last, or the same points with ``F_first`` and ``F_last`` swapped). A blurry image is the same
+            whichever way the scene moved during the exposure, so the order cannot be predicted from it; with
+            ordered targets, opposite orders of similar-looking blur pull the endpoints towards their average.
+            Default: False (the ordered targets of :func:`flow_to_offsets`).
     """
 
     def __init__(self, loss_weight=1.0, criterion='l1', eps=1e-3, module_weights=None, motion_threshold=0.0,
-                 reduction='mean'):
+                 reduction='mean', order_invariant=False):
         super().__init__()
         if criterion not in ('l1', 'charbonnier'):
             raise ValueError(f"criterion must be 'l1' or 'charbonnier', got {criterion!r}")
@@ -99,6 +104,10 @@ class FlowGuidedOffsetLoss(nn.Module):
         self.module_weights = module_weights
         self.motion_threshold = motion_threshold
         self.reduction = reduction
+        self.order_invariant = order_invariant
+
+    def _distance(self, diff):
+        return diff.abs() if self.criterion == 'l1' else torch.sqrt(diff * diff + self.eps * self.eps)
 
     def forward(self, offsets, flow):
         """
@@ -123,9 +132,12 @@ class FlowGuidedOffsetLoss(nn.Module):
             if tuple(offset.shape) != expected:
                 raise ValueError(f'flow of size {height}x{width} (batch {flow.shape[0]}) does not match SVD module '
                                  f'{i} offsets {tuple(offset.shape)} at stride {stride}: flow and image sizes differ')
-            target = flow_to_offsets(flow, item['kernel_size'], item['dilation'], stride).to(offset.dtype)
-            diff = offset - target
-            dist = diff.abs() if self.criterion == 'l1' else torch.sqrt(diff * diff + self.eps * self.eps)
+            kernel = (item['kernel_size'], item['dilation'], stride)
+            dist = self._distance(offset - flow_to_offsets(flow, *kernel).to(offset.dtype))
+            if self.order_invariant:
+                dist_reversed = self._distance(offset - flow_to_offsets(flow[:, [2, 3, 0, 1]], *kernel).to(offset.dtype))
+                use_reversed = dist_reversed.sum(1, keepdim=True) < dist.sum(1, keepdim=True)
+                dist = torch.where(use_reversed, dist_reversed, dist)
             if self.motion_threshold > 0:
                 motion = downsample_flow(flow, stride) * stride  # back to input pixels
                 magnitude = torch.maximum(motion[:, 0:2].norm(dim=1), motion[:, 2:4].norm(dim=1))

@@ -79,6 +79,23 @@ def test_zero_at_targets_and_grows_with_perturbation(criterion):
         assert values == pytest.approx([(d * d + 1e-6)**0.5 for d in (0.1, 0.5, 2.0)], rel=1e-5)
 
 
+def test_order_invariant_loss_accepts_either_time_order_per_pixel():
+    flow = random_flow(h=8, w=8)
+    swapped = flow[:, [2, 3, 0, 1]]  # the same trajectory, traversed the other way
+    ordered, invariant = FlowGuidedOffsetLoss(), FlowGuidedOffsetLoss(order_invariant=True)
+    reversed_spec = module_spec(flow, 2, offset=flow_to_offsets(swapped, 3, 1, 2))
+    assert ordered([reversed_spec], flow).item() > 0.5
+    assert invariant([reversed_spec], flow).item() == pytest.approx(0.0, abs=1e-6)
+    # per pixel: the left half follows one order, the right half the other
+    mixed = flow_to_offsets(flow, 3, 1, 1)
+    mixed[..., 4:] = flow_to_offsets(swapped, 3, 1, 1)[..., 4:]
+    assert invariant([module_spec(flow, 1, offset=mixed)], flow).item() == pytest.approx(0.0, abs=1e-6)
+    # away from both orders it still grows, and it never exceeds the ordered loss
+    for delta in (0.5, 2.0):
+        spec = module_spec(flow, 1, offset=mixed + delta)
+        assert delta * 0.9 < invariant([spec], flow).item() <= ordered([spec], flow).item()
+
+
 def test_loss_weight_module_weights_and_sum_reduction():
     flow = random_flow(h=8, w=8)
     first = module_spec(flow, 2)
