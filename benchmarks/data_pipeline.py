@@ -23,10 +23,12 @@ from sdnet_plugin.data.gopro_layout import create_gopro_lmdb, lmdb_paths, scan_g
 from sdnet_plugin.data.synthesis import GAMMA, synthesize_dataset  # noqa: E402
 
 from basicsr.data import build_dataset  # noqa: E402,I100 (after sdnet_plugin's compatibility fixes)
+from basicsr.metrics import calculate_psnr  # noqa: E402
 
 
 def psnr(a, b):
-    return 10 * np.log10(1.0 / max(float(np.mean((a - b)**2)), 1e-12))
+    """BasicSR's PSNR of two float images in [0, 1] (RGB, no border crop)."""
+    return calculate_psnr(a * 255.0, b * 255.0, crop_border=0)
 
 
 def read_rgb(path):
