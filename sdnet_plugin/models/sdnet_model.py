@@ -7,6 +7,7 @@ Adds to ``SRModel`` (all options are read from the usual option file, see ``docs
 * ``train.grad_clip_norm``: gradient clipping by total norm; the norm is logged as ``grad_norm``.
 * ``train.max_nonfinite_steps``: a non-finite loss or gradient skips the step with a warning; that many consecutive
   skips stop the run.
+* Resume keeps the option file's learning-rate schedule (periods, milestones), so a run can be extended.
 * Atomic checkpoints (temp file, fsync, ``os.replace``) that also store the network options under ``network_g``.
 * Validation on full images, optionally tiled (``val.tile_size`` / ``val.tile_overlap``, the blending tiler of
   :mod:`sdnet_plugin.inference`) to bound memory, with image names that stay unique across GoPro sequences.
@@ -31,6 +32,9 @@ from tqdm import tqdm
 from sdnet_plugin import inference
 
 OFFSET_WEIGHT_SCHEDULES = ('constant', 'linear')
+# What a resumed scheduler keeps from its training state; everything else comes from the option file.
+_SCHEDULER_POSITION_KEYS = ('last_epoch', '_step_count', '_last_lr', 'base_lrs', '_get_lr_called_within_step',
+                            '_is_initial', 'verbose')
 
 
 def _plain_options(value):
@@ -318,6 +322,23 @@ class SDNetModel(SRModel):
             save_dict[f'network_{network_key}'] = _plain_options(self.opt[f'network_{network_key}'])
         iter_name = 'latest' if current_iter == -1 else current_iter
         atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{iter_name}.pth'))
+
+    def resume_training(self, resume_state):
+        """BasicSR's resume, except that the learning-rate schedule's shape comes from the option file.
+
+        The state gives the optimizers and the scheduler's position (``last_epoch``, base learning rates); the
+        periods, restart weights, milestones and ``eta_min`` are the option file's. Unchanged options resume exactly;
+        raising ``train.total_iter`` together with the scheduler's periods extends a finished or stopped run.
+        """
+        configured = [s.state_dict() for s in self.schedulers]
+        super().resume_training(resume_state)
+        for scheduler, config in zip(self.schedulers, configured):
+            saved = scheduler.state_dict()
+            shape = {k: v for k, v in config.items() if k not in _SCHEDULER_POSITION_KEYS}
+            if any(saved.get(k) != v for k, v in shape.items()):
+                get_root_logger().info(f'Learning-rate schedule from the option file replaces the saved one: '
+                                       f'{ {k: saved.get(k) for k in shape} } -> {shape}')
+            scheduler.load_state_dict({**saved, **shape})
 
     @master_only
     def save_training_state(self, epoch, current_iter):

@@ -208,18 +208,22 @@ def test_cosine_schedule_with_linear_warm_up(tmp_path):
     assert rates[3:] == pytest.approx(cosine)  # then the cosine curve, counted from iteration 0
 
 
-def test_resume_restores_optimizer_and_scheduler_on_cpu(tmp_path):
+def _trained_state(tmp_path, iters=3):
     from sdnet_plugin.compat import load_resume_state
-    opt = make_opt(tmp_path)
     model = build_model(make_opt(tmp_path))
-    for current_iter in (1, 2, 3):
+    for current_iter in range(1, iters + 1):
         model.update_learning_rate(current_iter)
         model.feed_data(batch(seed=current_iter))
         model.optimize_parameters(current_iter)
-    model.save(epoch=0, current_iter=3)
+    model.save(epoch=0, current_iter=iters)
+    opt = make_opt(tmp_path)
     opt['auto_resume'] = False
-    opt['path']['resume_state'] = str(tmp_path / '3.state')
-    state = load_resume_state(opt)
+    opt['path']['resume_state'] = str(tmp_path / f'{iters}.state')
+    return model, load_resume_state(opt)
+
+
+def test_resume_restores_optimizer_and_scheduler_on_cpu(tmp_path):
+    model, state = _trained_state(tmp_path)
     resumed = build_model(make_opt(tmp_path))
     resumed.resume_training(state)
     assert resumed.schedulers[0].last_epoch == model.schedulers[0].last_epoch == 2
@@ -227,3 +231,18 @@ def test_resume_restores_optimizer_and_scheduler_on_cpu(tmp_path):
     assert restored['state'][0]['step'] == original['state'][0]['step'] == 3
     assert torch.equal(restored['state'][0]['exp_avg'], original['state'][0]['exp_avg'])
     assert restored['state'][0]['exp_avg'].device.type == 'cpu'
+
+
+@pytest.mark.parametrize('period', [10, 40])
+def test_resume_takes_the_schedule_from_the_option_file(tmp_path, period):
+    model, state = _trained_state(tmp_path)
+    opt = make_opt(tmp_path)
+    opt['train']['scheduler']['periods'] = [period]  # 10: unchanged; 40: the run is extended
+    resumed = build_model(opt)
+    resumed.resume_training(state)
+    resumed.update_learning_rate(4)
+    cosine = 0.5 * 1e-3 * (1 + math.cos(math.pi * 3 / period))  # eta_min 0, fourth update is position 3
+    assert resumed.get_current_learning_rate()[0] == pytest.approx(cosine)
+    if period == 10:  # an unchanged option file resumes exactly where the saved run would have gone
+        model.update_learning_rate(4)
+        assert resumed.get_current_learning_rate() == pytest.approx(model.get_current_learning_rate())
