@@ -4,6 +4,10 @@ The folder is typically rendered by ``datasets_prep/synthesize_gopro.py`` from p
 (``datasets/photos/eval`` or ``datasets/photos/val``). Metrics are BasicSR's ``calculate_psnr`` /
 ``calculate_ssim`` on RGB with ``crop_border`` 0, against the sharp image.
 
+With ``--offset-error`` (folders that hold ``<SEQ>/flow/``), it also measures how well the SVD modules' sampling
+points follow the blur: the order-invariant flow-guided offset loss on moving pixels (mean per offset coordinate, in
+each module's pixels), of the learned offsets and of the regular grid (zero offsets, which follow no motion).
+
 Example::
 
     python scripts/eval_heldout.py --weights weights/sdnet_base_synthetic.pth --data datasets/synthetic/eval
@@ -29,7 +33,9 @@ if ROOT_PATH not in sys.path:
 import sdnet_plugin  # noqa: E402,F401  (BasicSR fixes and registries)
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.utils import img2tensor, tensor2img  # noqa: E402
+from sdnet_plugin.data.flow_io import read_flow  # noqa: E402
 from sdnet_plugin.inference import DEFAULT_WEIGHTS, load_network  # noqa: E402
+from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss  # noqa: E402
 from sdnet_plugin.models.sdnet_model import tiled_forward  # noqa: E402
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
@@ -66,12 +72,39 @@ def read_image(path):
     return image
 
 
+def to_tensor(image_bgr, device):
+    """HxWx3 uint8 BGR -> ``(1, 3, H, W)`` float RGB in [0, 1] on ``device``."""
+    return img2tensor(image_bgr.astype(np.float32) / 255.0, bgr2rgb=True, float32=True).unsqueeze(0).to(device)
+
+
 @torch.no_grad()
 def restore(net, image_bgr, device, tile_size=0, tile_overlap=96):
     """Restore one HxWx3 uint8 BGR image; returns the same shape and type."""
-    lq = img2tensor(image_bgr.astype(np.float32) / 255.0, bgr2rgb=True, float32=True).unsqueeze(0).to(device)
-    output = tiled_forward(net, lq, tile_size, tile_overlap)
+    output = tiled_forward(net, to_tensor(image_bgr, device), tile_size, tile_overlap)
     return tensor2img(output, rgb2bgr=True, out_type=np.uint8, min_max=(0, 1))
+
+
+OFFSET_ERROR = FlowGuidedOffsetLoss(loss_weight=1.0, criterion='l1', motion_threshold=0.5, order_invariant=True)
+
+
+@torch.no_grad()
+def offset_errors(net, image_bgr, flow, device):
+    """Offset error (:data:`OFFSET_ERROR`) of the net's sampling points and of the regular grid.
+
+    Args:
+        net (nn.Module): An SDNet (``forward(x, return_offsets=True)``).
+        image_bgr (ndarray): HxWx3 uint8 BGR blurry image.
+        flow (ndarray): ``(H, W, 4)`` flow of the image, in pixels.
+        device (str | torch.device): Device of ``net``.
+
+    Returns:
+        tuple[float, float]: Learned and regular-grid errors.
+    """
+    _, offsets = net(to_tensor(image_bgr, device), return_offsets=True)
+    offsets = [dict(item, offset=item['offset'].float()) for item in offsets]
+    flow = torch.from_numpy(flow).permute(2, 0, 1).unsqueeze(0).to(device)
+    grid = [dict(item, offset=torch.zeros_like(item['offset'])) for item in offsets]
+    return float(OFFSET_ERROR(offsets, flow)), float(OFFSET_ERROR(grid, flow))
 
 
 def image_metrics(image, reference):
@@ -82,7 +115,7 @@ def image_metrics(image, reference):
     }
 
 
-def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96):
+def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_error=False):
     """Mean metrics of blurry vs sharp and restored vs sharp over ``pairs``.
 
     Args:
@@ -91,10 +124,11 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96):
         device (str | torch.device): Device of ``net``. Default: 'cpu'.
         tile_size (int): Tiled inference above this size (0: whole image). Default: 0.
         tile_overlap (int): Context pixels around each tile. Default: 96.
+        offset_error (bool): Also measure :func:`offset_errors` against ``<SEQ>/flow/<name>.png``. Default: False.
 
     Returns:
-        dict: ``count``, ``blurry``/``restored``/``gain`` (``psnr``, ``ssim``), ``seconds_per_image`` and
-        ``per_image`` (name and the four values).
+        dict: ``count``, ``blurry``/``restored``/``gain`` (``psnr``, ``ssim``), ``seconds_per_image``, ``per_image``
+        (name and the values) and, with ``offset_error``, ``offset_error`` (``learned``, ``grid``).
     """
     per_image = []
     start = time.time()
@@ -105,10 +139,18 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96):
                              f'{sharp.shape[1]}x{sharp.shape[0]}')
         restored = restore(net, blurry, device, tile_size, tile_overlap)
         before, after = image_metrics(blurry, sharp), image_metrics(restored, sharp)
-        per_image.append({'name': name, 'blurry_psnr': before['psnr'], 'blurry_ssim': before['ssim'],
-                          'restored_psnr': after['psnr'], 'restored_ssim': after['ssim']})
+        row = {'name': name, 'blurry_psnr': before['psnr'], 'blurry_ssim': before['ssim'],
+               'restored_psnr': after['psnr'], 'restored_ssim': after['ssim']}
+        if offset_error:
+            flow_path = osp.join(osp.dirname(osp.dirname(blur_path)), 'flow', osp.basename(blur_path))
+            flow = read_flow(flow_path)
+            if flow.shape[:2] != blurry.shape[:2]:
+                raise ValueError(f'{flow_path} is {flow.shape[1]}x{flow.shape[0]} but its blurry image is '
+                                 f'{blurry.shape[1]}x{blurry.shape[0]}')
+            row['offset_error'], row['grid_offset_error'] = offset_errors(net, blurry, flow, device)
+        per_image.append(row)
     mean = {key: float(np.mean([row[key] for row in per_image])) for key in per_image[0] if key != 'name'}
-    return {
+    result = {
         'count': len(per_image),
         'blurry': {'psnr': mean['blurry_psnr'], 'ssim': mean['blurry_ssim']},
         'restored': {'psnr': mean['restored_psnr'], 'ssim': mean['restored_ssim']},
@@ -117,6 +159,9 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96):
         'seconds_per_image': (time.time() - start) / len(per_image),
         'per_image': per_image,
     }
+    if offset_error:
+        result['offset_error'] = {'learned': mean['offset_error'], 'grid': mean['grid_offset_error']}
+    return result
 
 
 def format_table(result):
@@ -125,6 +170,10 @@ def format_table(result):
     for row in ('blurry', 'restored'):
         lines.append(f'| {row} vs sharp | {result[row]["psnr"]:.2f} | {result[row]["ssim"]:.4f} |')
     lines.append(f'| gain | {result["gain"]["psnr"]:+.2f} | {result["gain"]["ssim"]:+.4f} |')
+    if 'offset_error' in result:
+        error = result['offset_error']
+        lines.append(f'\nsampling points vs flow (offset error, px): learned {error["learned"]:.3f}, '
+                     f'regular grid {error["grid"]:.3f}')
     return '\n'.join(lines)
 
 
@@ -148,6 +197,8 @@ def main(argv=None):
     parser.add_argument('--tile-overlap', type=int, default=96, help='tile context in pixels (default: 96)')
     parser.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default: auto)')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch default)')
+    parser.add_argument('--offset-error', action='store_true',
+                        help='also compare the sampling points with <SEQ>/flow/ (see above; SDNet only)')
     parser.add_argument('--json', default=None, metavar='PATH', help="also write the result as JSON ('-': stdout)")
     args = parser.parse_args(argv)
 
@@ -159,7 +210,7 @@ def main(argv=None):
         pairs = find_pairs(args.data, args.blur_folder, args.sharp_folder)
         if args.max_images > 0:
             pairs = pairs[:args.max_images]
-        result = evaluate(net, pairs, device, args.tile_size, args.tile_overlap)
+        result = evaluate(net, pairs, device, args.tile_size, args.tile_overlap, args.offset_error)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         sys.exit(f'error: {error}')
     result = {'weights': args.weights, 'network_g': network_opt, 'data': args.data, 'blur_folder': args.blur_folder,

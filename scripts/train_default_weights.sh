@@ -98,7 +98,7 @@ fi
 step "exporting $checkpoint to $WEIGHTS"
 "$PY" -m sdnet_plugin.deblur --export "$checkpoint" "$WEIGHTS"
 step "held-out evaluation"
-"$PY" scripts/eval_heldout.py --weights "$WEIGHTS" --data datasets/synthetic/eval \
+"$PY" scripts/eval_heldout.py --weights "$WEIGHTS" --data datasets/synthetic/eval --offset-error \
     --json "${WEIGHTS%.pth}_eval.json"
 
 # 7. Keep the newest training state next to the weights, so that the next run (or a fresh clone) continues it.

@@ -101,3 +101,39 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         eval_heldout.main(['--weights', str(net_path), '--data', str(tmp_path / 'data')])
     with pytest.raises(SystemExit, match='does not exist'):
         eval_heldout.main(['--weights', str(tmp_path / 'missing.pth'), '--data', str(tmp_path / 'data')])
+
+
+class FlowFollower(torch.nn.Module):
+    """Identity whose 3x3 sampling points (stride 1 and 2) lie exactly on the trajectories of a given flow."""
+
+    def __init__(self, flow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x, return_offsets=False):
+        from sdnet_plugin.losses.flow_offset_loss import flow_to_offsets
+        offsets = [{'offset': flow_to_offsets(self.flow, 3, 1, s), 'stride': s, 'kernel_size': 3,
+                    'dilation': 1, 'level': level} for level, s in ((1, 2), (0, 1))]
+        return (x, offsets) if return_offsets else x
+
+
+def test_offset_error_is_zero_on_the_flow_and_grid_level_for_an_untrained_net(tmp_path):
+    from sdnet_plugin.data.flow_io import write_flow
+    make_tree(tmp_path / 'data', sequences=1)
+    flow = np.zeros((24, 32, 4), np.float32)
+    flow[..., 0], flow[..., 2] = -3.0, 3.0  # horizontal motion of 6 px over the exposure
+    (tmp_path / 'data' / 'SEQ_0' / 'flow').mkdir()
+    write_flow(str(tmp_path / 'data' / 'SEQ_0' / 'flow' / '000000.png'), flow)
+    pairs = eval_heldout.find_pairs(str(tmp_path / 'data'))
+
+    follower = FlowFollower(torch.from_numpy(flow).permute(2, 0, 1).unsqueeze(0))
+    result = eval_heldout.evaluate(follower, pairs, offset_error=True)
+    assert result['offset_error']['learned'] == pytest.approx(0, abs=1e-6)
+    assert result['offset_error']['grid'] > 0.5
+    untrained = eval_heldout.evaluate(SDNet(preset='tiny').eval(), pairs, offset_error=True)  # offsets start at 0
+    assert untrained['offset_error']['learned'] == pytest.approx(untrained['offset_error']['grid'])
+    assert 'regular grid' in eval_heldout.format_table(result)
+
+    (tmp_path / 'data' / 'SEQ_0' / 'flow' / '000000.png').unlink()
+    with pytest.raises(FileNotFoundError, match='flow file not found'):
+        eval_heldout.evaluate(follower, pairs, offset_error=True)
