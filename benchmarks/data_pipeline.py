@@ -21,6 +21,7 @@ from sdnet_plugin.data.flow_io import read_flow  # noqa: E402
 from sdnet_plugin.data.flow_utils import reblur  # noqa: E402
 from sdnet_plugin.data.gopro_layout import create_gopro_lmdb, lmdb_paths, scan_gopro_split  # noqa: E402
 from sdnet_plugin.data.synthesis import GAMMA, synthesize_dataset  # noqa: E402
+from sdnet_plugin.visualize import flow_to_color  # noqa: E402
 
 from basicsr.data import build_dataset  # noqa: E402,I100 (after sdnet_plugin's compatibility fixes)
 from basicsr.metrics import calculate_psnr  # noqa: E402
@@ -56,17 +57,12 @@ def loading_speed(dataset, epochs):
 
 
 def example_figure(root, path, count=3):
-    """Rows of sharp | blurry | flow middle->last (hue: direction, brightness: length)."""
+    """Rows of sharp | blurry | flow middle->last (flow colours: hue = direction, saturation = length)."""
     rows = []
     for sample in scan_gopro_split(root)[:count]:
         sharp, blurry = cv2.imread(sample['sharp']), cv2.imread(sample['blur'])
-        flow = read_flow(sample['flow'])[..., 2:]
-        magnitude, angle = cv2.cartToPolar(flow[..., 0], flow[..., 1])
-        hsv = np.zeros_like(sharp)
-        hsv[..., 0] = (angle / (2 * np.pi) * 179).astype(np.uint8)
-        hsv[..., 1] = 255
-        hsv[..., 2] = np.clip(magnitude / max(float(magnitude.max()), 1.0) * 255, 0, 255).astype(np.uint8)
-        rows.append(np.concatenate([sharp, blurry, cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)], 1))
+        colors, _ = flow_to_color(read_flow(sample['flow'])[..., 2:])
+        rows.append(np.concatenate([sharp, blurry, colors], 1))
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     cv2.imwrite(path, np.concatenate(rows, 0))
 

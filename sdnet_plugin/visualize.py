@@ -1,17 +1,17 @@
 """Pictures of the blur an SDNet has estimated: where each SVD module's deformable kernel samples.
 
 With flow-guided training the K sampling points of a kernel lie along the blur trajectory through their pixel
-(see :func:`sdnet_plugin.losses.flow_to_offsets`). Fitting that two-segment trajectory back to the predicted points
-gives the network's own estimate of the bi-directional flow, drawn as a flow-colour map (hue = direction,
-saturation = length) next to the blurry image with the sampling points of a sparse grid of pixels over it.
+(see :func:`sdnet_plugin.losses.flow_to_offsets`). The principal axis of each pixel's points is the network's own
+estimate of the blur there: its direction (either way, as a blurry image does not tell which way the scene moved)
+and its extent, drawn as a colour map (hue = axis, saturation = extent) next to the blurry image with the sampling
+points of a sparse grid of pixels over it. Points that spread with no preferred direction, such as the regular grid
+of an untrained kernel, show no blur (white).
 """
 import math
 
 import cv2
 import numpy as np
 import torch
-
-from sdnet_plugin.losses.flow_offset_loss import trajectory_coefficients
 
 
 def sampling_points(offset, kernel_size=3, dilation=1, stride=1):
@@ -35,8 +35,13 @@ def sampling_points(offset, kernel_size=3, dilation=1, stride=1):
     return (offset.view(b, num_points, 2, h, w) + grid) * stride
 
 
-def offsets_to_flow(offset, kernel_size=3, dilation=1, stride=1):
-    """Bi-directional flow that best explains the sampling points (least squares; inverse of ``flow_to_offsets``).
+def blur_axes(offset, kernel_size=3, dilation=1, stride=1):
+    """Blur axis along which each pixel's sampling points spread (principal component of the K points).
+
+    The vector lies along the points' main direction; its length is the half extent of K equally spaced points
+    with the same variance (exact for points on a segment, as ``flow_to_offsets`` places them for linear motion),
+    times the anisotropy ``(l1 - l2) / (l1 + l2)`` of the two variances, so that isotropic clouds count as no blur.
+    The sign is arbitrary.
 
     Args:
         offset (Tensor): ``(B, 2K, h, w)`` DCN offsets in level pixels.
@@ -45,26 +50,29 @@ def offsets_to_flow(offset, kernel_size=3, dilation=1, stride=1):
         stride (int): Default: 1.
 
     Returns:
-        Tensor: ``(B, 4, h, w)`` flow ``(u_first, v_first, u_last, v_last)`` in input pixels.
+        Tensor: ``(B, 2, h, w)`` vectors ``(u, v)`` in input pixels.
     """
-    points = sampling_points(offset, kernel_size, dilation, stride)
-    a_first, a_last = (a.to(points) for a in trajectory_coefficients(kernel_size * kernel_size))
+    num_points = kernel_size * kernel_size
+    points = sampling_points(offset, kernel_size, dilation, stride).double()  # (B, K, 2, h, w), (dy, dx)
+    centred = points - points.mean(1, keepdim=True)
+    var_y, var_x = centred[:, :, 0].square().mean(1), centred[:, :, 1].square().mean(1)
+    cov = (centred[:, :, 0] * centred[:, :, 1]).mean(1)
+    # eigen-decomposition of the 2x2 covariance [[var_x, cov], [cov, var_y]] in closed form
+    half_trace, half_gap = (var_x + var_y) / 2, torch.sqrt(((var_x - var_y) / 2).square() + cov.square())
+    major, minor = half_trace + half_gap, half_trace - half_gap
+    angle = 0.5 * torch.atan2(2 * cov, var_x - var_y)
+    anisotropy = torch.where(major > 1e-12, (major - minor) / (major + minor).clamp(min=1e-12), 0.0)
+    half_extent = torch.sqrt(3 * major.clamp(min=0) * (num_points - 1) / max(num_points + 1, 1)) * anisotropy
+    return torch.stack((half_extent * torch.cos(angle), half_extent * torch.sin(angle)), dim=1).to(offset.dtype)
 
-    def fit(coeffs):
-        if float(coeffs.square().sum()) == 0:  # a 1x1 kernel has no trajectory
-            return torch.zeros_like(points[:, 0])
-        return (points * coeffs.view(1, -1, 1, 1, 1)).sum(1) / coeffs.square().sum()
 
-    (v_first, u_first), (v_last, u_last) = fit(a_first).unbind(1), fit(a_last).unbind(1)
-    return torch.stack((u_first, v_first, u_last, v_last), dim=1)
-
-
-def flow_to_color(motion, max_magnitude=None):
+def flow_to_color(motion, max_magnitude=None, axial=False):
     """Flow-colour map: hue = direction, saturation = length (white = no motion).
 
     Args:
         motion (ndarray): ``(H, W, 2)`` vectors ``(u, v)`` in pixels.
         max_magnitude (float | None): Length drawn fully saturated. Default: the 99th percentile length.
+        axial (bool): Colour the axis, not the direction: ``v`` and ``-v`` get the same hue. Default: False.
 
     Returns:
         tuple[ndarray, float]: ``(H, W, 3)`` uint8 BGR picture and the ``max_magnitude`` used.
@@ -75,23 +83,25 @@ def flow_to_color(motion, max_magnitude=None):
         max_magnitude = float(np.percentile(magnitude, 99)) if magnitude.size else 0.0
     max_magnitude = max(max_magnitude, 1e-6)
     hsv = np.empty(motion.shape[:2] + (3, ), np.uint8)
+    if axial:
+        angle = (2 * angle) % 360
     hsv[..., 0] = (angle / 2).astype(np.uint8)  # OpenCV's 8-bit hue spans 0..180
     hsv[..., 1] = np.clip(magnitude / max_magnitude * 255, 0, 255).astype(np.uint8)
     hsv[..., 2] = 255
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR), max_magnitude
 
 
-def color_wheel(size):
+def color_wheel(size, axial=False):
     """Legend of :func:`flow_to_color`: a disc whose colours are the vectors from its centre (``(size, size, 3)``)."""
     coords = np.arange(size, dtype=np.float32) - (size - 1) / 2
     u, v = np.meshgrid(coords, coords)
-    wheel, _ = flow_to_color(np.stack((u, v), axis=-1), max_magnitude=size / 2)
+    wheel, _ = flow_to_color(np.stack((u, v), axis=-1), max_magnitude=size / 2, axial=axial)
     wheel[np.hypot(u, v) > size / 2] = 0
     return wheel
 
 
 def render_offset_picture(image, offset, kernel_size=3, dilation=1, stride=1, num_anchors=16, max_magnitude=None):
-    """Picture of one SVD module's sampling points: blurry image with sparse trajectories | flow-colour map.
+    """Picture of one SVD module's sampling points: blurry image with sparse trajectories | blur-axis colour map.
 
     Args:
         image (ndarray): ``(H, W, 3)`` uint8 BGR blurry image.
@@ -100,18 +110,17 @@ def render_offset_picture(image, offset, kernel_size=3, dilation=1, stride=1, nu
         dilation (int): Default: 1.
         stride (int): Default: 1.
         num_anchors (int): Pixels drawn along the longer side. Default: 16.
-        max_magnitude (float | None): Motion length drawn fully saturated. Default: 99th percentile.
+        max_magnitude (float | None): Half blur extent drawn fully saturated. Default: 99th percentile.
 
     Returns:
         ndarray: ``(H, 2W, 3)`` uint8 BGR picture.
     """
     height, width = image.shape[:2]
     offset = offset.detach().float().cpu()
-    flow = offsets_to_flow(offset, kernel_size, dilation, stride)[0]
-    # mean trajectory: half the displacement from the exposure's first to its last frame
-    motion = ((flow[2:] - flow[:2]) / 2).permute(1, 2, 0).numpy()
-    motion = cv2.resize(motion, (width, height), interpolation=cv2.INTER_LINEAR)
-    colors, max_magnitude = flow_to_color(motion, max_magnitude)
+    axes = blur_axes(offset, kernel_size, dilation, stride)[0].permute(1, 2, 0).numpy()
+    # nearest: linear interpolation between v and -v (the same axis) would fade to white
+    axes = cv2.resize(axes, (width, height), interpolation=cv2.INTER_NEAREST)
+    colors, max_magnitude = flow_to_color(axes, max_magnitude, axial=True)
 
     overlay = (image.astype(np.float32) * 0.6).astype(np.uint8)
     points = sampling_points(offset, kernel_size, dilation, stride)[0].numpy()  # (K, 2, h, w)
@@ -129,11 +138,11 @@ def render_offset_picture(image, offset, kernel_size=3, dilation=1, stride=1, nu
 
     wheel_size = max(8, min(height, width) // 5)
     if wheel_size <= min(height, width):
-        wheel = color_wheel(wheel_size)
+        wheel = color_wheel(wheel_size, axial=True)
         corner = colors[:wheel_size, width - wheel_size:]
         inside = wheel.any(axis=-1)
         corner[inside] = wheel[inside]
-    label = f'full colour: {max_magnitude:.1f} px'
+    label = f'full colour: blur +-{max_magnitude:.1f} px'
     font_scale = max(0.3, min(height, width) / 600)
     if height >= 24:
         cv2.putText(colors, label, (4, height - 6), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0),

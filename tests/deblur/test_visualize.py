@@ -5,17 +5,21 @@ import pytest
 import torch
 
 from sdnet_plugin.losses.flow_offset_loss import flow_to_offsets
-from sdnet_plugin.visualize import color_wheel, flow_to_color, offsets_to_flow, render_offset_picture
+from sdnet_plugin.visualize import blur_axes, color_wheel, flow_to_color, render_offset_picture
 
 
 @pytest.mark.parametrize('kernel_size, dilation, stride', [(3, 1, 1), (3, 2, 2), (5, 1, 4)])
-def test_offsets_to_flow_inverts_flow_to_offsets(kernel_size, dilation, stride):
+def test_blur_axes_recover_linear_motion_and_ignore_the_regular_grid(kernel_size, dilation, stride):
     torch.manual_seed(0)
-    # flow constant over each stride x stride cell, so area averaging keeps it exactly
-    cells = torch.randn(2, 4, 5, 6) * 6
+    # linear motion (last = -first), constant over each stride x stride cell so area averaging keeps it exactly
+    half = torch.randn(2, 2, 5, 6) * 6
+    cells = torch.cat((-half, half), dim=1)
     flow = cells.repeat_interleave(stride, dim=2).repeat_interleave(stride, dim=3)
-    offsets = flow_to_offsets(flow, kernel_size, dilation, stride)
-    assert torch.allclose(offsets_to_flow(offsets, kernel_size, dilation, stride), cells, atol=1e-4)
+    axes = blur_axes(flow_to_offsets(flow, kernel_size, dilation, stride), kernel_size, dilation, stride)
+    same_sign = (axes * half).sum(1, keepdim=True).sign()  # the axis has no direction
+    assert torch.allclose(axes * same_sign, half, atol=1e-3)
+    grid = blur_axes(torch.zeros(1, 2 * kernel_size**2, 3, 4), kernel_size, dilation, stride)
+    assert torch.allclose(grid, torch.zeros_like(grid), atol=1e-6)  # a square grid has no preferred direction
 
 
 def test_flow_colours_show_direction_and_length():
@@ -32,6 +36,9 @@ def test_flow_colours_show_direction_and_length():
     assert colors[0, 2, 0] > colors[0, 0, 0] and colors[0, 2, 2] == 255  # same hue, paler
     wheel = color_wheel(21)
     assert wheel.shape == (21, 21, 3) and wheel[0, 0].tolist() == [0, 0, 0] and wheel[10, 10].tolist() == [255] * 3
+    axial, _ = flow_to_color(np.concatenate((motion, -motion), axis=1), max_magnitude=8, axial=True)
+    assert np.array_equal(axial[:, :3], axial[:, 3:])  # v and -v: the same axis, the same colour
+    assert not np.array_equal(axial[0, 0], axial[0, 1])  # horizontal and vertical differ
 
 
 def test_picture_draws_the_trajectories_along_the_motion():
@@ -48,10 +55,11 @@ def test_picture_draws_the_trajectories_along_the_motion():
     assert drawn[12, 6:19].all() and not drawn[12, 21:27].any()
     assert not drawn[3:9, 12].any() and not drawn[16:22, 12].any()
     hsv = cv2.cvtColor(right[height // 2:height // 2 + 1, :width // 2], cv2.COLOR_BGR2HSV)
-    assert (hsv[..., 0] < 5).all() and (hsv[..., 1] > 200).all()  # rightward motion, full colour
+    assert (hsv[..., 0] < 5).all() and (hsv[..., 1] > 200).all()  # horizontal axis, full colour
 
 
 def test_picture_of_a_tiny_image():
     offsets = torch.zeros(1, 18, 2, 2)
     picture = render_offset_picture(np.zeros((5, 7, 3), np.uint8), offsets, stride=4)
     assert picture.shape == (5, 14, 3)
+    assert (picture[:, 7:] == 255).all()  # the untrained kernel's regular grid shows no blur
