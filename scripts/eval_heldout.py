@@ -72,37 +72,38 @@ def read_image(path):
     return image
 
 
-def to_tensor(image_bgr, device):
-    """HxWx3 uint8 BGR -> ``(1, 3, H, W)`` float RGB in [0, 1] on ``device``."""
-    return img2tensor(image_bgr.astype(np.float32) / 255.0, bgr2rgb=True, float32=True).unsqueeze(0).to(device)
-
-
 @torch.no_grad()
-def restore(net, image_bgr, device, tile_size=0, tile_overlap=96):
-    """Restore one HxWx3 uint8 BGR image; returns the same shape and type."""
-    output = tiled_forward(net, to_tensor(image_bgr, device), tile_size, tile_overlap)
-    return tensor2img(output, rgb2bgr=True, out_type=np.uint8, min_max=(0, 1))
+def restore(net, image_bgr, device, tile_size=0, tile_overlap=96, return_offsets=False):
+    """Restore one HxWx3 uint8 BGR image; returns the same shape and type.
+
+    With ``return_offsets`` the image runs whole (tiles would cut the offsets up) and the SVD modules' offsets
+    (``SDNet(x, return_offsets=True)``) come back too, from the same forward pass.
+    """
+    lq = img2tensor(image_bgr.astype(np.float32) / 255.0, bgr2rgb=True, float32=True).unsqueeze(0).to(device)
+    if return_offsets:
+        output, offsets = net(lq, return_offsets=True)
+    else:
+        output, offsets = tiled_forward(net, lq, tile_size, tile_overlap), None
+    restored = tensor2img(output, rgb2bgr=True, out_type=np.uint8, min_max=(0, 1))
+    return (restored, offsets) if return_offsets else restored
 
 
 OFFSET_ERROR = FlowGuidedOffsetLoss(loss_weight=1.0, criterion='l1', motion_threshold=0.5, order_invariant=True)
 
 
 @torch.no_grad()
-def offset_errors(net, image_bgr, flow, device):
+def offset_errors(offsets, flow):
     """Offset error (:data:`OFFSET_ERROR`) of the net's sampling points and of the regular grid.
 
     Args:
-        net (nn.Module): An SDNet (``forward(x, return_offsets=True)``).
-        image_bgr (ndarray): HxWx3 uint8 BGR blurry image.
+        offsets (list[dict]): The SVD modules' offsets of one image, as ``SDNet(x, return_offsets=True)`` gives them.
         flow (ndarray): ``(H, W, 4)`` flow of the image, in pixels.
-        device (str | torch.device): Device of ``net``.
 
     Returns:
         tuple[float, float]: Learned and regular-grid errors.
     """
-    _, offsets = net(to_tensor(image_bgr, device), return_offsets=True)
     offsets = [dict(item, offset=item['offset'].float()) for item in offsets]
-    flow = torch.from_numpy(flow).permute(2, 0, 1).unsqueeze(0).to(device)
+    flow = torch.from_numpy(flow).permute(2, 0, 1).unsqueeze(0).to(offsets[0]['offset'].device)
     grid = [dict(item, offset=torch.zeros_like(item['offset'])) for item in offsets]
     return float(OFFSET_ERROR(offsets, flow)), float(OFFSET_ERROR(grid, flow))
 
@@ -124,7 +125,8 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_erro
         device (str | torch.device): Device of ``net``. Default: 'cpu'.
         tile_size (int): Tiled inference above this size (0: whole image). Default: 0.
         tile_overlap (int): Context pixels around each tile. Default: 96.
-        offset_error (bool): Also measure :func:`offset_errors` against ``<SEQ>/flow/<name>.png``. Default: False.
+        offset_error (bool): Also measure :func:`offset_errors` against ``<SEQ>/flow/<name>.png`` (images then run
+            whole, without tiles). Default: False.
 
     Returns:
         dict: ``count``, ``blurry``/``restored``/``gain`` (``psnr``, ``ssim``), ``seconds_per_image``, ``per_image``
@@ -137,7 +139,10 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_erro
         if blurry.shape != sharp.shape:
             raise ValueError(f'{blur_path} is {blurry.shape[1]}x{blurry.shape[0]} but its sharp image is '
                              f'{sharp.shape[1]}x{sharp.shape[0]}')
-        restored = restore(net, blurry, device, tile_size, tile_overlap)
+        if offset_error:
+            restored, offsets = restore(net, blurry, device, return_offsets=True)
+        else:
+            restored = restore(net, blurry, device, tile_size, tile_overlap)
         before, after = image_metrics(blurry, sharp), image_metrics(restored, sharp)
         row = {'name': name, 'blurry_psnr': before['psnr'], 'blurry_ssim': before['ssim'],
                'restored_psnr': after['psnr'], 'restored_ssim': after['ssim']}
@@ -147,7 +152,7 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_erro
             if flow.shape[:2] != blurry.shape[:2]:
                 raise ValueError(f'{flow_path} is {flow.shape[1]}x{flow.shape[0]} but its blurry image is '
                                  f'{blurry.shape[1]}x{blurry.shape[0]}')
-            row['offset_error'], row['grid_offset_error'] = offset_errors(net, blurry, flow, device)
+            row['offset_error'], row['grid_offset_error'] = offset_errors(offsets, flow)
         per_image.append(row)
     mean = {key: float(np.mean([row[key] for row in per_image])) for key in per_image[0] if key != 'name'}
     result = {
@@ -198,7 +203,7 @@ def main(argv=None):
     parser.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default: auto)')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch default)')
     parser.add_argument('--offset-error', action='store_true',
-                        help='also compare the sampling points with <SEQ>/flow/ (see above; SDNet only)')
+                        help='also compare the sampling points with <SEQ>/flow/ (see above; SDNet only, no tiles)')
     parser.add_argument('--json', default=None, metavar='PATH', help="also write the result as JSON ('-': stdout)")
     args = parser.parse_args(argv)
 

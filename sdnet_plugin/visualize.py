@@ -62,7 +62,7 @@ def blur_axes(offset, kernel_size=3, dilation=1, stride=1):
     major, minor = half_trace + half_gap, half_trace - half_gap
     angle = 0.5 * torch.atan2(2 * cov, var_x - var_y)
     anisotropy = torch.where(major > 1e-12, (major - minor) / (major + minor).clamp(min=1e-12), 0.0)
-    half_extent = torch.sqrt(3 * major.clamp(min=0) * (num_points - 1) / max(num_points + 1, 1)) * anisotropy
+    half_extent = torch.sqrt(3 * major.clamp(min=0) * (num_points - 1) / (num_points + 1)) * anisotropy
     return torch.stack((half_extent * torch.cos(angle), half_extent * torch.sin(angle)), dim=1).to(offset.dtype)
 
 
