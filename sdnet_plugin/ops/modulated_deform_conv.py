@@ -8,7 +8,13 @@ Backends:
 * ``'mmcv'``: mmcv's compiled op, when ``mmcv.ops`` imports with its extension.
 * ``'torchvision'``: :func:`torchvision.ops.deform_conv2d`.
 * ``'torch'``: pure PyTorch (one ``grid_sample`` of all K sampling points, then one batched matrix product; bands
-  of rows without autograd). Differentiable, works on every device and dtype.
+  of rows without autograd). Differentiable, works on every device and dtype, and exports to ONNX.
+* ``'fused'``: CPU only (float32, float64, bfloat16): a small C++/OpenMP kernel samples channels-last columns and
+  torch contracts them with the weights (:mod:`sdnet_plugin.ops.fused_cpu`); built on first use when a C++
+  compiler is present.
+
+Under a CPU ``torch.autocast`` region of bfloat16, the ``'fused'`` backend computes in bfloat16 (AMX matrix
+products) and ``'auto'`` times the backends in bfloat16.
 
 ``'auto'`` times every available backend once per (device, dtype, training or inference) on a representative layer
 and keeps the fastest. ``SDNET_DCN_BACKEND`` in the environment overrides the choice.
@@ -23,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-BACKENDS = ('mmcv', 'torchvision', 'torch')
+BACKENDS = ('mmcv', 'torchvision', 'torch', 'fused')
 _auto_choice = {}
 
 
@@ -49,6 +55,9 @@ def _available_backends():
     except Exception:
         pass
     names.append('torch')
+    from sdnet_plugin.ops import fused_cpu
+    if fused_cpu.is_available():
+        names.append('fused')
     return tuple(names)
 
 
@@ -127,7 +136,21 @@ def _deform_conv_mmcv(x, offset, mask, weight, bias, stride, padding, dilation):
     return _mmcv_op()(x, offset, mask, weight, bias, stride, padding, dilation, 1, 1)
 
 
-_IMPLS = {'torch': _deform_conv_torch, 'torchvision': _deform_conv_torchvision, 'mmcv': _deform_conv_mmcv}
+def _deform_conv_fused(x, offset, mask, weight, bias, stride, padding, dilation):
+    from sdnet_plugin.ops.fused_cpu import deform_conv_fused
+    return deform_conv_fused(x, offset, mask, weight, bias, stride, padding, dilation)
+
+
+_IMPLS = {'torch': _deform_conv_torch, 'torchvision': _deform_conv_torchvision, 'mmcv': _deform_conv_mmcv,
+          'fused': _deform_conv_fused}
+
+
+def _autocast_dtype(device_type, dtype):
+    """The dtype a convolution computes in: the autocast dtype inside an autocast region of the device, else
+    ``dtype``."""
+    if device_type in ('cpu', 'cuda') and torch.is_autocast_enabled(device_type) and dtype.is_floating_point:
+        return torch.get_autocast_dtype(device_type)
+    return dtype
 
 
 def _time_backends(names, device, dtype, backward, rounds=4):
@@ -220,7 +243,7 @@ def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, pa
     if mask.shape != (b, k, ho, wo):
         raise ValueError(f'mask must have shape {(b, k, ho, wo)}, got {tuple(mask.shape)}')
     if backend == 'auto':
-        backend = select_backend(input.device, input.dtype, backward=torch.is_grad_enabled() and any(
+        backend = select_backend(input.device, _autocast_dtype(input.device.type, input.dtype), backward=torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (input, offset, mask, weight, bias)))
     elif backend not in _IMPLS:
         raise ValueError(f'unknown backend {backend!r}; choose from auto, {", ".join(BACKENDS)}')

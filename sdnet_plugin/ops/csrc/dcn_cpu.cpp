@@ -1,0 +1,283 @@
+// Bilinear sampling kernels of the fused CPU modulated deformable convolution (sdnet_plugin.ops, backend 'fused').
+//
+// The convolution is split into a sampling step done here and matrix products done by torch (oneDNN, AMX for
+// bfloat16):
+//   forward:  cols[b, n, k, c] = mask[b, k, n] * bilinear(x[b, :, :, c], p[b, k, n])          (this file)
+//             out[b, n, :]     = cols[b, n, :] @ weight(K * C, C_out)                           (torch)
+//   backward: gcols = gout @ weight^T, gweight = gout^T @ cols                                  (torch)
+//             grad of x, offset and mask from gcols                                             (this file)
+// x is channels-last (B, H, W, C contiguous), so each bilinear corner reads C contiguous values and the inner loops
+// vectorise. Offsets (interleaved dy, dx per kernel point) and masks are read through their strides, any layout.
+// Element types: float, double, and bfloat16 stored as uint16 (accumulation in float).
+// Plain C ABI (no Python or torch headers): loaded with ctypes, built in about a second.
+#include <cmath>
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+typedef uint16_t bf16;
+
+inline float to_acc(bf16 v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline float to_acc(float v) { return v; }
+inline double to_acc(double v) { return v; }
+
+template <typename T, typename A> inline T from_acc(A v);
+template <> inline float from_acc<float, float>(float v) { return v; }
+template <> inline double from_acc<double, double>(double v) { return v; }
+template <> inline bf16 from_acc<bf16, float>(float v) {  // round to nearest even, NaN stays NaN
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<bf16>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<bf16>(bits >> 16);
+}
+
+struct Geometry {
+  int64_t batch, channels, height, width;  // input
+  int64_t out_h, out_w, row0, rows;        // output rows row0 .. row0 + rows - 1
+  int64_t kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  const int64_t *x_strides;    // (b, h, w); channels are contiguous
+  const int64_t *off_strides;  // (b, 2k, h, w)
+  const int64_t *mask_strides; // (b, k, h, w)
+};
+
+// Bilinear data of every sampling point of one output row, kernel point by kernel point ([k][ow] arrays), computed
+// in loops over the row's pixels that the compiler vectorises. Corner (i, j) of a point is (row[i], col[j]) (clamped
+// into the input), weighs ay[i] * ax[j] (zero outside the input), and that weight's derivatives with respect to the
+// sampling position are dy[i] * ax[j] and ay[i] * dx[j].
+template <typename A> struct RowPoints {
+  int64_t n;  // K * W_out
+  std::vector<int32_t> index;  // row0, row1, col0, col1: 4 arrays of n
+  std::vector<A> value;        // ay0, ay1, ax0, ax1, dy0, dy1, dx0, dx1, mask: 9 arrays of n
+  std::vector<A> staged;       // offsets and masks of one kernel point, read through their strides
+  RowPoints(int64_t k, int64_t wo) : n(k * wo), index(4 * n), value(9 * n), staged(3 * wo) {}
+  int32_t *idx(int a) { return index.data() + a * n; }
+  A *val(int a) { return value.data() + a * n; }
+};
+
+template <typename O, typename A>
+void row_points(const Geometry &g, const O *offset, const O *mask, int64_t b, int64_t oh, RowPoints<A> &rp) {
+  const int64_t K = g.kh * g.kw, Wo = g.out_w, stride_w = g.stride_w;
+  const int64_t *os = g.off_strides, *ms = g.mask_strides;
+  const A hi_y = static_cast<A>(g.height - 1), hi_x = static_cast<A>(g.width - 1);
+  const O *off = offset + b * os[0] + oh * os[2], *msk = mask + b * ms[0] + oh * ms[2];
+  A *oy = rp.staged.data(), *ox = oy + Wo, *om = ox + Wo;
+  for (int64_t k = 0; k < K; ++k) {
+    const A ky = static_cast<A>(oh * g.stride_h - g.pad_h + (k / g.kw) * g.dil_h);
+    const A kx = static_cast<A>((k % g.kw) * g.dil_w - g.pad_w);
+    const O *off_y = off + 2 * k * os[1], *off_x = off + (2 * k + 1) * os[1], *mk = msk + k * ms[1];
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      oy[ow] = to_acc(off_y[ow * os[3]]);
+      ox[ow] = to_acc(off_x[ow * os[3]]);
+      om[ow] = to_acc(mk[ow * ms[3]]);
+    }
+    const int64_t s = k * Wo;
+    int32_t *r0 = rp.idx(0) + s, *r1 = rp.idx(1) + s, *c0 = rp.idx(2) + s, *c1 = rp.idx(3) + s;
+    A *ay0 = rp.val(0) + s, *ay1 = rp.val(1) + s, *ax0 = rp.val(2) + s, *ax1 = rp.val(3) + s;
+    A *dy0 = rp.val(4) + s, *dy1 = rp.val(5) + s, *dx0 = rp.val(6) + s, *dx1 = rp.val(7) + s, *mv = rp.val(8) + s;
+#pragma omp simd
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      const A py = ky + oy[ow], px = static_cast<A>(ow * stride_w) + kx + ox[ow];
+      const A fy = std::floor(py), fx = std::floor(px), ly = py - fy, lx = px - fx;
+      // A corner outside the input weighs zero; so does every corner of a point one pixel or more outside.
+      const A vy0 = A(fy >= 0) * A(fy <= hi_y), vy1 = A(fy >= -1) * A(fy <= hi_y - 1);
+      const A vx0 = A(fx >= 0) * A(fx <= hi_x), vx1 = A(fx >= -1) * A(fx <= hi_x - 1);
+      ay0[ow] = vy0 * (1 - ly); ay1[ow] = vy1 * ly; ax0[ow] = vx0 * (1 - lx); ax1[ow] = vx1 * lx;
+      dy0[ow] = -vy0; dy1[ow] = vy1; dx0[ow] = -vx0; dx1[ow] = vx1;
+      mv[ow] = om[ow];
+      r0[ow] = static_cast<int32_t>(std::min(std::max(fy, A(0)), hi_y));
+      r1[ow] = static_cast<int32_t>(std::min(std::max(fy + 1, A(0)), hi_y));
+      c0[ow] = static_cast<int32_t>(std::min(std::max(fx, A(0)), hi_x));
+      c1[ow] = static_cast<int32_t>(std::min(std::max(fx + 1, A(0)), hi_x));
+    }
+  }
+}
+
+// One masked bilinear sample of C channels: dst = sum over corners of w[q] * p[q].
+// CC > 0 fixes the channel count at compile time (unrolled, vectorised loops for the common widths).
+template <typename T, typename A, int64_t CC>
+inline void blend(T *__restrict__ dst, const T *__restrict__ p0, const T *__restrict__ p1, const T *__restrict__ p2,
+                  const T *__restrict__ p3, A w0, A w1, A w2, A w3, int64_t channels) {
+  const int64_t C = CC > 0 ? CC : channels;
+#pragma omp simd
+  for (int64_t ch = 0; ch < C; ++ch)
+    dst[ch] = from_acc<T, A>(w0 * to_acc(p0[ch]) + w1 * to_acc(p1[ch]) + w2 * to_acc(p2[ch]) + w3 * to_acc(p3[ch]));
+}
+
+// The four corners of one sampling point in one pass over the channels: d[q] = sum(g * p[q]) and gp[q] += s[q] * g.
+// The corners' gp never alias (corners outside the input point at a scratch vector).
+template <typename T, typename A, int64_t CC>
+inline void dot_axpy4(const T *__restrict__ g, const T *__restrict__ p0, const T *__restrict__ p1,
+                      const T *__restrict__ p2, const T *__restrict__ p3, A *__restrict__ gp0, A *__restrict__ gp1,
+                      A *__restrict__ gp2, A *__restrict__ gp3, const A *s, A *d, int64_t channels) {
+  const int64_t C = CC > 0 ? CC : channels;
+  const A s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+  A d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+  for (int64_t ch = 0; ch < C; ++ch) {
+    const A gv = to_acc(g[ch]);
+    d0 += gv * to_acc(p0[ch]);
+    d1 += gv * to_acc(p1[ch]);
+    d2 += gv * to_acc(p2[ch]);
+    d3 += gv * to_acc(p3[ch]);
+    gp0[ch] += s0 * gv;
+    gp1[ch] += s1 * gv;
+    gp2[ch] += s2 * gv;
+    gp3[ch] += s3 * gv;
+  }
+  d[0] = d0; d[1] = d1; d[2] = d2; d[3] = d3;
+}
+
+// cols: (B, rows, W_out, K, C) contiguous, masked bilinear samples of output rows row0 .. row0 + rows - 1.
+template <typename T, typename O, typename A, int64_t CC>
+void im2col(const T *x, const O *offset, const O *mask, const Geometry &g, T *cols, int threads) {
+  const int64_t C = g.channels, K = g.kh * g.kw, Wo = g.out_w, x_row = g.x_strides[1], x_col = g.x_strides[2];
+#pragma omp parallel num_threads(threads)
+  {
+    RowPoints<A> rp(K, Wo);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < g.batch * g.rows; ++r) {
+      const int64_t b = r / g.rows;
+      row_points(g, offset, mask, b, g.row0 + r % g.rows, rp);
+      const T *xb = x + b * g.x_strides[0];
+      T *dst = cols + r * Wo * K * C;
+      for (int64_t ow = 0; ow < Wo; ++ow) {
+        for (int64_t k = 0; k < K; ++k, dst += C) {
+          const int64_t i = k * Wo + ow;
+          const T *p0 = xb + rp.idx(0)[i] * x_row, *p1 = xb + rp.idx(1)[i] * x_row;
+          const int64_t c0 = rp.idx(2)[i] * x_col, c1 = rp.idx(3)[i] * x_col;
+          const A m = rp.val(8)[i], ay0 = m * rp.val(0)[i], ay1 = m * rp.val(1)[i];
+          const A ax0 = rp.val(2)[i], ax1 = rp.val(3)[i];
+          blend<T, A, CC>(dst, p0 + c0, p0 + c1, p1 + c0, p1 + c1, ay0 * ax0, ay0 * ax1, ay1 * ax0, ay1 * ax1, C);
+        }
+      }
+    }
+  }
+}
+
+// Gradients for output rows row0 .. row0 + rows - 1 from gcols (B, rows, W_out, K, C) contiguous, the gradient of the
+// masked samples: goffset (B, rows, W_out, K, 2) and gmask (B, rows, W_out, K) are written, gx (B, H, W, C) dense
+// accumulates. Threads take whole rows; with several threads each accumulates into its own copy of gx
+// (gx + thread * gx_copy_stride), which the caller sums.
+template <typename T, typename O, typename A, int64_t CC>
+void col2im(const T *x, const O *offset, const O *mask, const Geometry &g, const T *gcols, A *gx, A *goffset,
+            A *gmask, int threads, int64_t gx_copy_stride) {
+  const int64_t C = g.channels, K = g.kh * g.kw, Wo = g.out_w, W = g.width;
+  const int64_t x_row = g.x_strides[1], x_col = g.x_strides[2];
+#pragma omp parallel num_threads(threads)
+  {
+    RowPoints<A> rp(K, Wo);
+    std::vector<T> x_zero(C, from_acc<T, A>(A(0)));
+    std::vector<A> gx_scratch(C);
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < g.batch * g.rows; ++r) {
+      const int64_t b = r / g.rows;
+      row_points(g, offset, mask, b, g.row0 + r % g.rows, rp);
+      const T *xb = x + b * g.x_strides[0];
+      A *gxb = gx + tid * gx_copy_stride + b * g.height * W * C;
+      for (int64_t ow = 0; ow < Wo; ++ow) {
+        const int64_t n = r * Wo + ow;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t i = k * Wo + ow;
+          const int64_t ys[2] = {rp.idx(0)[i], rp.idx(1)[i]}, xs[2] = {rp.idx(2)[i], rp.idx(3)[i]};
+          const A m = rp.val(8)[i], ay[2] = {rp.val(0)[i], rp.val(1)[i]}, ax[2] = {rp.val(2)[i], rp.val(3)[i]};
+          const A dy[2] = {rp.val(4)[i], rp.val(5)[i]}, dx[2] = {rp.val(6)[i], rp.val(7)[i]};
+          const T *p[4];
+          A *gp[4], scale[4], dot[4];
+          for (int q = 0; q < 4; ++q) {
+            const int yi = q >> 1, xi = q & 1;
+            const bool inside = dy[yi] != 0 && dx[xi] != 0;  // dy, dx are -1 / +1 inside the input, 0 outside
+            p[q] = inside ? xb + ys[yi] * x_row + xs[xi] * x_col : x_zero.data();
+            gp[q] = inside ? gxb + (ys[yi] * W + xs[xi]) * C : gx_scratch.data();
+            scale[q] = m * ay[yi] * ax[xi];
+          }
+          dot_axpy4<T, A, CC>(gcols + (n * K + k) * C, p[0], p[1], p[2], p[3], gp[0], gp[1], gp[2], gp[3], scale,
+                              dot, C);
+          gmask[n * K + k] = ay[0] * (ax[0] * dot[0] + ax[1] * dot[1]) + ay[1] * (ax[0] * dot[2] + ax[1] * dot[3]);
+          goffset[(n * K + k) * 2] = m * (dy[0] * (ax[0] * dot[0] + ax[1] * dot[1]) +
+                                          dy[1] * (ax[0] * dot[2] + ax[1] * dot[3]));
+          goffset[(n * K + k) * 2 + 1] = m * (ay[0] * (dx[0] * dot[0] + dx[1] * dot[1]) +
+                                              ay[1] * (dx[0] * dot[2] + dx[1] * dot[3]));
+        }
+      }
+    }
+  }
+}
+
+// Dispatch on the channel count: the common widths get loops of fixed length.
+#define SDNET_DISPATCH_CHANNELS(FN, CHANNELS, ...)                                                                  \
+  switch (CHANNELS) {                                                                                               \
+    case 16: FN<T, O, A, 16>(__VA_ARGS__); break;                                                                   \
+    case 32: FN<T, O, A, 32>(__VA_ARGS__); break;                                                                   \
+    case 64: FN<T, O, A, 64>(__VA_ARGS__); break;                                                                   \
+    case 128: FN<T, O, A, 128>(__VA_ARGS__); break;                                                                 \
+    default: FN<T, O, A, 0>(__VA_ARGS__);                                                                           \
+  }
+
+template <typename T, typename O, typename A>
+void im2col_any(const T *x, const O *offset, const O *mask, const Geometry &g, T *cols, int threads) {
+  SDNET_DISPATCH_CHANNELS(im2col, g.channels, x, offset, mask, g, cols, threads)
+}
+
+template <typename T, typename O, typename A>
+void col2im_any(const T *x, const O *offset, const O *mask, const Geometry &g, const T *gcols, A *gx, A *goffset,
+                A *gmask, int threads, int64_t gx_copy_stride) {
+  SDNET_DISPATCH_CHANNELS(col2im, g.channels, x, offset, mask, g, gcols, gx, goffset, gmask, threads, gx_copy_stride)
+}
+
+Geometry make_geometry(const int64_t *dims, const int64_t *strides) {
+  // dims: batch, channels, height, width, out_h, out_w, row0, rows, kh, kw, stride_h, stride_w, pad_h, pad_w,
+  // dil_h, dil_w; strides: x (b, h, w), offset (b, c, h, w), mask (b, c, h, w)
+  Geometry g;
+  g.batch = dims[0]; g.channels = dims[1]; g.height = dims[2]; g.width = dims[3];
+  g.out_h = dims[4]; g.out_w = dims[5]; g.row0 = dims[6]; g.rows = dims[7];
+  g.kh = dims[8]; g.kw = dims[9]; g.stride_h = dims[10]; g.stride_w = dims[11];
+  g.pad_h = dims[12]; g.pad_w = dims[13]; g.dil_h = dims[14]; g.dil_w = dims[15];
+  g.x_strides = strides;
+  g.off_strides = strides + 3;
+  g.mask_strides = strides + 7;
+  return g;
+}
+
+}  // namespace
+
+extern "C" {
+
+int sdnet_dcn_abi_version() { return 4; }
+
+// NAME: element type of x and the columns, then of the offsets and masks.
+#define SDNET_DCN_ENTRY(NAME, T, O, A)                                                                                \
+  void sdnet_dcn_im2col_##NAME(const void *x, const void *offset, const void *mask, const int64_t *dims,          \
+                               const int64_t *strides, void *cols, int threads) {                                \
+    im2col_any<T, O, A>(static_cast<const T *>(x), static_cast<const O *>(offset), static_cast<const O *>(mask),         \
+                 make_geometry(dims, strides), static_cast<T *>(cols), threads);                                  \
+  }                                                                                                               \
+  void sdnet_dcn_col2im_##NAME(const void *x, const void *offset, const void *mask, const int64_t *dims,          \
+                               const int64_t *strides, const void *gcols, void *gx, void *goffset, void *gmask,   \
+                               int threads, int64_t gx_copy_stride) {                                             \
+    col2im_any<T, O, A>(static_cast<const T *>(x), static_cast<const O *>(offset), static_cast<const O *>(mask),         \
+                 make_geometry(dims, strides), static_cast<const T *>(gcols), static_cast<A *>(gx),               \
+                 static_cast<A *>(goffset), static_cast<A *>(gmask), threads, gx_copy_stride);                           \
+  }
+
+SDNET_DCN_ENTRY(float32_float32, float, float, float)
+SDNET_DCN_ENTRY(float64_float64, double, double, double)
+SDNET_DCN_ENTRY(bfloat16_float32, bf16, float, float)
+SDNET_DCN_ENTRY(bfloat16_bfloat16, bf16, bf16, float)
+
+}  // extern "C"
