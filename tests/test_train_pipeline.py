@@ -203,3 +203,33 @@ def test_torchrun_two_cpu_processes(synthetic_gopro, experiment, tmp_path):
     log = read_log(exp)
     assert 'World size (gpu number): 2' in log and 'iter:       2' in log and 'l_offset:' in log
     assert (exp / 'models' / 'net_g_latest.pth').is_file()
+
+
+def test_bfloat16_autocast_training_resumes_and_keeps_float32_checkpoints(synthetic_gopro, experiment, tmp_path):
+    opt = demo_options(experiment, lmdb_set(synthetic_gopro), total_iter=4)
+    opt['network_g']['dcn_backend'] = 'auto'
+    opt['train'].update(amp='bf16', channels_last=True)
+    option_file = write_options(opt, tmp_path)
+    run(TRAIN, option_file, '--force_yml', 'train:total_iter=2')  # stops half-way through the schedule
+    exp = REPO / 'experiments' / experiment
+    assert 'Mixed precision: bf16 on cpu; channels-last: True' in read_log(exp)
+    checkpoint = torch.load(exp / 'models' / 'net_g_2.pth', weights_only=True)
+    assert all(v.dtype == torch.float32 for key in ('params', 'params_ema') for v in checkpoint[key].values())
+    state = torch.load(exp / 'training_states' / '2.state', weights_only=False)
+    assert 'grad_scaler' not in state  # bfloat16 needs no loss scaling
+    assert all(v.dtype == torch.float32 for s in state['optimizers'][0]['state'].values() for v in s.values()
+               if torch.is_tensor(v) and v.is_floating_point())
+
+    run(TRAIN, option_file, '--auto_resume')
+    log = read_log(exp)
+    assert 'Resuming training from epoch: 0, iter: 2.' in log and f'iter: {4:7d}' in log
+    resumed = torch.load(exp / 'models' / 'net_g_4.pth', weights_only=True)
+    assert any(not torch.equal(resumed['params'][k], checkpoint['params'][k]) for k in checkpoint['params'])
+
+
+def test_float16_on_cpu_is_a_one_line_error(synthetic_gopro, experiment, tmp_path):
+    opt = demo_options(experiment, lmdb_set(synthetic_gopro), total_iter=2)
+    opt['train']['amp'] = 'fp16'
+    result = run(TRAIN, write_options(opt, tmp_path), check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == 'error: fp16 is not supported on the CPU; use bf16 (or fp32)'

@@ -7,6 +7,11 @@ Adds to ``SRModel`` (all options are read from the usual option file, see ``docs
 * ``train.grad_clip_norm``: gradient clipping by total norm; the norm is logged as ``grad_norm``.
 * ``train.max_nonfinite_steps``: a non-finite loss or gradient skips the step with a warning; that many consecutive
   skips stop the run.
+* ``train.amp`` (``auto``, ``bf16``, ``fp16``, ``off``): mixed precision. ``auto`` is bfloat16 on CPUs and GPUs that
+  compute it natively, float16 (with a gradient scaler, saved in the training state) on older GPUs, float32
+  elsewhere; weights, optimizer state and checkpoints stay float32. ``train.channels_last`` (``auto``, true,
+  false): the network's memory layout (``auto``: on for the CPU and for mixed precision on CUDA). Validation uses
+  ``val.precision`` (``auto``, ``bf16``, ``fp16``, ``fp32``; ``auto`` follows the training precision).
 * Resume keeps the option file's learning-rate schedule (periods, milestones), so a run can be extended.
 * Atomic checkpoints (temp file, fsync, ``os.replace``) that also store the network options under ``network_g``.
 * Validation on full images, optionally tiled (``val.tile_size`` / ``val.tile_overlap``, the blending tiler of
@@ -29,7 +34,7 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
-from sdnet_plugin import inference
+from sdnet_plugin import inference, precision
 
 OFFSET_WEIGHT_SCHEDULES = ('constant', 'linear')
 # What a resumed scheduler keeps from its training state; everything else comes from the option file.
@@ -110,7 +115,29 @@ class SDNetModel(SRModel):
         self.cri_offset = None
         self.flow = None
         self.nonfinite_steps = 0
+        self.grad_scaler = None
+        # BasicSR's device rule (BaseModel sets self.device only inside super().__init__, after networks are built).
+        device = torch.device('cuda' if opt.get('num_gpu', 0) != 0 else 'cpu')
+        train_opt = opt.get('train') or {}
+        self.amp_dtype = precision.resolve(train_opt.get('amp', 'auto'), device) if opt.get('is_train') else None
+        val_precision = (opt.get('val') or {}).get('precision', 'auto')
+        self.val_dtype = self.amp_dtype if val_precision == 'auto' and opt.get('is_train') else \
+            precision.resolve(val_precision, device)
+        self.channels_last = precision.use_channels_last(train_opt.get('channels_last', 'auto'), device,
+                                                         self.amp_dtype or self.val_dtype)
         super().__init__(opt)
+        if self.amp_dtype == torch.float16:
+            self.grad_scaler = torch.amp.GradScaler(self.device.type)
+        if opt.get('is_train'):
+            get_root_logger().info(f'Mixed precision: {precision.name_of(self.amp_dtype)} on {self.device.type}; '
+                                   f'channels-last: {self.channels_last}; validation in '
+                                   f'{precision.name_of(self.val_dtype)}.')
+
+    def model_to_device(self, net):
+        """BasicSR's ``model_to_device``, in channels-last memory when configured (before any DDP wrapping)."""
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        return super().model_to_device(net)
 
     # ------------------------------------------------------------------ training set-up
     def init_training_settings(self):
@@ -154,6 +181,8 @@ class SDNetModel(SRModel):
     def feed_data(self, data):
         """Take ``lq``, ``gt`` and, when present, ``flow`` ``(B, 4, H, W)`` from a data batch."""
         super().feed_data(data)
+        if self.channels_last:
+            self.lq = self.lq.contiguous(memory_format=torch.channels_last)
         self.flow = data['flow'].to(self.device) if 'flow' in data else None
         if self.flow is not None and self.flow.shape[-2:] != self.lq.shape[-2:]:
             height, width = self.lq.shape[-2:]
@@ -163,6 +192,11 @@ class SDNetModel(SRModel):
     # ------------------------------------------------------------------ optimisation
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()
+        with precision.autocast(self.device, self.amp_dtype):
+            loss_dict, l_total = self._forward_losses(current_iter)
+        self._step(current_iter, loss_dict, l_total)
+
+    def _forward_losses(self, current_iter):
         offset_factor = self.offset_weight_factor(current_iter) if self.cri_offset is not None else 0.0
         if offset_factor > 0:
             if self.flow is None:
@@ -190,19 +224,31 @@ class SDNetModel(SRModel):
             loss_dict['l_offset'] = l_offset
             l_total = l_total + l_offset
         loss_dict['l_total'] = l_total
+        return loss_dict, l_total
 
+    def _step(self, current_iter, loss_dict, l_total):
+        """Backward, gradient clipping and the optimizer step (through the gradient scaler with float16)."""
         if self._any_rank(not torch.isfinite(l_total.detach())):
             self._skip_step(current_iter, 'loss', loss_dict)
             return
-        l_total.backward()
+        scaler = self.grad_scaler
+        (scaler.scale(l_total) if scaler else l_total).backward()
+        if scaler:
+            scaler.unscale_(self.optimizer_g)
         params = [p for group in self.optimizer_g.param_groups for p in group['params'] if p.grad is not None]
         max_norm = self.grad_clip_norm if self.grad_clip_norm > 0 else float('inf')
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         loss_dict['grad_norm'] = grad_norm.detach().to(l_total.device)
         if not torch.isfinite(grad_norm):  # DDP has averaged the gradients: every rank sees the same norm
+            if scaler:  # float16 overflow: the scaler lowers its scale; the step is skipped like any other
+                scaler.update()
             self._skip_step(current_iter, 'gradient', loss_dict)
             return
-        self.optimizer_g.step()
+        if scaler:
+            scaler.step(self.optimizer_g)
+            scaler.update()
+        else:
+            self.optimizer_g.step()
         self.nonfinite_steps = 0
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.ema_decay > 0:
@@ -235,9 +281,9 @@ class SDNetModel(SRModel):
         val_opt = self.opt.get('val') or {}
         was_training = net.training
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), precision.autocast(self.device, self.val_dtype):
             self.output = tiled_forward(net, self.lq, int(val_opt.get('tile_size', 0) or 0),
-                                        int(val_opt.get('tile_overlap', 96)))
+                                        int(val_opt.get('tile_overlap', 96))).float()
         if was_training:
             net.train()
 
@@ -332,6 +378,8 @@ class SDNetModel(SRModel):
         """
         configured = [s.state_dict() for s in self.schedulers]
         super().resume_training(resume_state)
+        if self.grad_scaler is not None and resume_state.get('grad_scaler'):
+            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
         for scheduler, config in zip(self.schedulers, configured):
             saved = scheduler.state_dict()
             shape = {k: v for k, v in config.items() if k not in _SCHEDULER_POSITION_KEYS}
@@ -351,4 +399,6 @@ class SDNetModel(SRModel):
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
         }
+        if self.grad_scaler is not None:
+            state['grad_scaler'] = self.grad_scaler.state_dict()
         atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))

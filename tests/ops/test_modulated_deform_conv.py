@@ -288,3 +288,85 @@ def test_torch_backend_samples_low_precision_inputs_at_float32_positions(device,
         assert out.dtype == dtype
         error = (out.double().cpu() - expected).abs()
         assert error.mean() < mean_tol and error.max() < 40 * mean_tol
+
+
+requires_fused = pytest.mark.skipif('fused' not in AVAILABLE, reason='fused CPU kernel not available (no compiler)')
+# bfloat16 keeps 8 significant bits: inputs, columns and products are each rounded to about 0.4 % of their size, so
+# outputs and gradients are compared with a tolerance relative to their overall scale (measured: at most 0.5 %).
+BF16_RELATIVE = 0.01
+
+
+def _relative_error(actual, expected):
+    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+
+
+@requires_fused
+@pytest.mark.parametrize('config', list(CONFIGS))
+@pytest.mark.parametrize('autocast', [False, True])
+def test_fused_bfloat16_matches_reference(config, autocast):
+    """bfloat16 inputs, or float32 inputs inside a CPU autocast region: forward and every gradient."""
+    tensors, geometry = make_inputs(config, dtype=torch.float32, c_in=16, c_out=8, h=12, w=10)
+    with torch.no_grad():  # keep sampling positions off the kinks of bilinear interpolation (integer positions),
+        offset = tensors['offset']  # where the derivative is one-sided, also after rounding to bfloat16
+        offset.copy_(offset.floor() + 0.125 + 0.75 * (offset - offset.floor()))
+    upstream = torch.randn(2, 8, *tensors['offset'].shape[-2:], generator=torch.Generator().manual_seed(1))
+    ref_tensors = {k: v.detach().double().requires_grad_() for k, v in tensors.items()}
+    expected, expected_grads = forward_and_grads(reference_deform_conv, ref_tensors, geometry, upstream)
+    if not autocast:  # the reference sees the same rounded inputs
+        tensors = {k: v.detach().bfloat16().requires_grad_() for k, v in tensors.items()}
+        ref_tensors = {k: v.detach().double().requires_grad_() for k, v in tensors.items()}
+        expected, expected_grads = forward_and_grads(reference_deform_conv, ref_tensors, geometry, upstream)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        out, grads = forward_and_grads(lambda *a, **k: modulated_deform_conv2d(*a, backend='fused', **k), tensors,
+                                       geometry, upstream)
+    assert out.dtype == torch.bfloat16
+    assert _relative_error(out, expected) < BF16_RELATIVE
+    for name, tensor in tensors.items():
+        assert grads[name].dtype == tensor.dtype
+        assert _relative_error(grads[name], expected_grads[name]) < BF16_RELATIVE, name
+
+
+@requires_fused
+@pytest.mark.parametrize('channels', [5, 32])
+def test_fused_accepts_any_layout_and_returns_channels_last(channels, monkeypatch):
+    """Strided offsets and masks (slices of one head output, as in the module), NCHW or channels-last inputs, one
+    row per kernel call, the generic and the fixed channel-count code paths."""
+    from sdnet_plugin.ops import fused_cpu
+    monkeypatch.setattr(fused_cpu, '_CHUNK_BYTES', 1)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, channels, 9, 11, generator=gen)
+    head = torch.randn(2, 27, 9, 11, generator=gen).contiguous(memory_format=torch.channels_last)
+    offset, mask = head[:, :18] * 2, torch.sigmoid(head[:, 18:])
+    weight = torch.randn(4, channels, 3, 3, generator=gen)
+    expected = reference_deform_conv(x, offset, mask, weight, None, 1, 1, 1)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        with torch.no_grad():
+            out = modulated_deform_conv2d(x.contiguous(memory_format=layout), offset, mask, weight, padding=1,
+                                          backend='fused')
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+@requires_fused
+def test_fused_kernel_build_is_cached_and_reported(tmp_path, monkeypatch):
+    from sdnet_plugin.ops import fused_cpu
+    monkeypatch.setenv('SDNET_CACHE_DIR', str(tmp_path))
+    path = fused_cpu.build()
+    assert path.startswith(str(tmp_path)) and path.endswith('.so')
+    mtime = tmp_path.stat().st_mtime_ns, (tmp_path / path.split('/')[-1]).stat().st_mtime_ns
+    assert fused_cpu.build() == path and (tmp_path / path.split('/')[-1]).stat().st_mtime_ns == mtime[1]
+    assert [p.name for p in tmp_path.iterdir()] == [path.split('/')[-1]]  # no temporary file left
+    monkeypatch.setenv('CXX', '/nonexistent/compiler')
+    monkeypatch.setenv('PATH', '/nonexistent')
+    monkeypatch.setenv('SDNET_CACHE_DIR', str(tmp_path / 'other'))
+    with pytest.raises(RuntimeError, match='no C\\+\\+ compiler'):
+        fused_cpu.build()
+
+
+def test_fused_is_cpu_only():
+    if not CUDA or 'fused' not in AVAILABLE:
+        pytest.skip('needs CUDA and the fused kernel')
+    tensors, geometry = make_inputs('plain', dtype=torch.float32, device='cuda')
+    with pytest.raises(RuntimeError, match='CPU only'):
+        modulated_deform_conv2d(*(tensors[k] for k in ('input', 'offset', 'mask', 'weight', 'bias')),
+                                backend='fused', **geometry)
