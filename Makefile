@@ -15,6 +15,7 @@ $(STAMP): setup.py
 	$(PIP) torch==2.14.1 torchvision==0.29.1
 	$(PIP) --no-build-isolation basicsr==1.4.2
 	$(PIP) -e '.[test]'
+	$(PY) -m sdnet_plugin.ops.fused_cpu
 	touch $@
 
 test: $(STAMP)
@@ -37,6 +38,7 @@ mmcv: $(STAMP)
 		--no-build-isolation --no-deps .
 	$(PY) -c "from sdnet_plugin.ops import available_backends as a; print('DCN backends:', a())"
 
+# Speed tables: presets, the CPU fast path against the float32 path (same run), latency per DCN backend.
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py
 

@@ -7,6 +7,8 @@ setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['sdnet_plugin', 'sdnet_plugin.*']),
+    # The fused CPU deformable convolution is compiled from this source on first use (or by `make install`).
+    package_data={'sdnet_plugin.ops': ['csrc/*.cpp']},
     python_requires='>=3.9',
     # torch, torchvision and basicsr are installed first (basicsr without build isolation), see the Makefile.
     install_requires=[

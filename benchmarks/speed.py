@@ -6,6 +6,11 @@ meta device, with every modulated deformable convolution counted as the plain co
 next to the convolution's ``C_out * K`` per sampled value). Latency is the median wall time of a full forward pass
 without autograd, after warm-up, on one image of the requested size.
 
+The CPU fast path (bfloat16 autocast where the CPU computes it natively, channels-last, the ``fused`` deformable
+convolution) is compared with the float32 NCHW path of the pure-PyTorch backend in the same run: one deformable
+layer against a plain 3x3 convolution of the same shape (inference and training), training iterations per
+CPU-second of each preset (8 x 128x128 patches, L1 + flow-guided offset loss, AdamW), and the frame time.
+
 Example::
 
     python benchmarks/speed.py                                  # all presets, backends, devices at 1280x720
@@ -23,8 +28,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from sdnet_plugin import precision
 from sdnet_plugin.archs.sdnet_arch import SDNET_PRESETS, SDNet
-from sdnet_plugin.ops import BACKENDS, available_backends, select_backend
+from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss
+from sdnet_plugin.ops import BACKENDS, available_backends, modulated_deform_conv2d, select_backend
 from sdnet_plugin.ops import modulated_deform_conv as dcn_ops
 
 
@@ -53,6 +60,8 @@ def parse_args(argv=None):
                         help='wall: elapsed time (default); cpu: CPU time of this process, summed over its threads, '
                         'which other load on a shared machine barely changes (use with --threads 1)')
     parser.add_argument('--macs-only', action='store_true', help='print the presets table only (no timing)')
+    parser.add_argument('--skip-backends', action='store_true', help='leave out the per-backend latency table')
+    parser.add_argument('--skip-fast-path', action='store_true', help='leave out the CPU fast-path tables')
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error('--repeats must be >= 1 and --warmup >= 0')
@@ -122,6 +131,123 @@ def time_forward(preset, backend, device, dtype, width, height, repeats, warmup,
     return statistics.median(times)
 
 
+def median_time(fn, repeats, warmup, clock):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
+# The CPU paths compared by the fast-path tables: (name, autocast dtype, channels-last, DCN backend).
+OLD_PATH = ('fp32 NCHW, torch DCN', None, False, 'torch')
+
+
+def fast_path():
+    dtype = precision.resolve('auto', 'cpu')
+    return (f'{precision.name_of(dtype)} channels-last, auto DCN', dtype, True, 'auto')
+
+
+def _layout(tensor, channels_last):
+    return tensor.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def time_layer(shape, training, path, repeats, warmup, clock):
+    """Seconds of a plain 3x3 conv and of a deformable conv of the same shape (offsets of a few pixels)."""
+    _, dtype, channels_last, backend = path
+    b, c, h, w = shape
+    gen = torch.Generator().manual_seed(0)
+    x = _layout(torch.randn(b, c, h, w, generator=gen), channels_last)
+    offset = _layout(torch.randn(b, 18, h, w, generator=gen) * 3, channels_last)
+    mask = _layout(torch.rand(b, 9, h, w, generator=gen), channels_last)
+    weight = _layout(torch.randn(c, c, 3, 3, generator=gen) / 17, channels_last)
+    bias = torch.zeros(c)
+    tensors = [t.requires_grad_(training) for t in (x, offset, mask, weight, bias)]
+
+    def run(fn):
+        def call():
+            with torch.set_grad_enabled(training), precision.autocast('cpu', dtype):
+                out = fn()
+            if training:
+                out.backward(torch.ones_like(out))
+        return median_time(call, repeats, warmup, clock)
+
+    conv = run(lambda: F.conv2d(tensors[0], tensors[3], tensors[4], 1, 1))
+    dcn = run(lambda: modulated_deform_conv2d(*tensors[:3], tensors[3], tensors[4], 1, 1, 1, backend=backend))
+    return conv, dcn
+
+
+def time_training_step(preset, path, repeats, warmup, clock, batch=8, patch=128):
+    """Seconds of one training step of the default recipe: L1 + order-invariant offset loss, AdamW."""
+    _, dtype, channels_last, backend = path
+    torch.manual_seed(0)
+    net = SDNet(preset, dcn_backend=backend)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    offset_loss = FlowGuidedOffsetLoss(loss_weight=0.1, order_invariant=True)
+    lq = _layout(torch.rand(batch, 3, patch, patch), channels_last)
+    gt, flow = torch.rand(batch, 3, patch, patch), torch.randn(batch, 4, patch, patch) * 3
+
+    def step():
+        optimizer.zero_grad()
+        with precision.autocast('cpu', dtype):
+            out, offsets = net(lq, return_offsets=True)
+            loss = F.l1_loss(out, gt) + offset_loss(offsets, flow)
+        loss.backward()
+        optimizer.step()
+
+    return median_time(step, repeats, warmup, clock)
+
+
+def time_frame(preset, path, width, height, repeats, warmup, clock):
+    _, dtype, channels_last, backend = path
+    torch.manual_seed(0)
+    net = SDNet(preset, dcn_backend=backend).eval()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, height, width)
+
+    def forward():
+        with torch.inference_mode(), precision.autocast('cpu', dtype):
+            net(x)
+
+    return median_time(forward, repeats, warmup, clock)
+
+
+def run_fast_path(args, clock):
+    """Print the fast-path tables (CPU): each row times the old and the new path in the same run."""
+    old, new = OLD_PATH, fast_path()
+    unit = 'CPU ms' if args.clock == 'cpu' else 'ms'
+    print(f'\nCPU fast path ({device_name("cpu")}): new = {new[0]}, old = {old[0]}; median of {args.repeats}, '
+          f'{"process CPU time" if args.clock == "cpu" else "wall time"}\n')
+    print(f'| deformable 3x3 layer, 32->32 | path | plain conv ({unit}) | deformable ({unit}) | deformable / conv |')
+    print('|---|---|---:|---:|---:|')
+    best = {}
+    for mode, shape, training in (('inference 1x32x720x1280', (1, 32, 720, 1280), False),
+                                  ('training 8x32x128x128', (8, 32, 128, 128), True)):
+        for path in (old, new):
+            conv, dcn = time_layer(shape, training, path, args.repeats, args.warmup, clock)
+            best[mode] = (min(best.get(mode, (conv,))[0], conv), min(best.get(mode, (0, dcn))[1], dcn))
+            print(f'| {mode} | {path[0]} | {conv * 1e3:.1f} | {dcn * 1e3:.1f} | {dcn / conv:.1f}x |')
+    for mode, (conv, dcn) in best.items():
+        print(f'| {mode} | each at its best | {conv * 1e3:.1f} | {dcn * 1e3:.1f} | **{dcn / conv:.1f}x** |')
+
+    width, height = args.size
+    print(f'\n| preset | training it/s, old | training it/s, new | speed-up | {width}x{height} old ({unit}) | '
+          f'new ({unit}) | speed-up |')
+    print('|---|---:|---:|---:|---:|---:|---:|')
+    for preset in tqdm(args.presets, desc='fast path', unit='preset', file=sys.stderr):
+        steps = [time_training_step(preset, p, args.repeats, args.warmup, clock) for p in (old, new)]
+        frames = [time_frame(preset, p, width, height, args.repeats, args.warmup, clock) for p in (old, new)]
+        print(f'| {preset} | {1 / steps[0]:.2f} | {1 / steps[1]:.2f} | **{steps[0] / steps[1]:.2f}x** | '
+              f'{frames[0] * 1e3:.0f} | {frames[1] * 1e3:.0f} | **{frames[0] / frames[1]:.2f}x** |')
+    print('\n(it/s: iterations per second of the chosen clock, 8 x 128x128 patches, L1 + offset loss, AdamW)')
+
+
 def device_name(device):
     if device == 'cuda':
         return torch.cuda.get_device_name()
@@ -151,6 +277,11 @@ def run(args):
         params = count_parameters(SDNet(preset, dcn_backend='torch'))
         print(f'| {preset} | {params:,} ({params / 1e6:.2f} M) | {count_macs(preset, width, height) / 1e9:.1f} |')
     if args.macs_only:
+        return 0
+    clock = time.process_time if args.clock == 'cpu' else time.perf_counter
+    if not args.skip_fast_path and 'cpu' in args.devices:
+        run_fast_path(args, clock)
+    if args.skip_backends:
         return 0
 
     dtypes = {'cpu': [torch.float32], 'cuda': [torch.float32, torch.float16]}

@@ -33,6 +33,7 @@ if ROOT_PATH not in sys.path:
 import sdnet_plugin  # noqa: E402,F401  (BasicSR fixes and registries)
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.utils import img2tensor, tensor2img  # noqa: E402
+from sdnet_plugin import precision  # noqa: E402
 from sdnet_plugin.data.flow_io import read_flow  # noqa: E402
 from sdnet_plugin.inference import DEFAULT_WEIGHTS, load_network  # noqa: E402
 from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss  # noqa: E402
@@ -73,18 +74,19 @@ def read_image(path):
 
 
 @torch.no_grad()
-def restore(net, image_bgr, device, tile_size=0, tile_overlap=96, return_offsets=False):
+def restore(net, image_bgr, device, tile_size=0, tile_overlap=96, return_offsets=False, dtype=None):
     """Restore one HxWx3 uint8 BGR image; returns the same shape and type.
 
     With ``return_offsets`` the image runs whole (tiles would cut the offsets up) and the SVD modules' offsets
     (``SDNet(x, return_offsets=True)``) come back too, from the same forward pass.
     """
     lq = img2tensor(image_bgr.astype(np.float32) / 255.0, bgr2rgb=True, float32=True).unsqueeze(0).to(device)
-    if return_offsets:
-        output, offsets = net(lq, return_offsets=True)
-    else:
-        output, offsets = tiled_forward(net, lq, tile_size, tile_overlap), None
-    restored = tensor2img(output, rgb2bgr=True, out_type=np.uint8, min_max=(0, 1))
+    with precision.autocast(device, dtype):
+        if return_offsets:
+            output, offsets = net(lq, return_offsets=True)
+        else:
+            output, offsets = tiled_forward(net, lq, tile_size, tile_overlap), None
+    restored = tensor2img(output.float(), rgb2bgr=True, out_type=np.uint8, min_max=(0, 1))
     return (restored, offsets) if return_offsets else restored
 
 
@@ -116,7 +118,7 @@ def image_metrics(image, reference):
     }
 
 
-def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_error=False):
+def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_error=False, dtype=None):
     """Mean metrics of blurry vs sharp and restored vs sharp over ``pairs``.
 
     Args:
@@ -127,6 +129,7 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_erro
         tile_overlap (int): Context pixels around each tile. Default: 96.
         offset_error (bool): Also measure :func:`offset_errors` against ``<SEQ>/flow/<name>.png`` (images then run
             whole, without tiles). Default: False.
+        dtype (torch.dtype | None): Autocast dtype (:mod:`sdnet_plugin.precision`); None runs float32. Default: None.
 
     Returns:
         dict: ``count``, ``blurry``/``restored``/``gain`` (``psnr``, ``ssim``), ``seconds_per_image``, ``per_image``
@@ -140,9 +143,9 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_erro
             raise ValueError(f'{blur_path} is {blurry.shape[1]}x{blurry.shape[0]} but its sharp image is '
                              f'{sharp.shape[1]}x{sharp.shape[0]}')
         if offset_error:
-            restored, offsets = restore(net, blurry, device, return_offsets=True)
+            restored, offsets = restore(net, blurry, device, return_offsets=True, dtype=dtype)
         else:
-            restored = restore(net, blurry, device, tile_size, tile_overlap)
+            restored = restore(net, blurry, device, tile_size, tile_overlap, dtype=dtype)
         before, after = image_metrics(blurry, sharp), image_metrics(restored, sharp)
         row = {'name': name, 'blurry_psnr': before['psnr'], 'blurry_ssim': before['ssim'],
                'restored_psnr': after['psnr'], 'restored_ssim': after['ssim']}
@@ -204,6 +207,8 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch default)')
     parser.add_argument('--offset-error', action='store_true',
                         help='also compare the sampling points with <SEQ>/flow/ (see above; SDNet only, no tiles)')
+    parser.add_argument('--precision', default='auto', choices=precision.PRECISIONS,
+                        help='auto: bfloat16 where the processor computes it natively, else float32 (default: auto)')
     parser.add_argument('--json', default=None, metavar='PATH', help="also write the result as JSON ('-': stdout)")
     args = parser.parse_args(argv)
 
@@ -211,16 +216,19 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     try:
         device = pick_device(args.device)
+        dtype = precision.resolve(args.precision, device)
         net, network_opt = load_network(args.weights, device, preset=args.preset)
+        if precision.use_channels_last('auto', device, dtype):
+            net = net.to(memory_format=torch.channels_last)
         pairs = find_pairs(args.data, args.blur_folder, args.sharp_folder)
         if args.max_images > 0:
             pairs = pairs[:args.max_images]
-        result = evaluate(net, pairs, device, args.tile_size, args.tile_overlap, args.offset_error)
+        result = evaluate(net, pairs, device, args.tile_size, args.tile_overlap, args.offset_error, dtype)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         sys.exit(f'error: {error}')
     result = {'weights': args.weights, 'network_g': network_opt, 'data': args.data, 'blur_folder': args.blur_folder,
-              **result}
-    print(f'weights: {args.weights}  data: {args.data} ({args.blur_folder})')
+              'precision': precision.name_of(dtype), **result}
+    print(f'weights: {args.weights}  data: {args.data} ({args.blur_folder}), {precision.name_of(dtype)}')
     print(format_table(result))
     if args.json:
         text = json.dumps(result, indent=2)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sdnet_plugin import precision
 from sdnet_plugin.inference import (DEFAULT_WEIGHTS, auto_tile_size, export_weights, load_network, make_temp_path,
                                     tiled_forward, write_atomically)
 from sdnet_plugin.visualize import render_offset_picture
@@ -57,7 +58,10 @@ def parse_args(argv=None):
     parser.add_argument('--preset', default='base', choices=('tiny', 'small', 'base'),
                         help='SDNet preset, used only when the weights do not record their network (default: base)')
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument('--no-half', action='store_true', help='run in float32 on CUDA (default: float16)')
+    parser.add_argument('--precision', default='auto', choices=('auto', 'bf16', 'fp16', 'fp32'),
+                        help='auto: float16 on CUDA, bfloat16 on CPUs that compute it natively (AMX, AVX512-BF16), '
+                        'else float32 (default: auto)')
+    parser.add_argument('--no-half', action='store_true', help='same as --precision fp32')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
     parser.add_argument('--tile', type=int, default=None,
                         help='tile side in pixels; 0 disables tiling (default: chosen from free memory)')
@@ -119,20 +123,37 @@ def select_device(name):
     return device
 
 
+def compute_dtype(name, device):
+    """The dtype inference runs in: ``auto`` is float16 on CUDA and :func:`sdnet_plugin.precision.resolve`'s choice
+    on the CPU (bfloat16 where native, else float32)."""
+    if name == 'auto' and device.type == 'cuda':
+        return torch.float16
+    return precision.resolve(name, device) or torch.float32
+
+
 class Restorer:
     """Runs a loaded network on ``(H, W, 3)`` float32 RGB arrays, tiled when they are large.
+
+    On the CPU the network runs channels-last, and in bfloat16 under ``torch.autocast`` (float32 weights, input and
+    global residual) when ``dtype`` is bfloat16. On CUDA the network has been converted to ``dtype``.
 
     Args:
         net (nn.Module): The network (eval mode, on ``device``).
         device (torch.device): Where it runs.
-        dtype (torch.dtype): Its dtype (float16 or float32).
+        dtype (torch.dtype): float32, float16 (CUDA) or bfloat16.
         tile (int | None): Tile side; None picks it from free memory, 0 disables tiling. Default: None.
         overlap (int): Context pixels around tiles. Default: 96.
         offset_level (int | None): SVD level whose offsets are returned; None returns none. Default: None.
     """
 
     def __init__(self, net, device, dtype, tile=None, overlap=96, offset_level=None):
-        self.net, self.device, self.dtype = net, device, dtype
+        self.device, self.dtype = device, dtype
+        self.autocast = device.type == 'cpu' and dtype == torch.bfloat16
+        if device.type == 'cpu':
+            net = net.to(memory_format=torch.channels_last)
+        elif dtype == torch.bfloat16:
+            net = net.bfloat16()
+        self.net = net
         self.overlap = overlap
         self.tile = auto_tile_size(net, device, dtype, overlap) if tile is None else tile
         self.offset_level = offset_level
@@ -159,10 +180,12 @@ class Restorer:
             tuple[ndarray, Tensor | None]: restored ``(H, W, 3)`` float32 RGB in [0, 1], and the chosen module's
             offsets ``(1, 2K, ceil(H/s), ceil(W/s))`` (None without ``offset_level``).
         """
-        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(self.device, self.dtype)
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        x = x.to(self.device, torch.float32 if self.autocast else self.dtype)
         while True:
             try:
-                outputs = tiled_forward(self._forward, x, self.tile, self.overlap, progress=progress)
+                with precision.autocast(self.device, torch.bfloat16 if self.autocast else None):
+                    outputs = tiled_forward(self._forward, x, self.tile, self.overlap, progress=progress)
                 break
             except torch.cuda.OutOfMemoryError:
                 # the memory estimate was optimistic (or other processes took memory): retry with smaller tiles
@@ -171,7 +194,7 @@ class Restorer:
                     raise
                 self.tile = max(64, current // 2)
                 torch.cuda.empty_cache()
-        restored = outputs['image'][0].clamp_(0, 1).permute(1, 2, 0).numpy()
+        restored = outputs['image'][0].float().clamp_(0, 1).permute(1, 2, 0).numpy()
         return restored, outputs.get('offset')
 
 
@@ -358,9 +381,9 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
-    half = device.type == 'cuda' and not args.no_half
     try:
-        net, network_opt = load_network(weights, device, half=half, preset=args.preset)
+        dtype = compute_dtype('fp32' if args.no_half else args.precision, device)
+        net, network_opt = load_network(weights, device, half=dtype == torch.float16, preset=args.preset)
     except (OSError, ValueError, KeyError) as error:
         print(f'sdnet-deblur: error: {error}', file=sys.stderr)
         return 2
@@ -372,10 +395,9 @@ def main(argv=None):
             print(f'sdnet-deblur: error: --offset-level {args.offset_level} is not one of the network\'s SVD '
                   f'levels {levels}', file=sys.stderr)
             return 2
-    restorer = Restorer(net, device, torch.float16 if half else torch.float32, args.tile, args.tile_overlap,
-                        offset_level)
+    restorer = Restorer(net, device, dtype, args.tile, args.tile_overlap, offset_level)
     print(f'sdnet-deblur: {network_opt.get("type")} {network_opt.get("preset", "")} from {weights}, {device} '
-          f'{"float16" if half else "float32"}, tiles up to {restorer.tile} px (+{args.tile_overlap} px context)',
+          f'{str(dtype).replace("torch.", "")}, tiles up to {restorer.tile} px (+{args.tile_overlap} px context)',
           file=sys.stderr)
 
     inputs, failures = collect_inputs(args.inputs, args.recursive)

@@ -282,3 +282,10 @@ def deform_conv_fused(x, offset, mask, weight, bias, stride, padding, dilation):
         x, offset, mask, weight_2d = _prepare(x, offset, mask, weight, compute_dtype)
         sampler = _Sampler(x, offset, mask, weight.shape[-2:], stride, padding, dilation)
         return _to_nchw(_forward(sampler, weight_2d, keep_columns=False)[0], bias)
+
+
+if __name__ == '__main__':  # python -m sdnet_plugin.ops.fused_cpu: build ahead of time (make install does)
+    try:
+        print(f'fused CPU deformable convolution kernel: {build(verbose=True)}')
+    except RuntimeError as error:
+        print(f'fused CPU deformable convolution kernel not built ({error}); the pure-PyTorch backend will be used')

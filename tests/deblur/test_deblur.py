@@ -108,10 +108,31 @@ def test_large_image_goes_through_tiles_like_one_pass(tmp_path, tiny_weights, ca
     runs = {}
     for name, tile in (('whole', '0'), ('tiled', '48')):
         status, _, _ = _run([tmp_path / 'big.png', '-o', tmp_path / name, '--weights', tiny_weights, '--tile', tile,
-                             '--tile-overlap', '32'], capsys)
+                             '--tile-overlap', '32', '--precision', 'fp32'], capsys)
         assert status == 0
         runs[name] = cv2.imread(str(tmp_path / name / 'big.png'), cv2.IMREAD_UNCHANGED).astype(np.int64)
     assert np.abs(runs['tiled'] - runs['whole']).max() <= 1  # 16-bit levels
+
+
+def test_bfloat16_output_agrees_with_float32(tmp_path, tiny_weights, capsys):
+    cv2.imwrite(str(tmp_path / 'photo.png'), _photo(48, 64, dtype=np.uint16))
+    runs = {}
+    for name in ('fp32', 'bf16'):
+        status, _, err = _run([tmp_path / 'photo.png', '-o', tmp_path / name, '--weights', tiny_weights,
+                               '--precision', name, '--device', 'cpu'], capsys)
+        assert status == 0 and {'fp32': 'float32', 'bf16': 'bfloat16'}[name] in err
+        runs[name] = cv2.imread(str(tmp_path / name / 'photo.png'), cv2.IMREAD_UNCHANGED).astype(np.float64)
+    mse = np.mean((runs['bf16'] - runs['fp32'])**2) / 65535**2
+    assert 0 < mse and 10 * np.log10(1 / mse) > 45
+
+
+def test_float16_on_the_cpu_is_a_one_line_error(tmp_path, tiny_weights, capsys):
+    cv2.imwrite(str(tmp_path / 'photo.png'), _photo(24, 32))
+    status, _, err = _run([tmp_path / 'photo.png', '-o', tmp_path / 'out', '--weights', tiny_weights,
+                           '--precision', 'fp16', '--device', 'cpu'], capsys)
+    assert status == 2 and err.strip().splitlines()[-1] == \
+        'sdnet-deblur: error: fp16 is not supported on the CPU; use bf16 (or fp32)'
+    assert not (tmp_path / 'out').exists()
 
 
 def test_video_frame_by_frame_keeps_fps_and_size(tmp_path, tiny_weights, capsys):
