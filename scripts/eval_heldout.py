@@ -118,7 +118,8 @@ def image_metrics(image, reference):
     }
 
 
-def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_error=False, dtype=None):
+def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_error=False, dtype=None,
+             compare_fp32=False):
     """Mean metrics of blurry vs sharp and restored vs sharp over ``pairs``.
 
     Args:
@@ -130,6 +131,8 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_erro
         offset_error (bool): Also measure :func:`offset_errors` against ``<SEQ>/flow/<name>.png`` (images then run
             whole, without tiles). Default: False.
         dtype (torch.dtype | None): Autocast dtype (:mod:`sdnet_plugin.precision`); None runs float32. Default: None.
+        compare_fp32 (bool): Also restore in float32 and measure the agreement (PSNR between the two restored
+            images) and the float32 gain. Default: False.
 
     Returns:
         dict: ``count``, ``blurry``/``restored``/``gain`` (``psnr``, ``ssim``), ``seconds_per_image``, ``per_image``
@@ -149,6 +152,10 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_erro
         before, after = image_metrics(blurry, sharp), image_metrics(restored, sharp)
         row = {'name': name, 'blurry_psnr': before['psnr'], 'blurry_ssim': before['ssim'],
                'restored_psnr': after['psnr'], 'restored_ssim': after['ssim']}
+        if compare_fp32:
+            reference = restore(net, blurry, device, tile_size, tile_overlap)
+            row['fp32_restored_psnr'] = image_metrics(reference, sharp)['psnr']
+            row['agreement_psnr'] = image_metrics(restored, reference)['psnr']
         if offset_error:
             flow_path = osp.join(osp.dirname(osp.dirname(blur_path)), 'flow', osp.basename(blur_path))
             flow = read_flow(flow_path)
@@ -169,6 +176,10 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_erro
     }
     if offset_error:
         result['offset_error'] = {'learned': mean['offset_error'], 'grid': mean['grid_offset_error']}
+    if compare_fp32:
+        result['fp32'] = {'gain_psnr': mean['fp32_restored_psnr'] - mean['blurry_psnr'],
+                          'agreement_psnr': mean['agreement_psnr'],
+                          'min_agreement_psnr': min(row['agreement_psnr'] for row in per_image)}
     return result
 
 
@@ -182,6 +193,11 @@ def format_table(result):
         error = result['offset_error']
         lines.append(f'\nsampling points vs flow (offset error, px): learned {error["learned"]:.3f}, '
                      f'regular grid {error["grid"]:.3f}')
+    if 'fp32' in result:
+        fp32 = result['fp32']
+        lines.append(f'\nagainst float32: outputs agree at {fp32["agreement_psnr"]:.2f} dB PSNR (worst image '
+                     f'{fp32["min_agreement_psnr"]:.2f} dB); float32 gain {fp32["gain_psnr"]:+.3f} dB, difference '
+                     f'{result["gain"]["psnr"] - fp32["gain_psnr"]:+.3f} dB')
     return '\n'.join(lines)
 
 
@@ -209,6 +225,8 @@ def main(argv=None):
                         help='also compare the sampling points with <SEQ>/flow/ (see above; SDNet only, no tiles)')
     parser.add_argument('--precision', default='auto', choices=precision.PRECISIONS,
                         help='auto: bfloat16 where the processor computes it natively, else float32 (default: auto)')
+    parser.add_argument('--compare-fp32', action='store_true',
+                        help='also restore in float32 and report how closely the outputs and gains agree')
     parser.add_argument('--json', default=None, metavar='PATH', help="also write the result as JSON ('-': stdout)")
     args = parser.parse_args(argv)
 
@@ -223,7 +241,8 @@ def main(argv=None):
         pairs = find_pairs(args.data, args.blur_folder, args.sharp_folder)
         if args.max_images > 0:
             pairs = pairs[:args.max_images]
-        result = evaluate(net, pairs, device, args.tile_size, args.tile_overlap, args.offset_error, dtype)
+        result = evaluate(net, pairs, device, args.tile_size, args.tile_overlap, args.offset_error, dtype,
+                          args.compare_fp32)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         sys.exit(f'error: {error}')
     result = {'weights': args.weights, 'network_g': network_opt, 'data': args.data, 'blur_folder': args.blur_folder,

@@ -137,3 +137,17 @@ def test_offset_error_is_zero_on_the_flow_and_grid_level_for_an_untrained_net(tm
     (tmp_path / 'data' / 'SEQ_0' / 'flow' / '000000.png').unlink()
     with pytest.raises(FileNotFoundError, match='flow file not found'):
         eval_heldout.evaluate(follower, pairs, offset_error=True)
+
+
+def test_bfloat16_is_compared_with_float32(tmp_path):
+    """A bfloat16 run reports the float32 gain exactly, and outputs that agree closely but not bit for bit."""
+    make_tree(tmp_path / 'data')
+    pairs = eval_heldout.find_pairs(str(tmp_path / 'data'))
+    torch.manual_seed(0)
+    net = SDNet('tiny', dcn_backend='auto').eval()
+    torch.nn.init.normal_(net.conv_last.weight, std=0.05)
+    result = eval_heldout.evaluate(net, pairs, dtype=torch.bfloat16, compare_fp32=True)
+    fp32 = eval_heldout.evaluate(net, pairs)
+    assert result['fp32']['gain_psnr'] == pytest.approx(fp32['gain']['psnr'])
+    assert 35 < result['fp32']['min_agreement_psnr'] <= result['fp32']['agreement_psnr'] < float('inf')
+    assert 'against float32: outputs agree at' in eval_heldout.format_table(result)
