@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
@@ -211,6 +212,71 @@ void im2col(const T *x, const O *offset, const O *mask, const Geometry &g, T *co
   }
 }
 
+// Lane partials instead of sums, for channel counts that are multiples of kLanes: part[q][l] = sum over channels
+// ch = l (mod kLanes) of g * p[q], and gp[q] += s[q] * g. The horizontal sums of many points are then taken together
+// (lane_sums), far cheaper than one reduction per dot product.
+constexpr int kLanes = 16;
+
+template <typename T, typename A, int64_t CC>
+inline void dot_axpy4_lanes(const T *__restrict__ g, const T *__restrict__ p0, const T *__restrict__ p1,
+                            const T *__restrict__ p2, const T *__restrict__ p3, A *__restrict__ gp0,
+                            A *__restrict__ gp1, A *__restrict__ gp2, A *__restrict__ gp3, const A *s,
+                            A *__restrict__ part) {
+  const A s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+  A a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {}, a3[kLanes] = {};
+  for (int64_t c0 = 0; c0 < CC; c0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const int64_t ch = c0 + l;
+      const A gv = to_acc(g[ch]);
+      a0[l] += gv * to_acc(p0[ch]);
+      a1[l] += gv * to_acc(p1[ch]);
+      a2[l] += gv * to_acc(p2[ch]);
+      a3[l] += gv * to_acc(p3[ch]);
+      gp0[ch] += s0 * gv;
+      gp1[ch] += s1 * gv;
+      gp2[ch] += s2 * gv;
+      gp3[ch] += s3 * gv;
+    }
+  }
+  std::memcpy(part, a0, sizeof(a0));
+  std::memcpy(part + kLanes, a1, sizeof(a1));
+  std::memcpy(part + 2 * kLanes, a2, sizeof(a2));
+  std::memcpy(part + 3 * kLanes, a3, sizeof(a3));
+}
+
+#ifdef __AVX512F__
+// Lane j of the result is the sum of the 16 lanes of v[j] (a transposing tree of additions).
+inline __m512 reduce16(const float *part) {
+  __m512 t[8], u[4], w[2];
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = _mm512_loadu_ps(part + 2 * i * kLanes), b = _mm512_loadu_ps(part + (2 * i + 1) * kLanes);
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  }
+  for (int i = 0; i < 4; ++i)
+    u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int i = 0; i < 2; ++i)
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+#endif
+
+// sums[d] = sum of the kLanes partials part[d][:], for d < count.
+inline void lane_sums(const float *part, int64_t count, float *sums) {
+  int64_t d = 0;
+#ifdef __AVX512F__
+  for (; d + 16 <= count; d += 16) _mm512_storeu_ps(sums + d, reduce16(part + d * kLanes));
+#endif
+  for (; d < count; ++d) {
+    float total = 0;
+    for (int l = 0; l < kLanes; ++l) total += part[d * kLanes + l];
+    sums[d] = total;
+  }
+}
+
 // Gradients for output rows row0 .. row0 + rows - 1 from gcols (B, rows, W_out, K, C) contiguous, the gradient of the
 // masked samples: goffset (B, rows, W_out, K, 2) and gmask (B, rows, W_out, K) are written, gx (B, H, W, C) dense
 // accumulates. Threads take whole rows; with several threads each accumulates into its own copy of gx
@@ -218,13 +284,14 @@ void im2col(const T *x, const O *offset, const O *mask, const Geometry &g, T *co
 template <typename T, typename O, typename A, int64_t CC>
 void col2im(const T *x, const O *offset, const O *mask, const Geometry &g, const T *gcols, A *gx, A *goffset,
             A *gmask, int threads, int64_t gx_copy_stride) {
+  constexpr bool kLaneMode = std::is_same<A, float>::value && CC > 0 && CC % kLanes == 0;
   const int64_t C = g.channels, K = g.kh * g.kw, Wo = g.out_w, W = g.width;
   const int64_t x_row = g.x_strides[1], x_col = g.x_strides[2];
 #pragma omp parallel num_threads(threads)
   {
     RowPoints<A> rp(K, Wo);
     std::vector<T> x_zero(C, from_acc<T, A>(A(0)));
-    std::vector<A> gx_scratch(C);
+    std::vector<A> gx_scratch(C), dots(4 * K), part(kLaneMode ? 4 * K * kLanes : 0);
     int tid = 0;
 #ifdef _OPENMP
     tid = omp_get_thread_num();
@@ -237,7 +304,7 @@ void col2im(const T *x, const O *offset, const O *mask, const Geometry &g, const
       A *gxb = gx + tid * gx_copy_stride + b * g.height * W * C;
       for (int64_t ow = 0; ow < Wo; ++ow) {
         const int64_t n = r * Wo + ow;
-        for (int64_t k = 0; k < K; ++k) {
+        for (int64_t k = 0; k < K; ++k) {  // gradient of x; the four corner dot products of each point
           const int64_t i = k * Wo + ow;
           if (ow + kPrefetchAhead < Wo) {  // inputs and gradients at the corners of a point a few pixels ahead
             const int64_t j = i + kPrefetchAhead;
@@ -251,7 +318,7 @@ void col2im(const T *x, const O *offset, const O *mask, const Geometry &g, const
           const A m = rp.val(8)[i], ay[2] = {rp.val(0)[i], rp.val(1)[i]}, ax[2] = {rp.val(2)[i], rp.val(3)[i]};
           const A dy[2] = {rp.val(4)[i], rp.val(5)[i]}, dx[2] = {rp.val(6)[i], rp.val(7)[i]};
           const T *p[4];
-          A *gp[4], scale[4], dot[4];
+          A *gp[4], scale[4];
           for (int q = 0; q < 4; ++q) {
             const int yi = q >> 1, xi = q & 1;
             const bool inside = dy[yi] != 0 && dx[xi] != 0;  // dy, dx are -1 / +1 inside the input, 0 outside
@@ -259,8 +326,20 @@ void col2im(const T *x, const O *offset, const O *mask, const Geometry &g, const
             gp[q] = inside ? gxb + (ys[yi] * W + xs[xi]) * C : gx_scratch.data();
             scale[q] = m * ay[yi] * ax[xi];
           }
-          dot_axpy4<T, A, CC>(gcols + (n * K + k) * C, p[0], p[1], p[2], p[3], gp[0], gp[1], gp[2], gp[3], scale,
-                              dot, C);
+          const T *gc = gcols + (n * K + k) * C;
+          if constexpr (kLaneMode)
+            dot_axpy4_lanes<T, A, CC>(gc, p[0], p[1], p[2], p[3], gp[0], gp[1], gp[2], gp[3], scale,
+                                      part.data() + 4 * k * kLanes);
+          else
+            dot_axpy4<T, A, CC>(gc, p[0], p[1], p[2], p[3], gp[0], gp[1], gp[2], gp[3], scale, dots.data() + 4 * k,
+                                C);
+        }
+        if constexpr (kLaneMode) lane_sums(part.data(), 4 * K, dots.data());
+        for (int64_t k = 0; k < K; ++k) {  // gradients of the mask and of the sampling position
+          const int64_t i = k * Wo + ow;
+          const A m = rp.val(8)[i], ay[2] = {rp.val(0)[i], rp.val(1)[i]}, ax[2] = {rp.val(2)[i], rp.val(3)[i]};
+          const A dy[2] = {rp.val(4)[i], rp.val(5)[i]}, dx[2] = {rp.val(6)[i], rp.val(7)[i]};
+          const A *dot = dots.data() + 4 * k;
           gmask[n * K + k] = ay[0] * (ax[0] * dot[0] + ax[1] * dot[1]) + ay[1] * (ax[0] * dot[2] + ax[1] * dot[3]);
           goffset[(n * K + k) * 2] = m * (dy[0] * (ax[0] * dot[0] + ax[1] * dot[1]) +
                                           dy[1] * (ax[0] * dot[2] + ax[1] * dot[3]));
