@@ -49,7 +49,7 @@ class UnknownTypeError(KeyError, ValueError):
 
 
 def unknown_type_message(kind, name, known, option):
-    close = difflib.get_close_matches(str(name), list(known), n=3)
+    close = difflib.get_close_matches(str(name), list(known), n=1)
     hint = f'did you mean {", ".join(close)}?' if close else f'choose one of {", ".join(sorted(known))}'
     return f'unknown {kind} type {name!r} ({option}); {hint}'
 
@@ -75,6 +75,8 @@ def load_resume_state(opt):
     from os import path as osp
 
     from basicsr.utils import check_resume, scandir
+
+    from sdnet_plugin.utils import error_line
     candidates = []
     if opt['auto_resume']:
         state_path = osp.join('experiments', opt['name'], 'training_states')
@@ -91,7 +93,7 @@ def load_resume_state(opt):
             if not (isinstance(resume_state, dict) and isinstance(resume_state.get('iter'), int)):
                 raise ValueError('not a BasicSR training state')
         except Exception as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = error_line(error)
             if 'weights_only' in reason.lower() or 'unsupported global' in str(error).lower():
                 reason = 'it holds objects other than tensors and plain values (refused: loading would run code)'
             if index + 1 == len(candidates):

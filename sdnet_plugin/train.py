@@ -34,13 +34,12 @@ def run_pipeline(name):
     sys.argv = prepare_argv(sys.argv)
     import sdnet_plugin  # noqa: F401  (applies the BasicSR fixes and registers the plugin)
     from sdnet_plugin.models.sdnet_model import NonFiniteStop
+    from sdnet_plugin.utils import error_line
     pipeline = getattr(importlib.import_module(f'basicsr.{name}'), f'{name}_pipeline')
     try:
         pipeline(ROOT_PATH)
     except (ValueError, OSError, NonFiniteStop) as error:
-        lines = str(error).strip().splitlines() or [type(error).__name__]
-        # a data-loader worker's error arrives as 'Caught X in DataLoader worker...' plus the worker's traceback
-        sys.exit(f'error: {lines[-1].split(": ", 1)[-1] if "Original Traceback" in str(error) else lines[0]}')
+        sys.exit(f'error: {error_line(error)}')
 
 
 def main():

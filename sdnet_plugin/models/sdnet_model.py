@@ -33,6 +33,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
 from sdnet_plugin import inference
+from sdnet_plugin.utils import error_line
 
 OFFSET_WEIGHT_SCHEDULES = ('constant', 'linear')
 # What a resumed scheduler keeps from its training state; everything else comes from the option file.
@@ -81,8 +82,7 @@ def atomic_torch_save(obj, path, retries=3):
         except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
             if tmp_path is not None and osp.exists(tmp_path):
                 os.remove(tmp_path)
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            get_root_logger().warning(f'Could not save {path} (attempt {attempt}/{retries}): {reason}')
+            get_root_logger().warning(f'Could not save {path} (attempt {attempt}/{retries}): {error_line(error)}')
             time.sleep(1)
     get_root_logger().warning(f'Giving up saving {path}; the previous checkpoints are intact.')
     return False
