@@ -15,6 +15,7 @@ is reported on one line and skipped; the exit status is 1 when anything failed.
 import argparse
 import contextlib
 import glob
+import heapq
 import os
 import signal
 import sys
@@ -324,15 +325,62 @@ class VideoSink:
     def write(self, frame):
         self.writer.write(frame)
 
-    def commit(self):
+    def commit(self, audio_source=None):
+        """Finish the video, copy the audio track of ``audio_source`` into it, and rename it into place.
+
+        Returns:
+            str | None: Why the audio was not copied, or None.
+        """
         self.writer.release()
+        note = copy_audio(audio_source, self.tmp_path) if audio_source is not None else None
         os.replace(self.tmp_path, self.path)
+        return note
 
     def discard(self):
         if self.writer is not None:
             self.writer.release()
         if os.path.exists(self.tmp_path):
             os.remove(self.tmp_path)
+
+
+def _packets(container, stream, output):
+    """``(time in seconds, order, output stream, packet)`` of one stream, for merging streams by time."""
+    for order, packet in enumerate(container.demux(stream)):
+        if packet.dts is not None:
+            yield float(packet.dts * packet.time_base), order, output, packet
+
+
+def copy_audio(source, video_path):
+    """Copy (without re-encoding) the first audio track of ``source`` into the video file ``video_path``, in place
+    through a temporary file, with PyAV. OpenCV, which writes the restored frames, writes no audio.
+
+    Returns:
+        str | None: Why the audio was not copied (no PyAV, a codec the container cannot hold), or None when it was
+        copied or ``source`` has none.
+    """
+    try:
+        import av
+    except ImportError:
+        return "audio not copied: the 'av' package (PyAV) is not installed"
+    tmp_path = make_temp_path(video_path)
+    try:
+        with av.open(str(source)) as audio_in:
+            if not audio_in.streams.audio:
+                return None
+            with av.open(str(video_path)) as video_in, av.open(tmp_path, 'w') as out:
+                video, audio = video_in.streams.video[0], audio_in.streams.audio[0]
+                streams = (_packets(video_in, video, out.add_stream_from_template(video)),
+                           _packets(audio_in, audio, out.add_stream_from_template(audio)))
+                for _, _, stream, packet in heapq.merge(*streams, key=lambda item: item[:2]):
+                    packet.stream = stream
+                    out.mux(packet)
+        os.replace(tmp_path, video_path)
+        return None
+    except Exception as error:  # the video itself is fine: keep it, without audio
+        return f'audio not copied: {error_line(error)}'
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
 
 
 def process_video(path, paths, restorer):
@@ -361,9 +409,10 @@ def process_video(path, paths, restorer):
                     sinks[name].write(out_frame)
                 bar.update()
                 ok, frame = capture.read()
-        for sink in sinks.values():
-            sink.commit()
+        notes = {sink.commit(audio_source=path) for sink in sinks.values()} - {None}
         sinks.clear()
+        for note in sorted(notes):
+            tqdm.write(f'sdnet-deblur: {path}: {note}', file=sys.stderr)
     finally:
         capture.release()
         for sink in sinks.values():

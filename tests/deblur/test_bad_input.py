@@ -210,3 +210,49 @@ def test_sigterm_during_a_video_leaves_no_temporary_file(tmp_path, tiny_weights)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert 'interrupted (outputs written so far are complete; no partial file is left)' in stderr
     assert list(out.iterdir()) == []
+
+
+def _video_with_audio(path, av, frames=10, fps=10, sample_rate=16000):
+    with av.open(str(path), 'w') as out:
+        video = out.add_stream('mpeg4', rate=fps)
+        video.width, video.height, video.pix_fmt = 48, 32, 'yuv420p'
+        audio = out.add_stream('aac', rate=sample_rate, layout='mono')
+        for i in range(frames):
+            for packet in video.encode(av.VideoFrame.from_ndarray(_image(32, 48, seed=i), format='bgr24')):
+                out.mux(packet)
+        tone = 0.3 * np.sin(np.arange(sample_rate * frames // fps) * 2 * np.pi * 440 / sample_rate)
+        sound = av.AudioFrame.from_ndarray(tone.astype(np.float32)[None], format='fltp', layout='mono')
+        sound.sample_rate = sample_rate
+        for packet in audio.encode(sound):
+            out.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode(None):
+                out.mux(packet)
+
+
+def test_video_keeps_its_audio_track(tmp_path, tiny_weights, capsys):
+    av = pytest.importorskip('av')
+    clip = tmp_path / 'clip.mp4'
+    _video_with_audio(clip, av)
+    status, _, stderr = _run([clip, '-o', tmp_path / 'out', '--weights', tiny_weights, '--compare'], capsys)
+    assert status == 0 and 'audio' not in stderr, stderr
+    for name in ('clip.mp4', 'clip_compare.mp4'):
+        with av.open(str(tmp_path / 'out' / name)) as result:
+            assert len(result.streams.video) == 1 and len(result.streams.audio) == 1
+            audio = result.streams.audio[0]
+            samples = sum(frame.samples for frame in result.decode(audio))
+            assert audio.sample_rate == 16000 and abs(samples - 16000) <= 2048  # one second of sound
+    assert not list((tmp_path / 'out').glob('.*'))
+
+
+def test_video_without_pyav_says_that_audio_is_not_copied(tmp_path, tiny_weights, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'av', None)  # import av fails
+    clip = tmp_path / 'clip.avi'
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*'MJPG'), 10.0, (48, 32))
+    for i in range(3):
+        writer.write(_image(32, 48, seed=i))
+    writer.release()
+    status, _, stderr = _run([clip, '-o', tmp_path / 'out', '--weights', tiny_weights], capsys)
+    assert status == 0
+    assert f"sdnet-deblur: {clip}: audio not copied: the 'av' package (PyAV) is not installed" in stderr
+    assert [p.name for p in (tmp_path / 'out').iterdir()] == ['clip.avi']
