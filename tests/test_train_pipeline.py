@@ -261,3 +261,19 @@ def test_data_errors_are_one_line(make_synthetic_gopro, experiment, tmp_path, ca
                                           flow_db=info['lmdb']['flow'], sharp_db=info['lmdb']['sharp'])
     assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == expected
+
+
+def test_diverged_run_stops_on_one_line_without_diverged_checkpoints(synthetic_gopro, experiment, tmp_path):
+    opt = demo_options(experiment, lmdb_set(synthetic_gopro), total_iter=10)
+    opt['train'].update(max_nonfinite_steps=2, grad_clip_norm=0, warmup_iter=-1)
+    opt['train']['optim_g']['lr'] = 1e30  # the first step throws the weights far out: every later loss is inf/nan
+    opt['logger']['save_checkpoint_freq'] = 1
+    result = run(TRAIN, write_options(opt, tmp_path), check=False)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        'error: 2 consecutive non-finite loss values up to iter 3; stopping. The checkpoints of iter 1 (weights that '
+        'only gave non-finite steps) were renamed to *.diverged. Lower the learning rate (train.optim_g.lr) or set '
+        'train.grad_clip_norm, then resume with --auto_resume.')
+    exp = REPO / 'experiments' / experiment
+    assert sorted(p.name for p in (exp / 'training_states').iterdir()) == ['1.state.diverged']
+    assert sorted(p.name for p in (exp / 'models').iterdir()) == ['net_g_1.pth.diverged']
