@@ -30,6 +30,7 @@ import collections
 import difflib
 import importlib
 import os
+import pickle
 import sys
 import types
 
@@ -94,7 +95,7 @@ def load_resume_state(opt):
                 raise ValueError('not a BasicSR training state')
         except Exception as error:
             reason = error_line(error)
-            if 'weights_only' in reason.lower() or 'unsupported global' in str(error).lower():
+            if isinstance(error, pickle.UnpicklingError):  # what torch raises for anything weights_only refuses
                 reason = 'it holds objects other than tensors and plain values (refused: loading would run code)'
             if index + 1 == len(candidates):
                 raise ValueError(f'cannot resume from {resume_state_path}: {reason}') from None
