@@ -196,3 +196,17 @@ def test_full_disk_at_the_final_commit_is_one_line(make_synthetic_gopro, tmp_pat
     with pytest.raises(SystemExit, match=f'error: cannot write the databases in {dst}: .*No space left on device'):
         create_lmdb.main(['--src', tree['root'], '--dst', dst, '--prefix', 'train'])
     assert _lmdb_names(dst) == []
+
+
+def test_databases_of_the_earlier_layout_are_replaced(make_synthetic_gopro, tmp_path):
+    import shutil
+    old, new = make_synthetic_gopro(count=1, seed=1, lmdb=False), make_synthetic_gopro(count=2, seed=2, lmdb=False)
+    built, dst = str(tmp_path / 'built'), str(tmp_path / 'lmdb')
+    create_lmdb.main(['--src', old['root'], '--dst', built, '--prefix', 'train'])
+    for kind, path in gopro_layout.lmdb_paths(built, 'train').items():  # plain folders, as earlier versions wrote
+        shutil.copytree(path, gopro_layout.lmdb_paths(dst, 'train')[kind])
+    create_lmdb.main(['--src', new['root'], '--dst', dst, '--prefix', 'train', '--overwrite', '--verify'])
+    assert all(os.path.islink(p) for p in gopro_layout.lmdb_paths(dst, 'train').values())
+    assert gopro_layout.verify_gopro_lmdb(dst, 'train', progress=False) == 6
+    assert sorted(n for n in os.listdir(dst) if n.startswith('.')) == sorted(
+        ['.train.lmdb-current', os.readlink(os.path.join(dst, '.train.lmdb-current'))])  # the old folders are gone
