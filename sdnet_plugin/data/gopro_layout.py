@@ -123,11 +123,12 @@ def _remove_stale_builds(dst, prefix):
     """Remove what interrupted runs left (builds not current, half-made links, older temporary databases)."""
     build_prefix, current = _build_names(dst, prefix)
     keep = osp.realpath(current) if osp.islink(current) else None
-    stale = [build_prefix, current + '.new', osp.join(dst, f'.{prefix}.lmdb-legacy-'),
-             osp.join(dst, f'.partial_{prefix}_')]
+    stale = {current + '.new'} | {path + '.new' for path in lmdb_paths(dst, prefix).values()}
+    stale |= {osp.join(dst, f'.{name}') for name in [f'partial_{prefix}_{kind}.lmdb' for kind in LMDB_KINDS] +
+              [f'{prefix}.lmdb-legacy-{kind}' for kind in LMDB_KINDS]}
     for name in os.listdir(dst):
         path = osp.join(dst, name)
-        if not path.startswith(tuple(stale)) or osp.realpath(path) == keep:
+        if not (path in stale or path.startswith(build_prefix)) or osp.realpath(path) == keep:
             continue
         if osp.isdir(path) and not osp.islink(path):
             shutil.rmtree(path, ignore_errors=True)

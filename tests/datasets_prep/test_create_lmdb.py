@@ -163,6 +163,9 @@ def test_switch_to_new_databases_is_all_or_nothing(make_synthetic_gopro, tmp_pat
         create_lmdb.main(['--src', new['root'], '--dst', dst, '--prefix', 'train', '--overwrite'])  # a rerun ends it
         assert {_identity(paths[kind], key, sources[kind]) for kind in paths} == {'new'}
         assert gopro_layout.verify_gopro_lmdb(dst, 'train', progress=False) == 6
+        current = os.readlink(osp.join(dst, '.train.lmdb-current'))
+        assert sorted(os.listdir(dst)) == sorted(['.train.lmdb-current', current, 'train_blur.lmdb',
+                                                  'train_flow.lmdb', 'train_sharp.lmdb'])  # nothing left over
 
 
 def test_names_with_spaces_are_refused(make_synthetic_gopro, tmp_path):
