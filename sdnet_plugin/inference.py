@@ -14,6 +14,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from sdnet_plugin.utils import error_line
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO_ROOT / 'weights' / 'sdnet_base_synthetic.pth'
 # Tile sides are multiples of the network's downsampling factor, so every tile sees the same stride-2/4 sampling
@@ -92,7 +94,6 @@ def load_weights(weights_path, preset='base'):
     Returns:
         tuple[dict, dict]: the state dict (``params_ema`` preferred) and the network options.
     """
-    from sdnet_plugin.utils import error_line
     weights_path = Path(weights_path)
     if not weights_path.is_file():
         raise FileNotFoundError(f'weights file {weights_path} does not exist')
@@ -131,7 +132,6 @@ def build_sdnet(network_opt, state_dict=None):
     from basicsr.utils import get_root_logger
 
     # build_network logs through BasicSR's logger; keep the console quiet for command-line use.
-    from sdnet_plugin.utils import error_line
     get_root_logger().setLevel('WARNING')
     try:
         net = build_network(deepcopy(network_opt))
@@ -152,7 +152,7 @@ def check_keeps_size(net, network_opt, device='cpu', dtype=torch.float32):
     try:
         shape = tuple(net(probe).shape)
     except RuntimeError as error:
-        raise ValueError(f'{network_opt.get("type")} cannot restore an RGB image: {error}') from None
+        raise ValueError(f'{network_opt.get("type")} cannot restore an RGB image: {error_line(error)}') from None
     if shape[-2:] != probe.shape[-2:] or shape[1] != 3:
         raise ValueError(f'{network_opt.get("type")} turns a {PROBE_SIZE}x{PROBE_SIZE} RGB image into '
                          f'{shape[-1]}x{shape[-2]} with {shape[1]} channels: deblurring needs a network that keeps '
