@@ -88,6 +88,8 @@ def collect_inputs(patterns, recursive=False):
     """Expand files, folders and globs into ``(path, relative output path)`` pairs, in a stable order.
 
     Files inside a given folder keep their sub-folder in the output; patterns matching nothing come back as errors.
+    Recursion (folders and ``**`` with ``recursive``) does not enter links to folders; a file reached twice is listed
+    once.
 
     Returns:
         tuple[list[tuple[Path, Path]], list[tuple[str, str]]]: inputs and ``(pattern, reason)`` errors.
