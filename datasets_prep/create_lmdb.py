@@ -5,7 +5,8 @@ Example (from anywhere)::
     python datasets_prep/create_lmdb.py --src datasets/GoPro/train --dst datasets/GoPro/lmdb --prefix train \\
         --crop-size 512 --step 256 --verify
 
-Writes ``DST/PREFIX_blur.lmdb``, ``DST/PREFIX_sharp.lmdb`` and ``DST/PREFIX_flow.lmdb`` (keys ``SEQ/NNNNNN``).
+Writes ``DST/PREFIX_blur.lmdb``, ``DST/PREFIX_sharp.lmdb`` and ``DST/PREFIX_flow.lmdb`` (keys ``SEQ/NNNNNN``): links
+into a hidden build folder, switched all at once when the build (and ``--verify``) succeeded.
 """
 import argparse
 import os
@@ -13,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sdnet_plugin.data.gopro_layout import create_gopro_lmdb, verify_gopro_lmdb  # noqa: E402
+from sdnet_plugin.data.gopro_layout import create_gopro_lmdb  # noqa: E402
 
 
 def main(argv=None):
@@ -29,17 +30,19 @@ def main(argv=None):
     parser.add_argument('--thresh-size', type=int, default=0,
                         help='add an edge-aligned sub-image when more than this many pixels remain (default 0)')
     parser.add_argument('--compress-level', type=int, default=1, help='PNG compression level (default 1)')
-    parser.add_argument('--verify', action='store_true', help='re-read and decode every key afterwards')
+    parser.add_argument('--verify', action='store_true',
+                        help='re-read and decode every key before the new databases replace any old ones')
     parser.add_argument('--overwrite', action='store_true', help='replace existing databases')
     args = parser.parse_args(argv)
     use_flow = not args.no_flow
     try:
         result = create_gopro_lmdb(args.src, args.dst, args.prefix, args.blur_folder, use_flow, args.crop_size,
-                                   args.step, args.thresh_size, args.compress_level, args.overwrite)
-        print(f'wrote {len(result["keys"])} keys to ' + ', '.join(v for k, v in result.items() if k != 'keys'))
+                                   args.step, args.thresh_size, args.compress_level, args.overwrite,
+                                   verify=args.verify)
+        print(f'wrote {len(result["keys"])} keys to ' + ', '.join(result[k] for k in ('blur', 'sharp', 'flow')
+                                                                  if k in result))
         if args.verify:
-            checked = verify_gopro_lmdb(args.dst, args.prefix, use_flow)
-            print(f'verified {checked} entries')
+            print(f'verified {result["verified"]} entries')
     except (FileExistsError, FileNotFoundError, ValueError, IOError) as error:
         sys.exit(f'error: {error}')
 

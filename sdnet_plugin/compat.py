@@ -8,9 +8,11 @@ removed once a BasicSR release includes the equivalent change (its master branch
    alias module pointing at ``torchvision.transforms.functional`` before BasicSR is imported.
    Remove when: a basicsr release no longer imports ``functional_tensor``.
 2. ``basicsr.train.load_resume_state`` maps resume states to ``torch.cuda.current_device()``, so resuming fails on
-   a CPU-only machine, and torch >= 2.6 loads with ``weights_only=True``, which rejects the scheduler states. We
-   load onto the CPU (optimizers move their state to the parameters' device when loading) and trust the local
-   training-state file. Remove when: basicsr maps resume states to the model's device.
+   a CPU-only machine. We load onto the CPU (optimizers move their state to the parameters' device when loading)
+   with ``weights_only=True``: a training state made elsewhere can hold only tensors, numbers, strings, lists,
+   dicts and the types in :data:`TRAINING_STATE_TYPES`, never code. With ``--auto_resume`` an unreadable newest
+   state (truncated copy, full disk) is skipped with a warning for the previous one. Remove when: basicsr maps
+   resume states to the model's device and loads them safely.
 3. ``basicsr.utils.dist_util._init_dist_pytorch`` always calls ``torch.cuda.set_device`` and uses NCCL, so
    ``torchrun ... --launcher pytorch`` cannot run without GPUs. Without CUDA we initialise a ``gloo`` group.
    Remove when: basicsr chooses the backend from the available devices.
@@ -20,13 +22,37 @@ removed once a BasicSR release includes the equivalent change (its master branch
 5. ``BaseModel.model_to_device`` passes ``device_ids=[torch.cuda.current_device()]`` to
    ``DistributedDataParallel`` even for a CPU model, so distributed training without GPUs (fix 3) fails. We pass
    ``device_ids=None`` for CPU models. Remove when: basicsr wraps CPU models without CUDA calls.
+6. ``Registry.get`` raises a ``KeyError`` whose text is quoted, which the entry points cannot tell from a bug. A
+   misspelt ``type:`` raises :class:`UnknownTypeError` (a ``ValueError``), naming the closest registered names.
+   Remove when: basicsr reports unknown types as option errors.
 """
+import collections
+import difflib
 import importlib
 import os
+import pickle
 import sys
 import types
 
 _applied = False
+# What BasicSR's training states hold besides tensors and builtins (found by saving the states of every scheduler
+# BasicSR builds with Adam, AdamW, SGD, RMSprop, Adamax and Adagrad): MultiStepLR's milestones are a Counter.
+TRAINING_STATE_TYPES = (collections.Counter, collections.OrderedDict)
+REGISTRY_OPTIONS = {'arch': 'network_g.type', 'model': 'model_type', 'dataset': 'datasets.<phase>.type',
+                    'loss': 'train.<loss>_opt.type', 'metric': 'val.metrics.<name>.type'}
+
+
+class UnknownTypeError(KeyError, ValueError):
+    """A ``type:`` in the option file that no registry holds (a ``ValueError``, so entry points print one line)."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+def unknown_type_message(kind, name, known, option):
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    hint = f'did you mean {", ".join(close)}?' if close else f'choose one of {", ".join(sorted(known))}'
+    return f'unknown {kind} type {name!r} ({option}); {hint}'
 
 
 def _alias_functional_tensor():
@@ -50,21 +76,36 @@ def load_resume_state(opt):
     from os import path as osp
 
     from basicsr.utils import check_resume, scandir
-    resume_state_path = None
+
+    from sdnet_plugin.utils import error_line
+    candidates = []
     if opt['auto_resume']:
         state_path = osp.join('experiments', opt['name'], 'training_states')
         if osp.isdir(state_path):
-            states = [float(v.split('.state')[0]) for v in scandir(state_path, suffix='state', recursive=False)]
-            if states:
-                resume_state_path = osp.join(state_path, f'{max(states):.0f}.state')
-                opt['path']['resume_state'] = resume_state_path
+            states = sorted((int(v.split('.state')[0]) for v in scandir(state_path, suffix='state', recursive=False)
+                             if v.split('.state')[0].isdigit()), reverse=True)
+            candidates = [osp.join(state_path, f'{state}.state') for state in states]
     elif opt['path'].get('resume_state'):
-        resume_state_path = opt['path']['resume_state']
-    if resume_state_path is None:
-        return None
-    resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=False)
-    check_resume(opt, resume_state['iter'])
-    return resume_state
+        candidates = [opt['path']['resume_state']]
+    for index, resume_state_path in enumerate(candidates):
+        try:
+            with torch.serialization.safe_globals(list(TRAINING_STATE_TYPES)):
+                resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=True)
+            if not (isinstance(resume_state, dict) and isinstance(resume_state.get('iter'), int)):
+                raise ValueError('not a BasicSR training state')
+        except Exception as error:
+            reason = error_line(error)
+            if isinstance(error, pickle.UnpicklingError):  # what torch raises for anything weights_only refuses
+                reason = 'it holds objects other than tensors and plain values (refused: loading would run code)'
+            if index + 1 == len(candidates):
+                raise ValueError(f'cannot resume from {resume_state_path}: {reason}') from None
+            print(f'warning: cannot resume from {resume_state_path} ({reason}); trying {candidates[index + 1]}',
+                  file=sys.stderr)
+            continue
+        opt['path']['resume_state'] = resume_state_path
+        check_resume(opt, resume_state['iter'])
+        return resume_state
+    return None
 
 
 def _init_dist_pytorch(backend, **kwargs):
@@ -83,7 +124,9 @@ def get_optimizer(self, optim_type, params, lr, **kwargs):
     import torch
     optimizer_cls = getattr(torch.optim, optim_type, None)
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-        raise NotImplementedError(f'optimizer {optim_type} is not in torch.optim')
+        known = [k for k, v in vars(torch.optim).items()
+                 if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer]
+        raise ValueError(unknown_type_message('optimizer', optim_type, known, 'train.optim_g.type, from torch.optim'))
     return optimizer_cls(params, lr, **kwargs)
 
 
@@ -101,6 +144,17 @@ def model_to_device(self, net):
     return net
 
 
+def registry_get(self, name, suffix='basicsr'):
+    """``Registry.get`` that reports a misspelt type as an option error (fix 6)."""
+    found = self._obj_map.get(name)
+    if found is None:
+        found = self._obj_map.get(f'{name}_{suffix}')
+    if found is None:
+        raise UnknownTypeError(unknown_type_message(self._name, name, self._obj_map.keys(),
+                                                    REGISTRY_OPTIONS.get(self._name, 'type')))
+    return found
+
+
 def apply():
     """Apply all fixes (idempotent)."""
     global _applied
@@ -110,7 +164,9 @@ def apply():
     import basicsr.train
     import basicsr.utils.dist_util
     from basicsr.models.base_model import BaseModel
+    from basicsr.utils.registry import Registry
     basicsr.train.load_resume_state = load_resume_state
+    Registry.get = registry_get
     basicsr.utils.dist_util._init_dist_pytorch = _init_dist_pytorch
     BaseModel.get_optimizer = get_optimizer
     BaseModel.model_to_device = model_to_device

@@ -13,9 +13,13 @@ size. Every file is written to a temporary name first and renamed when complete.
 is reported on one line and skipped; the exit status is 1 when anything failed.
 """
 import argparse
+import contextlib
 import glob
+import heapq
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from tqdm import tqdm
 from sdnet_plugin import precision
 from sdnet_plugin.inference import (DEFAULT_WEIGHTS, auto_tile_size, export_weights, load_network, make_temp_path,
                                     tiled_forward, write_atomically)
+from sdnet_plugin.utils import decode_upright, error_line
 from sdnet_plugin.visualize import render_offset_picture
 
 IMAGE_EXTENSIONS = {
@@ -87,12 +92,15 @@ def collect_inputs(patterns, recursive=False):
     """Expand files, folders and globs into ``(path, relative output path)`` pairs, in a stable order.
 
     Files inside a given folder keep their sub-folder in the output; patterns matching nothing come back as errors.
+    Recursion (folders and ``**`` with ``recursive``) does not enter links to folders; a file reached twice is listed
+    once.
 
     Returns:
         tuple[list[tuple[Path, Path]], list[tuple[str, str]]]: inputs and ``(pattern, reason)`` errors.
     """
     media = IMAGE_EXTENSIONS | set(VIDEO_CODECS)
     inputs, errors = [], []
+    seen = set()
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
@@ -104,22 +112,49 @@ def collect_inputs(patterns, recursive=False):
         elif path.exists() or os.path.islink(pattern):
             inputs.append((path, Path(path.name)))
         elif glob.has_magic(pattern):
-            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=recursive))
+            try:
+                matches = sorted(_glob(pattern, recursive))
+            except (ValueError, OSError) as error:
+                errors.append((pattern, f'bad pattern: {error}'))
+                continue
             files = [p for p in matches if not p.is_dir()]
             inputs += [(p, Path(p.name)) for p in files]
             if not files:
                 errors.append((pattern, 'no file matches'))
         else:
             errors.append((pattern, 'no such file or folder'))
-    return inputs, errors
+    unique = []
+    for path, rel_path in inputs:  # a file reached twice (links, overlapping patterns) is restored once
+        key = path.resolve() if path.exists() else path
+        if key not in seen:
+            seen.add(key)
+            unique.append((path, rel_path))
+    return unique, errors
+
+
+def _glob(pattern, recursive):
+    """Files matching ``pattern``; with ``recursive``, ``**`` descends into sub-folders but, like folder mode, not
+    into links to folders (a link loop would otherwise never end)."""
+    if not recursive or '**' not in pattern:
+        return [Path(p) for p in glob.glob(pattern)]
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return list(Path(*parts[:fixed] or ('.', )).glob(str(Path(*parts[fixed:]))))
 
 
 def select_device(name):
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda'):
+        raise SystemExit(f"sdnet-deblur: error: --device {name!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('sdnet-deblur: error: --device cuda requested but CUDA is not available')
+    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+        raise SystemExit(f'sdnet-deblur: error: --device {name}: there are {torch.cuda.device_count()} CUDA devices')
     return device
 
 
@@ -194,19 +229,22 @@ class Restorer:
                     raise
                 self.tile = max(64, current // 2)
                 torch.cuda.empty_cache()
+        if not torch.isfinite(outputs['image']).all():
+            raise InputError('the network produced NaN or infinite values (float16 overflow? try --precision fp32)')
         restored = outputs['image'][0].float().clamp_(0, 1).permute(1, 2, 0).numpy()
         return restored, outputs.get('offset')
 
 
 def read_image(path):
-    """Read an image file as stored (bit depth, channels), raising :class:`InputError` with the reason."""
+    """Read an image file as stored (bit depth, channels), upright by its EXIF orientation, raising
+    :class:`InputError` with the reason."""
     try:
-        data = np.frombuffer(Path(path).read_bytes(), np.uint8)
+        data = Path(path).read_bytes()
     except OSError as error:
         raise InputError(f'cannot read: {error.strerror or error}') from None
-    if data.size == 0:
+    if not data:
         raise InputError('empty file')
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    image = decode_upright(data)  # phones store portrait photos sideways, with an EXIF orientation
     if image is None or image.size == 0:
         raise InputError('not a decodable image (truncated, corrupt or not an image)')
     if image.dtype not in PIXEL_SCALE:
@@ -296,28 +334,78 @@ class VideoSink:
         self.path = Path(path)
         self.tmp_path = make_temp_path(self.path)
         self.writer = None
-        for code in VIDEO_CODECS.get(self.path.suffix.lower(), ('mp4v', )):
-            writer = cv2.VideoWriter(self.tmp_path, cv2.VideoWriter_fourcc(*code), fps, frame_size)
-            if writer.isOpened():
-                self.writer = writer
-                break
-            writer.release()
-        if self.writer is None:
+        try:
+            for code in VIDEO_CODECS.get(self.path.suffix.lower(), ('mp4v', )):
+                writer = cv2.VideoWriter(self.tmp_path, cv2.VideoWriter_fourcc(*code), fps, frame_size)
+                if writer.isOpened():
+                    self.writer = writer
+                    break
+                writer.release()
+            if self.writer is None:
+                raise InputError(f'no OpenCV video encoder for {self.path.suffix} files')
+        except BaseException:
             self.discard()
-            raise InputError(f'no OpenCV video encoder for {self.path.suffix} files')
+            raise
 
     def write(self, frame):
         self.writer.write(frame)
 
-    def commit(self):
+    def commit(self, audio_source=None):
+        """Finish the video, copy the audio track of ``audio_source`` into it, and rename it into place.
+
+        Returns:
+            str | None: Why the audio was not copied, or None.
+        """
         self.writer.release()
+        note = copy_audio(audio_source, self.tmp_path) if audio_source is not None else None
         os.replace(self.tmp_path, self.path)
+        return note
 
     def discard(self):
         if self.writer is not None:
             self.writer.release()
         if os.path.exists(self.tmp_path):
             os.remove(self.tmp_path)
+
+
+def _packets(container, stream, output):
+    """``(time in seconds, order, output stream, packet)`` of one stream, for merging streams by time."""
+    for order, packet in enumerate(container.demux(stream)):
+        if packet.dts is not None:
+            yield float(packet.dts * packet.time_base), order, output, packet
+
+
+def copy_audio(source, video_path):
+    """Copy (without re-encoding) the first audio track of ``source`` into the video file ``video_path``, in place
+    through a temporary file, with PyAV. OpenCV, which writes the restored frames, writes no audio.
+
+    Returns:
+        str | None: Why the audio was not copied (no PyAV, a codec the container cannot hold), or None when it was
+        copied or ``source`` has none.
+    """
+    try:
+        import av
+    except ImportError:
+        return "audio not copied: the 'av' package (PyAV) is not installed"
+    tmp_path = make_temp_path(video_path)
+    try:
+        with av.open(str(source)) as audio_in:
+            if not audio_in.streams.audio:
+                return None
+            with av.open(str(video_path)) as video_in, av.open(tmp_path, 'w') as out:
+                video, audio = video_in.streams.video[0], audio_in.streams.audio[0]
+                streams = (_packets(video_in, video, out.add_stream_from_template(video)),
+                           _packets(audio_in, audio, out.add_stream_from_template(audio)))
+                for _, _, stream, packet in heapq.merge(*streams, key=lambda item: item[:2]):
+                    packet.stream = stream
+                    out.mux(packet)
+        os.replace(tmp_path, video_path)
+        return None
+    except Exception as error:  # the video itself is fine: keep it, without audio
+        return f'audio not copied: {error_line(error)}'
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
 
 
 def process_video(path, paths, restorer):
@@ -346,9 +434,10 @@ def process_video(path, paths, restorer):
                     sinks[name].write(out_frame)
                 bar.update()
                 ok, frame = capture.read()
-        for sink in sinks.values():
-            sink.commit()
+        notes = {sink.commit(audio_source=path) for sink in sinks.values()} - {None}
         sinks.clear()
+        for note in sorted(notes):
+            tqdm.write(f'sdnet-deblur: {path}: {note}', file=sys.stderr)
     finally:
         capture.release()
         for sink in sinks.values():
@@ -408,10 +497,33 @@ def main(argv=None):
         return 2
 
     try:
-        return _process_all(inputs, failures, restorer, args)
-    except KeyboardInterrupt:
-        print('sdnet-deblur: interrupted (outputs written so far are complete)', file=sys.stderr)
-        return 130
+        with termination_as_interrupt():
+            return _process_all(inputs, failures, restorer, args)
+    except KeyboardInterrupt as error:
+        print('sdnet-deblur: interrupted (outputs written so far are complete; no partial file is left)',
+              file=sys.stderr)
+        return 128 + error.args[0] if isinstance(error, Terminated) else 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``args[0]``: the signal number), raised like Ctrl-C so that temporary files are removed."""
+
+
+@contextlib.contextmanager
+def termination_as_interrupt():
+    """Within the block, SIGTERM and SIGHUP (``kill``, a closed terminal, a job scheduler) raise :class:`Terminated`
+    in the main thread instead of ending the process at once, so cleanup code runs."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _process_all(inputs, failures, restorer, args):
@@ -437,7 +549,7 @@ def _process_all(inputs, failures, restorer, args):
             failures.append((path, str(error)))
             tqdm.write(f'sdnet-deblur: {path}: {error}', file=sys.stderr)
         except (OSError, RuntimeError, cv2.error) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = error_line(error)
             failures.append((path, reason))
             tqdm.write(f'sdnet-deblur: {path}: {reason}', file=sys.stderr)
     print(f'sdnet-deblur: {done} restored, {len(failures)} failed, {time.time() - start:.1f} s, '

@@ -14,6 +14,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from sdnet_plugin.utils import error_line
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO_ROOT / 'weights' / 'sdnet_base_synthetic.pth'
 # Tile sides are multiples of the network's downsampling factor, so every tile sees the same stride-2/4 sampling
@@ -22,6 +24,9 @@ TILE_ALIGN = 4
 # Peak inference memory per input pixel and feature channel at full resolution, in elements (measured on CPU for
 # the SDNet presets with the torchvision DCN backend: about 3.9 KB per pixel for 32 float32 channels).
 ELEMENTS_PER_PIXEL_PER_FEATURE = 32
+NAME_MAX = 255  # bytes in a file name (Linux file systems)
+# Side of the image that checks that a network keeps the image size (restoration, not super-resolution).
+PROBE_SIZE = 32
 
 
 def make_temp_path(path, keep_suffix=True):
@@ -39,7 +44,11 @@ def make_temp_path(path, keep_suffix=True):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = f'.partial{path.suffix}' if keep_suffix else '.partial'
-    fd, tmp_path = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix=suffix, dir=path.parent)
+    # file names have at most NAME_MAX (255) bytes: shorten the stem so that '.' + stem + '.' + 8 random
+    # characters + suffix still fit
+    room = NAME_MAX - len(f'..{"x" * 8}{suffix}'.encode())
+    stem = path.stem.encode()[:max(room, 0)].decode(errors='ignore')
+    fd, tmp_path = tempfile.mkstemp(prefix=f'.{stem}.', suffix=suffix, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -88,10 +97,12 @@ def load_weights(weights_path, preset='base'):
     weights_path = Path(weights_path)
     if not weights_path.is_file():
         raise FileNotFoundError(f'weights file {weights_path} does not exist')
+    if weights_path.stat().st_size == 0:
+        raise ValueError(f'weights file {weights_path} is empty (0 bytes)')
     try:
         checkpoint = torch.load(weights_path, map_location='cpu', weights_only=True)
     except Exception as error:
-        raise ValueError(f'cannot read weights {weights_path}: {str(error).splitlines()[0]}') from None
+        raise ValueError(f'cannot read weights {weights_path}: {error_line(error)}') from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f'weights {weights_path} hold a {type(checkpoint).__name__}, not a checkpoint dict')
     for key in ('params_ema', 'params'):
@@ -103,6 +114,11 @@ def load_weights(weights_path, preset='base'):
             raise ValueError(f'weights {weights_path} have no params_ema / params state dict')
         state_dict = checkpoint
     state_dict = {(k[7:] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+    broken = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and
+              not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(f'weights {weights_path} hold NaN or infinite values ({len(broken)} tensors, e.g. '
+                         f'{broken[0]}): the training run diverged; use an earlier checkpoint')
     network_opt = checkpoint.get('network_g') or _read_option_file_network(weights_path)
     if not network_opt:
         network_opt = {'type': 'SDNet', 'preset': preset}
@@ -117,13 +133,30 @@ def build_sdnet(network_opt, state_dict=None):
 
     # build_network logs through BasicSR's logger; keep the console quiet for command-line use.
     get_root_logger().setLevel('WARNING')
-    net = build_network(deepcopy(network_opt))
+    try:
+        net = build_network(deepcopy(network_opt))
+    except TypeError as error:  # an option the network does not take
+        raise ValueError(f'cannot build the network {network_opt}: {error_line(error)}') from None
     if state_dict is not None:
         try:
             net.load_state_dict(state_dict, strict=True)
         except RuntimeError as error:
-            raise ValueError(f'weights do not fit {network_opt}: {str(error).splitlines()[0]}') from None
+            raise ValueError(f'weights do not fit {network_opt}: {error_line(error)}') from None
     return net.eval()
+
+
+@torch.no_grad()
+def check_keeps_size(net, network_opt, device='cpu', dtype=torch.float32):
+    """Refuse a network whose output size differs from its input size (e.g. a super-resolution checkpoint)."""
+    probe = torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE, device=device, dtype=dtype)
+    try:
+        shape = tuple(net(probe).shape)
+    except RuntimeError as error:
+        raise ValueError(f'{network_opt.get("type")} cannot restore an RGB image: {error_line(error)}') from None
+    if shape[-2:] != probe.shape[-2:] or shape[1] != 3:
+        raise ValueError(f'{network_opt.get("type")} turns a {PROBE_SIZE}x{PROBE_SIZE} RGB image into '
+                         f'{shape[-1]}x{shape[-2]} with {shape[1]} channels: deblurring needs a network that keeps '
+                         'size and channels (is it a super-resolution checkpoint?)')
 
 
 def load_network(weights_path, device='cpu', half=False, preset='base'):
@@ -144,6 +177,7 @@ def load_network(weights_path, device='cpu', half=False, preset='base'):
         net = net.half()
     for param in net.parameters():
         param.requires_grad_(False)
+    check_keeps_size(net, network_opt, device, torch.float16 if half else torch.float32)
     return net, network_opt
 
 
@@ -154,6 +188,8 @@ def export_weights(checkpoint_path, out_path, preset='base'):
     Returns:
         int: Size of the written file in bytes.
     """
+    if os.path.exists(out_path) and os.path.exists(checkpoint_path) and os.path.samefile(out_path, checkpoint_path):
+        raise ValueError(f'{out_path} is the checkpoint itself; write the weights file under another name')
     state_dict, network_opt = load_weights(checkpoint_path, preset)
     build_sdnet(network_opt, state_dict)
     half_state = {k: (v.half() if v.is_floating_point() else v) for k, v in state_dict.items()}

@@ -28,15 +28,18 @@ def prepare_argv(argv):
 def run_pipeline(name):
     """Run BasicSR's ``basicsr.<name>.<name>_pipeline`` (``train`` or ``test``) with the plugin registered.
 
-    Option mistakes end the run with a one-line ``error: ...`` (exit status 1) instead of a traceback.
+    Option mistakes, bad data (unreadable files, missing keys) and a run stopped by non-finite steps end with a
+    one-line ``error: ...`` (exit status 1) instead of a traceback.
     """
     sys.argv = prepare_argv(sys.argv)
     import sdnet_plugin  # noqa: F401  (applies the BasicSR fixes and registers the plugin)
+    from sdnet_plugin.models.sdnet_model import NonFiniteStop
+    from sdnet_plugin.utils import error_line
     pipeline = getattr(importlib.import_module(f'basicsr.{name}'), f'{name}_pipeline')
     try:
         pipeline(ROOT_PATH)
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f'error: {error}')
+    except (ValueError, OSError, NonFiniteStop) as error:
+        sys.exit(f'error: {error_line(error)}')
 
 
 def main():

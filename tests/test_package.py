@@ -50,7 +50,7 @@ def test_any_torch_optimizer_is_accepted():
     optimizer = BaseModel.get_optimizer(None, 'AdamW', params, 1e-3, weight_decay=0.01, betas=(0.9, 0.99))
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults['weight_decay'] == 0.01
     assert isinstance(BaseModel.get_optimizer(None, 'Adam', params, 1e-3), torch.optim.Adam)
-    with pytest.raises(NotImplementedError, match='Lion'):
+    with pytest.raises(ValueError, match="unknown optimizer type 'Lion'"):
         BaseModel.get_optimizer(None, 'Lion', params, 1e-3)
 
 

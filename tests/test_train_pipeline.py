@@ -233,3 +233,75 @@ def test_float16_on_cpu_is_a_one_line_error(synthetic_gopro, experiment, tmp_pat
     result = run(TRAIN, write_options(opt, tmp_path), check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == 'error: fp16 is not supported on the CPU; use bf16 (or fp32)'
+def test_lower_learning_rate_applies_on_resume(synthetic_gopro, experiment, tmp_path):
+    opt = demo_options(experiment, lmdb_set(synthetic_gopro), total_iter=4)
+    opt['train']['optim_g']['lr'] = 1e-4
+    opt['train'].update(scheduler={'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}, warmup_iter=-1)
+    run(TRAIN, write_options(opt, tmp_path))
+    opt['train'].update(total_iter=6)
+    opt['train']['optim_g']['lr'] = 1e-6
+    run(TRAIN, write_options(opt, tmp_path), '--auto_resume')
+    log = read_log(REPO / 'experiments' / experiment)
+    assert 'Learning rate from the option file replaces the saved one (optimizer 0): 1.000e-04 -> 1.000e-06' in log
+    assert 'iter:       5, lr:(1.000e-06,)' in log and 'iter:       6, lr:(1.000e-06,)' in log, \
+        [line for line in log.splitlines() if 'iter:' in line]
+
+
+def _drop_lmdb_key(info):
+    import lmdb
+    env = lmdb.open(info['lmdb']['sharp'], map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.delete(info['keys'][0].encode())
+    env.close()
+
+
+def _truncate_first_blurry_image(info):
+    seq, name = info['keys'][0].split('/')
+    path = Path(info['root']) / seq / 'blur' / f'{name}.png'
+    path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.mark.parametrize('case, message', [
+    ('dataset type', "unknown dataset type 'BlurSharpFlowDatset' (datasets.<phase>.type); did you mean "
+                     'BlurSharpFlowDataset?'),
+    ('missing data.mdb', '{flow_db} has no data.mdb: not an LMDB database (incomplete copy?)'),
+    ('missing key', '{sharp_db}:{key}: key missing'),
+    ('truncated image', 'unreadable or truncated image: {root}/{key_path}'),
+])
+def test_data_errors_are_one_line(make_synthetic_gopro, experiment, tmp_path, case, message):
+    info = make_synthetic_gopro(count=2)
+    train_set = lmdb_set(info)
+    if case == 'dataset type':
+        train_set['type'] = 'BlurSharpFlowDatset'
+    elif case == 'missing data.mdb':
+        (Path(info['lmdb']['flow']) / 'data.mdb').unlink()
+    elif case == 'missing key':
+        _drop_lmdb_key(info)
+    else:
+        _truncate_first_blurry_image(info)
+        train_set = {'io_backend': {'type': 'disk'}, 'dataroot': info['root']}
+    opt = demo_options(experiment, train_set, total_iter=2)
+    opt['datasets']['train'].update(type=train_set.get('type', 'BlurSharpFlowDataset'), dataset_enlarge_ratio=1)
+    opt['manual_seed'] = 0
+    result = run(TRAIN, write_options(opt, tmp_path), check=False)
+    seq, name = info['keys'][0].split('/')
+    expected = 'error: ' + message.format(key=info['keys'][0], root=info['root'], key_path=f'{seq}/blur/{name}.png',
+                                          flow_db=info['lmdb']['flow'], sharp_db=info['lmdb']['sharp'])
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == expected
+
+
+def test_diverged_run_stops_on_one_line_without_diverged_checkpoints(synthetic_gopro, experiment, tmp_path):
+    opt = demo_options(experiment, lmdb_set(synthetic_gopro), total_iter=10)
+    opt['train'].update(max_nonfinite_steps=2, grad_clip_norm=0, warmup_iter=-1)
+    opt['train']['optim_g']['lr'] = 1e30  # the first step throws the weights far out: every later loss is inf/nan
+    opt['logger']['save_checkpoint_freq'] = 1
+    result = run(TRAIN, write_options(opt, tmp_path), check=False)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        'error: 2 consecutive non-finite loss values up to iter 3; stopping. The checkpoints of iter 1 (weights that '
+        'only gave non-finite steps) were renamed to *.diverged. Lower the learning rate (train.optim_g.lr) or set '
+        'train.grad_clip_norm, then resume with --auto_resume.')
+    exp = REPO / 'experiments' / experiment
+    assert sorted(p.name for p in (exp / 'training_states').iterdir()) == ['1.state.diverged']
+    assert sorted(p.name for p in (exp / 'models').iterdir()) == ['net_g_1.pth.diverged']

@@ -1,3 +1,4 @@
+import os
 import random
 
 import numpy as np
@@ -82,6 +83,8 @@ class BlurSharpFlowDataset(data.Dataset):
         for name, root in roots.items():
             if not str(root).endswith('.lmdb'):
                 raise ValueError(f'dataroot_{name} must be an LMDB folder ending with .lmdb, got {root}')
+            if not os.path.isfile(os.path.join(root, 'data.mdb')):
+                raise FileNotFoundError(f'{root} has no data.mdb: not an LMDB database (incomplete copy?)')
         keys = {name: [key for key, _ in read_meta_keys(root)] for name, root in roots.items()}
         if not keys['lq']:
             raise FileNotFoundError(f'no entries in {roots["lq"]}/meta_info.txt')

@@ -7,6 +7,7 @@ writes them into three BasicSR LMDB databases (``<prefix>_blur.lmdb``, ``<prefix
 """
 import os
 import shutil
+import tempfile
 from os import path as osp
 
 import cv2
@@ -14,7 +15,7 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from sdnet_plugin.data.flow_io import decode_flow
+from sdnet_plugin.data.flow_io import decode_flow, quantize_flow
 
 LMDB_KINDS = ('blur', 'sharp', 'flow')
 
@@ -100,12 +101,78 @@ def _read_unchanged(path):
     return img
 
 
+def _read_flow_stored(path):
+    """A flow PNG checked by the reader training uses (16-bit, 4 channels), in its stored encoding."""
+    with open(path, 'rb') as f:
+        return quantize_flow(decode_flow(f.read(), path))
+
+
+def _check_key(key, path):
+    """LMDB keys go into ``meta_info.txt`` (fields separated by spaces) and are ASCII-encoded by BasicSR."""
+    if not key.isascii() or any(c.isspace() for c in key):
+        raise ValueError(f'names must be ASCII without spaces (they become LMDB keys in meta_info.txt, read by '
+                         f'splitting on spaces): {path}')
+
+
+def _build_names(dst, prefix):
+    """Hidden names of the build folders and of the link that says which build is current."""
+    return osp.join(dst, f'.{prefix}.lmdb-build-'), osp.join(dst, f'.{prefix}.lmdb-current')
+
+
+def _remove_stale_builds(dst, prefix):
+    """Remove what interrupted runs left (builds not current, half-made links, older temporary databases)."""
+    build_prefix, current = _build_names(dst, prefix)
+    keep = osp.realpath(current) if osp.islink(current) else None
+    stale = {current + '.new'} | {path + '.new' for path in lmdb_paths(dst, prefix).values()}
+    stale |= {osp.join(dst, f'.{name}') for name in [f'partial_{prefix}_{kind}.lmdb' for kind in LMDB_KINDS] +
+              [f'{prefix}.lmdb-legacy-{kind}' for kind in LMDB_KINDS]}
+    for name in os.listdir(dst):
+        path = osp.join(dst, name)
+        if not (path in stale or path.startswith(build_prefix)) or osp.realpath(path) == keep:
+            continue
+        if osp.isdir(path) and not osp.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
+def _switch_to_build(dst, prefix, build, kinds):
+    """Make ``<prefix>_<kind>.lmdb`` show the databases of ``build``, all at once.
+
+    The names are links into ``.<prefix>.lmdb-current``, itself a link to the current build; the switch is one
+    ``os.replace`` of that link, so a kill at any moment leaves either every old database or every new one.
+    Databases of the old layout (real folders) are moved aside before any link is made, so they never mix with new
+    ones either.
+    """
+    _, current = _build_names(dst, prefix)
+    finals = lmdb_paths(dst, prefix)
+    targets = {kind: osp.join(osp.basename(current), f'{kind}.lmdb') for kind in finals}
+    for kind, path in finals.items():
+        if osp.isdir(path) and not osp.islink(path):
+            os.replace(path, osp.join(dst, f'.{prefix}.lmdb-legacy-{kind}'))
+    old = osp.realpath(current) if osp.islink(current) else None
+    os.symlink(osp.basename(build), current + '.new')
+    os.replace(current + '.new', current)
+    for kind, path in finals.items():
+        if kind in kinds and not (osp.islink(path) and os.readlink(path) == targets[kind]):
+            if osp.lexists(path + '.new'):
+                os.remove(path + '.new')
+            os.symlink(targets[kind], path + '.new')
+            os.replace(path + '.new', path)
+        elif kind not in kinds and osp.lexists(path):
+            os.remove(path)  # a database of an earlier build that this one does not have
+    if old and old != osp.realpath(build):
+        shutil.rmtree(old, ignore_errors=True)
+    _remove_stale_builds(dst, prefix)
+
+
 def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_size=None, step=256, thresh_size=0,
-                      compress_level=1, overwrite=False, progress=True):
+                      compress_level=1, overwrite=False, progress=True, verify=False):
     """Write a GoPro-layout split into ``<dst>/<prefix>_{blur,sharp,flow}.lmdb`` (BasicSR LMDB format).
 
-    The databases are built under temporary names and renamed only when complete, so an interrupted run never leaves
-    a database that looks finished.
+    The databases are built (and verified) in a hidden folder, then switched in all at once (see
+    :func:`_switch_to_build`): an interrupted or failed run never leaves databases that look finished, nor a mix of
+    old and new ones. Every flow is checked with the reader training uses.
 
     Args:
         src (str): Split folder (``<src>/<SEQ>/{blur,sharp,flow}/NNNNNN.png``).
@@ -120,27 +187,35 @@ def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_
         compress_level (int): PNG compression in the database. Default: 1.
         overwrite (bool): Replace existing databases. Default: False.
         progress (bool): Show a progress bar. Default: True.
+        verify (bool): Re-read and decode every entry (:func:`verify_gopro_lmdb`) before the switch. Default: False.
 
     Returns:
-        dict: ``kind -> database path``; ``'keys'``: the list of keys written.
+        dict: ``kind -> database path``; ``'keys'``: the list of keys written; ``'verified'``: entries verified
+        (with ``verify``).
     """
     from basicsr.utils.lmdb_util import LmdbMaker
+    if crop_size is not None and crop_size < 1 or step < 1 or thresh_size < 0 or not 0 <= compress_level <= 9:
+        raise ValueError(f'crop size and step must be positive, thresh size >= 0 and compress level 0-9, got '
+                         f'{crop_size}, {step}, {thresh_size} and {compress_level}')
     samples = scan_gopro_split(src, blur_folder=blur_folder, use_flow=use_flow)
+    for sample in samples:
+        _check_key(sample['key'], sample['blur'])
     kinds = LMDB_KINDS if use_flow else LMDB_KINDS[:2]
     finals = {k: v for k, v in lmdb_paths(dst, prefix).items() if k in kinds}
     for path in finals.values():
-        if osp.exists(path) and not overwrite:
+        if osp.lexists(path) and not overwrite:
             raise FileExistsError(f'{path} exists; pass --overwrite to replace it')
     os.makedirs(dst, exist_ok=True)
-    temps = {k: osp.join(dst, f'.partial_{prefix}_{k}.lmdb') for k in kinds}
-    for path in temps.values():
-        if osp.exists(path):
-            shutil.rmtree(path)
-    makers = {k: LmdbMaker(temps[k], map_size=1024**4, compress_level=compress_level) for k in kinds}
-    keys = []
+    _remove_stale_builds(dst, prefix)
+    build = tempfile.mkdtemp(prefix=osp.basename(_build_names(dst, prefix)[0]), dir=dst)
+    paths = {k: osp.join(build, f'{k}.lmdb') for k in kinds}
+    readers = {'blur': _read_unchanged, 'sharp': _read_unchanged, 'flow': _read_flow_stored}
+    makers, keys, verified = {}, [], None
     try:
+        for kind in kinds:
+            makers[kind] = LmdbMaker(paths[kind], map_size=1024**4, compress_level=compress_level)
         for sample in tqdm(samples, unit='image', desc=f'lmdb {prefix}', disable=not progress):
-            images = {k: _read_unchanged(sample[k]) for k in kinds}
+            images = {k: readers[k](sample[k]) for k in kinds}
             shapes = {k: img.shape[:2] for k, img in images.items()}
             if len(set(shapes.values())) != 1:
                 raise ValueError(f'sizes disagree for {sample["key"]}: ' +
@@ -162,18 +237,21 @@ def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_
                         channels = 1 if patch.ndim == 2 else patch.shape[2]
                         makers[kind].put(buf.tobytes(), key, (patch.shape[0], patch.shape[1], channels))
                     keys.append(key)
-    except BaseException:
-        for kind, maker in makers.items():
-            maker.close()
-            shutil.rmtree(temps[kind], ignore_errors=True)
+        while makers:  # the final commit: a full disk shows here
+            makers.popitem()[1].close()
+        if verify:
+            verified = _verify_databases(paths, progress)
+    except BaseException as error:
+        for maker in makers.values():
+            maker.env.close()
+            maker.txt_file.close()
+        shutil.rmtree(build, ignore_errors=True)
+        if isinstance(error, lmdb.Error):
+            raise IOError(f'cannot write the databases in {dst}: {str(error).strip() or type(error).__name__}') \
+                from None
         raise
-    for maker in makers.values():
-        maker.close()
-    for kind in kinds:
-        if osp.exists(finals[kind]):
-            shutil.rmtree(finals[kind])
-        os.replace(temps[kind], finals[kind])
-    return dict(finals, keys=keys)
+    _switch_to_build(dst, prefix, build, kinds)
+    return dict(finals, keys=keys, **({'verified': verified} if verify else {}))
 
 
 def verify_gopro_lmdb(dst, prefix, use_flow=True, progress=True):
@@ -186,7 +264,12 @@ def verify_gopro_lmdb(dst, prefix, use_flow=True, progress=True):
         ValueError: Mismatching keys or shapes, undecodable entries (named).
     """
     kinds = LMDB_KINDS if use_flow else LMDB_KINDS[:2]
-    paths = {k: v for k, v in lmdb_paths(dst, prefix).items() if k in kinds}
+    return _verify_databases({k: v for k, v in lmdb_paths(dst, prefix).items() if k in kinds}, progress)
+
+
+def _verify_databases(paths, progress=True):
+    """:func:`verify_gopro_lmdb` of the databases ``{'blur': path, 'sharp': path[, 'flow': path]}``."""
+    kinds = list(paths)
     entries = {k: read_meta_keys(p) for k, p in paths.items()}
     reference = [key for key, _ in entries['blur']]
     for kind in kinds:
@@ -196,6 +279,8 @@ def verify_gopro_lmdb(dst, prefix, use_flow=True, progress=True):
             raise ValueError(f'{paths[kind]} and {paths["blur"]} hold different keys (e.g. {missing[:3]})')
     count = 0
     for kind in kinds:
+        if not osp.isfile(osp.join(paths[kind], 'data.mdb')):
+            raise FileNotFoundError(f'{paths[kind]} has no data.mdb: not an LMDB database (incomplete copy?)')
         env = lmdb.open(paths[kind], readonly=True, lock=False, readahead=False)
         try:
             with env.begin(write=False) as txn:

@@ -34,6 +34,9 @@ HIST_BIN_PX = 1.0
 HIST_BINS = 128
 FRAMES_PER_SEQUENCE = 20
 VAL_FRACTION = 0.2
+# Largest max_blur whose flows fit the flow files' range: over 18000 random scenes (every cap reached) the largest
+# flow was 1.62x max_blur (translation with acceleration, plus rotation and zoom, plus a layer's own motion).
+MAX_BLUR_LIMIT = 256.0
 
 
 def default_photo_paths():
@@ -454,6 +457,36 @@ def _render_and_write(task):
     return record, hist
 
 
+def check_replaceable(out_dir, photo_dir=None):
+    """Refuse to replace ``out_dir`` unless it is a previous synthesis output and holds no input photographs.
+
+    A previous output holds ``synthesis.json`` and only the sequence folders it lists.
+
+    Raises:
+        FileExistsError: ``out_dir`` is something else (named, with the reason).
+    """
+    real = osp.realpath(out_dir)
+    if photo_dir and (osp.realpath(photo_dir) + os.sep).startswith(real + os.sep):
+        raise FileExistsError(f'refusing to replace {out_dir}: it contains the photo folder {photo_dir}')
+    if osp.islink(out_dir) or not osp.isdir(out_dir):
+        raise FileExistsError(f'refusing to replace {out_dir}: not a folder written by the synthesizer')
+    try:
+        with open(osp.join(out_dir, 'synthesis.json')) as f:
+            sequences = {record['key'].split('/')[0] for record in json.load(f)['samples']}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise FileExistsError(f'refusing to replace {out_dir}: no readable synthesis.json, so it is not a previous '
+                              'synthesis output; choose another --out or remove it yourself') from None
+    def written(name):
+        path = osp.join(out_dir, name)
+        return name == 'synthesis.json' or (name in sequences and osp.isdir(path) and not osp.islink(path) and
+                                            set(os.listdir(path)) <= {'blur', 'blur_gamma', 'sharp', 'flow'})
+
+    others = sorted(name for name in os.listdir(out_dir) if not written(name))
+    if others:
+        raise FileExistsError(f'refusing to replace {out_dir}: it holds files the synthesizer did not write '
+                              f'({", ".join(others[:3])}{", ..." if len(others) > 3 else ""})')
+
+
 def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, workers=1, split='all',
                        overwrite=False, blur_scale=1.0, max_blur=60.0, progress=True):
     """Write ``count`` synthetic samples in GoPro layout ``out_dir/<SEQ>/{blur,blur_gamma,sharp,flow}/NNNNNN.png``.
@@ -470,7 +503,8 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
         seed (int): Random seed; the output depends only on the seed, split, photos and options. Default: 0.
         workers (int): Worker processes. Default: 1.
         split (str): ``'train'``, ``'val'`` (disjoint sets of whole photos) or ``'all'``. Default: ``'all'``.
-        overwrite (bool): Replace an existing ``out_dir``. Default: False.
+        overwrite (bool): Replace an existing ``out_dir`` that is a previous synthesis output (see
+            :func:`check_replaceable`). Default: False.
         blur_scale (float): Multiplies every motion. Default: 1.0.
         max_blur (float): Cap of each surface's first-to-last translation, pixels. Default: 60.
         progress (bool): Show a progress bar. Default: True.
@@ -483,9 +517,16 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
         raise ValueError(f'count must be positive, got {count}')
     if width < 16 or height < 16:
         raise ValueError(f'size must be at least 16x16, got {width}x{height}')
+    if not (np.isfinite(blur_scale) and blur_scale >= 0):
+        raise ValueError(f'blur scale must be a finite number >= 0, got {blur_scale}')
+    if not (np.isfinite(max_blur) and 0 < max_blur <= MAX_BLUR_LIMIT):
+        raise ValueError(f'max blur must be in (0, {MAX_BLUR_LIMIT:g}] px, got {max_blur}: flows reach up to about '
+                         f'1.6x the max blur and are stored within [{FLOW_MIN:g}, {FLOW_MAX:g}] px')
     out_dir = osp.abspath(out_dir)
     if osp.exists(out_dir) and not overwrite:
         raise FileExistsError(f'{out_dir} exists; pass --overwrite (overwrite=True) to replace it')
+    if osp.lexists(out_dir):
+        check_replaceable(out_dir, photo_dir)
     all_paths = find_photos(photo_dir) if photo_dir else default_photo_paths()
     photo_paths = split_photos(all_paths, split, root=photo_dir)
     _init_worker(photo_paths)  # validates every photo before any work starts
@@ -531,7 +572,8 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
     }
     with open(osp.join(tmp_dir, 'synthesis.json'), 'w') as f:
         json.dump(meta, f, indent=1)
-    if osp.exists(out_dir):
+    if osp.lexists(out_dir):
+        check_replaceable(out_dir, photo_dir)  # again: the folder may have changed during the run
         shutil.rmtree(out_dir)
     os.replace(tmp_dir, out_dir)
     return meta

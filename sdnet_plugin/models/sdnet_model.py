@@ -6,18 +6,21 @@ Adds to ``SRModel`` (all options are read from the usual option file, see ``docs
   returns, with a weight schedule (``weight_schedule``: ``constant`` or ``linear`` decay to 0 at ``weight_zero_iter``).
 * ``train.grad_clip_norm``: gradient clipping by total norm; the norm is logged as ``grad_norm``.
 * ``train.max_nonfinite_steps``: a non-finite loss or gradient skips the step with a warning; that many consecutive
-  skips stop the run.
+  skips stop the run, with no checkpoint of the diverged weights left as the newest one.
 * ``train.amp`` (``auto``, ``bf16``, ``fp16``, ``off``): mixed precision. ``auto`` is bfloat16 on CPUs and GPUs that
   compute it natively, float16 (with a gradient scaler, saved in the training state) on older GPUs, float32
   elsewhere; weights, optimizer state and checkpoints stay float32. ``train.channels_last`` (``auto``, true,
   false): the network's memory layout (``auto``: on for the CPU and for mixed precision on CUDA). Validation uses
   ``val.precision`` (``auto``, ``bf16``, ``fp16``, ``fp32``; ``auto`` follows the training precision).
-* Resume keeps the option file's learning-rate schedule (periods, milestones), so a run can be extended.
-* Atomic checkpoints (temp file, fsync, ``os.replace``) that also store the network options under ``network_g``.
+* Resume keeps the option file's learning rates and learning-rate schedule (periods, milestones), so a run can be
+  extended, or continued with a lower learning rate after it diverged.
+* Atomic checkpoints (temp file, fsync, ``os.replace``) that also store the network options under ``network_g``; a
+  failed save (full disk, read-only folder) warns and keeps the previous checkpoints.
 * Validation on full images, optionally tiled (``val.tile_size`` / ``val.tile_overlap``, the blending tiler of
   :mod:`sdnet_plugin.inference`) to bound memory, with image names that stay unique across GoPro sequences.
 """
 import inspect
+import math
 import os
 import time
 from collections import OrderedDict
@@ -35,11 +38,18 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
 from sdnet_plugin import inference, precision
+from sdnet_plugin.utils import error_line
 
 OFFSET_WEIGHT_SCHEDULES = ('constant', 'linear')
 # What a resumed scheduler keeps from its training state; everything else comes from the option file.
 _SCHEDULER_POSITION_KEYS = ('last_epoch', '_step_count', '_last_lr', 'base_lrs', '_get_lr_called_within_step',
                             '_is_initial', 'verbose')
+# Suffix given to the newest checkpoints when a run stops for non-finite steps: BasicSR's resume never picks them up.
+DIVERGED_SUFFIX = '.diverged'
+
+
+class NonFiniteStop(RuntimeError):
+    """Too many consecutive non-finite steps: the run stops (``train.py`` reports it on one line)."""
 
 
 def _plain_options(value):
@@ -65,18 +75,19 @@ def atomic_torch_save(obj, path, retries=3):
         bool: Whether the file was written.
     """
     for attempt in range(1, retries + 1):
-        tmp_path = inference.make_temp_path(path, keep_suffix=False)
+        tmp_path = None
         try:
+            tmp_path = inference.make_temp_path(path, keep_suffix=False)
             with open(tmp_path, 'wb') as f:
                 torch.save(obj, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp_path, path)
             return True
-        except OSError as error:
-            if osp.exists(tmp_path):
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            if tmp_path is not None and osp.exists(tmp_path):
                 os.remove(tmp_path)
-            get_root_logger().warning(f'Could not save {path} (attempt {attempt}/{retries}): {error}')
+            get_root_logger().warning(f'Could not save {path} (attempt {attempt}/{retries}): {error_line(error)}')
             time.sleep(1)
     get_root_logger().warning(f'Giving up saving {path}; the previous checkpoints are intact.')
     return False
@@ -125,6 +136,7 @@ class SDNetModel(SRModel):
             precision.resolve(val_precision, device)
         self.channels_last = precision.use_channels_last(train_opt.get('channels_last', 'auto'), device,
                                                          self.amp_dtype or self.val_dtype)
+        self.nonfinite_since = None
         super().__init__(opt)
         if self.amp_dtype == torch.float16:
             self.grad_scaler = torch.amp.GradScaler(self.device.type)
@@ -265,13 +277,29 @@ class SDNetModel(SRModel):
     def _skip_step(self, current_iter, what, loss_dict):
         self.optimizer_g.zero_grad()
         self.nonfinite_steps += 1
+        if self.nonfinite_steps == 1:
+            self.nonfinite_since = current_iter
         self.log_dict = self.reduce_loss_dict(loss_dict)
         values = ', '.join(f'{k}: {v:.4g}' for k, v in self.log_dict.items())
         get_root_logger().warning(f'Non-finite {what} at iter {current_iter} ({values}): step skipped '
                                   f'({self.nonfinite_steps}/{self.max_nonfinite_steps} in a row).')
         if self.nonfinite_steps >= self.max_nonfinite_steps:
-            raise RuntimeError(f'{self.nonfinite_steps} consecutive non-finite {what} values up to iter {current_iter}'
-                               '; stopping. Lower the learning rate or set train.grad_clip_norm, then resume.')
+            set_aside = self._set_aside_checkpoints(self.nonfinite_since - 1)
+            raise NonFiniteStop(f'{self.nonfinite_steps} consecutive non-finite {what} values up to iter {current_iter}'
+                                f'; stopping.{set_aside} Lower the learning rate (train.optim_g.lr) or set '
+                                'train.grad_clip_norm, then resume with --auto_resume.')
+
+    def _set_aside_checkpoints(self, current_iter):
+        """Rename the checkpoint and training state of ``current_iter`` (they hold the weights whose steps were all
+        non-finite) to ``*.diverged``, so that resuming starts from the previous state. Returns a sentence or ''."""
+        paths = [osp.join(self.opt['path']['training_states'], f'{current_iter}.state'),
+                 osp.join(self.opt['path']['models'], f'net_g_{current_iter}.pth')]
+        moved = [p for p in paths if osp.isfile(p)]
+        if self.opt.get('rank', 0) == 0:
+            for path in moved:
+                os.replace(path, path + DIVERGED_SUFFIX)
+        return f' The checkpoints of iter {current_iter} (weights that only gave non-finite steps) were renamed to ' \
+               f'*{DIVERGED_SUFFIX}.' if moved else ''
 
     # ------------------------------------------------------------------ inference and validation
     def test(self):
@@ -351,6 +379,14 @@ class SDNetModel(SRModel):
         return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
 
     # ------------------------------------------------------------------ checkpoints
+    def save(self, epoch, current_iter):
+        """SRModel's save, except while steps are being skipped as non-finite: those weights may have diverged."""
+        if self.nonfinite_steps:
+            get_root_logger().warning(f'Not saving at iter {current_iter}: the last {self.nonfinite_steps} step(s) '
+                                      'were non-finite; the previous checkpoints are kept.')
+            return
+        super().save(epoch, current_iter)
+
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):
         """BasicSR's ``save_network``, written atomically and with the network options under ``network_<x>``."""
@@ -370,16 +406,19 @@ class SDNetModel(SRModel):
         atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{iter_name}.pth'))
 
     def resume_training(self, resume_state):
-        """BasicSR's resume, except that the learning-rate schedule's shape comes from the option file.
+        """BasicSR's resume, except that the learning rates and the schedule's shape come from the option file.
 
-        The state gives the optimizers and the scheduler's position (``last_epoch``, base learning rates); the
-        periods, restart weights, milestones and ``eta_min`` are the option file's. Unchanged options resume exactly;
-        raising ``train.total_iter`` together with the scheduler's periods extends a finished or stopped run.
+        The state gives the optimizers' moments and the scheduler's position (``last_epoch``); the learning rates
+        (``optim_*.lr``), periods, restart weights, milestones and ``eta_min`` are the option file's (changes are
+        logged). Unchanged options resume exactly; raising ``train.total_iter`` together with the scheduler's periods
+        extends a finished or stopped run, and a lower ``lr`` applies from the first resumed iteration.
         """
         configured = [s.state_dict() for s in self.schedulers]
+        configured_lrs = [[group.get('initial_lr', group['lr']) for group in o.param_groups] for o in self.optimizers]
         super().resume_training(resume_state)
         if self.grad_scaler is not None and resume_state.get('grad_scaler'):
             self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
+        self._apply_configured_lrs(configured_lrs)
         for scheduler, config in zip(self.schedulers, configured):
             saved = scheduler.state_dict()
             shape = {k: v for k, v in config.items() if k not in _SCHEDULER_POSITION_KEYS}
@@ -387,6 +426,20 @@ class SDNetModel(SRModel):
                 get_root_logger().info(f'Learning-rate schedule from the option file replaces the saved one: '
                                        f'{ {k: saved.get(k) for k in shape} } -> {shape}')
             scheduler.load_state_dict({**saved, **shape})
+            scheduler.base_lrs = [group['initial_lr'] for group in scheduler.optimizer.param_groups]
+            scheduler._last_lr = [group['lr'] for group in scheduler.optimizer.param_groups]
+
+    def _apply_configured_lrs(self, configured_lrs):
+        """Scale the resumed optimizers' learning rates (current and initial) to the option file's ones."""
+        for index, (optimizer, lrs) in enumerate(zip(self.optimizers, configured_lrs)):
+            for group, new in zip(optimizer.param_groups, lrs):
+                old = group.get('initial_lr', group['lr'])
+                if math.isclose(old, new, rel_tol=1e-9, abs_tol=0):
+                    continue
+                get_root_logger().info(f'Learning rate from the option file replaces the saved one (optimizer '
+                                       f'{index}): {old:.3e} -> {new:.3e}')
+                group['lr'] = group['lr'] * new / old if old > 0 else new
+                group['initial_lr'] = new
 
     @master_only
     def save_training_state(self, epoch, current_iter):

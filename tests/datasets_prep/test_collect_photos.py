@@ -102,3 +102,17 @@ def test_collect_writes_splits_and_sources_and_refuses_eval_packages_for_trainin
     with pytest.raises(RuntimeError, match='no photographs could be collected'):
         collect_photos.collect(str(tmp_path / 'none'), str(tmp_path / 'cache'), sources=[missing])
     assert not (tmp_path / 'none').exists()
+
+
+def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, monkeypatch):
+    from PIL import Image
+    root = tmp_path / 'pkg'
+    root.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait (turned 90 degrees clockwise)
+    Image.fromarray(textured(1, 30, 50)).save(root / 'portrait.jpg', quality=95, exif=exif.tobytes())
+    monkeypatch.setattr(collect_photos, 'fetch_deb', lambda package, cache_dir: (str(root), '1.0'))
+    monkeypatch.setattr(collect_photos, 'read_debian_licenses', lambda root, package: [])
+    source = collect_photos.PhotoSource('phone', 'deb', 'pkg-phone', files=['portrait.jpg'], license='CC0')
+    [photo] = collect_photos.load_source(source, str(tmp_path / 'cache'))
+    assert photo.image.shape == (50, 30, 3)

@@ -52,3 +52,53 @@ def test_photo_folder_split_overwrite_and_histogram(tmp_path):
     with pytest.raises(SystemExit, match='no images'):
         synthesize_gopro.main(['--out', str(tmp_path / 'x'), '--count', '1', '--photos', str(tmp_path / 'no_photos')])
     assert not (tmp_path / 'x').exists()
+
+
+def _previous_output(tmp_path):
+    out = tmp_path / 'syn'
+    synthesize_gopro.main(['--out', str(out), '--count', '1', '--size', '32x32'])
+    return out
+
+
+@pytest.mark.parametrize('case', ['unrelated folder', 'extra file', 'extra file in a sequence', 'holds the photos'])
+def test_overwrite_replaces_only_a_previous_output(tmp_path, case):
+    photos = None
+    if case == 'unrelated folder':
+        out = tmp_path / 'home'
+        out.mkdir()
+        (out / 'thesis.tex').write_text('years of work')
+    else:
+        out = _previous_output(tmp_path)
+        if case == 'extra file':
+            (out / 'notes.txt').write_text('keep me')
+        elif case == 'extra file in a sequence':
+            next(p for p in out.iterdir() if p.is_dir()).joinpath('mine').mkdir()
+        else:
+            photos = out / 'photos'
+            photos.mkdir()
+            for i in range(2):
+                cv2.imwrite(str(photos / f'p{i}.png'), np.full((40, 40, 3), 60 * i, np.uint8))
+    before = sorted(str(p.relative_to(out)) for p in out.rglob('*'))
+    args = ['--out', str(out), '--count', '1', '--size', '32x32', '--overwrite']
+    with pytest.raises(SystemExit, match=f'error: refusing to replace {out}'):
+        synthesize_gopro.main(args + (['--photos', str(photos)] if photos else []))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob('*')) == before
+    assert not osp.exists(f'{out}.partial')
+
+
+def test_overwrite_replaces_a_previous_output(tmp_path):
+    out = _previous_output(tmp_path)
+    synthesize_gopro.main(['--out', str(out), '--count', '2', '--size', '32x32', '--overwrite'])
+    assert len(json.loads((out / 'synthesis.json').read_text())['samples']) == 2
+
+
+@pytest.mark.parametrize('option, value, message', [
+    ('--blur-scale', 'nan', 'blur scale must be a finite number >= 0, got nan'),
+    ('--blur-scale', '-1', 'blur scale must be a finite number >= 0'),
+    ('--max-blur', '3000', r'max blur must be in \(0, 256\] px, got 3000.0: flows reach up to about 1.6x'),
+    ('--max-blur', 'inf', r'max blur must be in \(0, 256\] px'),
+])
+def test_bad_blur_options_are_one_line_errors(tmp_path, option, value, message):
+    with pytest.raises(SystemExit, match=f'error: {message}'):
+        synthesize_gopro.main(['--out', str(tmp_path / 'syn'), '--count', '1', '--size', '32x32', option, value])
+    assert not (tmp_path / 'syn').exists()

@@ -276,3 +276,115 @@ def test_bfloat16_and_float32_training_steps_agree(tmp_path):
         model.optimize_parameters(1)
         losses[amp] = model.log_dict['l_pix']
     assert losses['bf16'] == pytest.approx(losses['off'], rel=0.02)
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message):
+        self.lines.append(message)
+
+    warning = info
+
+
+def test_resume_applies_the_option_files_learning_rate(tmp_path, monkeypatch):
+    model, state = _trained_state(tmp_path)
+    opt = make_opt(tmp_path)
+    opt['train']['optim_g']['lr'] = 1e-5  # the run diverged: resume with a hundred times lower learning rate
+    resumed = build_model(opt)
+    log = _Log()
+    monkeypatch.setattr(sdnet_model, 'get_root_logger', lambda: log)
+    resumed.resume_training(state)
+    assert any('1.000e-03 -> 1.000e-05' in line for line in log.lines)
+    for current_iter in (4, 5):
+        model.update_learning_rate(current_iter)
+        resumed.update_learning_rate(current_iter)
+        assert resumed.get_current_learning_rate()[0] == pytest.approx(model.get_current_learning_rate()[0] / 100)
+    assert resumed.optimizer_g.param_groups[0]['initial_lr'] == resumed.schedulers[0].base_lrs[0] == 1e-5
+
+
+def test_non_finite_stop_leaves_no_diverged_checkpoint_as_newest(tmp_path):
+    model = build_model(make_opt(tmp_path, max_nonfinite_steps=2))
+    model.feed_data(batch())
+    model.optimize_parameters(1)
+    model.save(epoch=0, current_iter=1)  # weights after step 1: every following step is non-finite
+    data = batch()
+    data['lq'][:, 0, 0, 0] = float('inf')
+    model.feed_data(data)
+    model.optimize_parameters(2)
+    model.save(epoch=0, current_iter=2)  # during a run of skipped steps nothing is saved
+    assert not (tmp_path / '2.state').exists() and not (tmp_path / 'net_g_2.pth').exists()
+    with pytest.raises(sdnet_model.NonFiniteStop, match='iter 1 .* renamed to \\*.diverged. Lower the learning'):
+        model.optimize_parameters(3)
+    assert sorted(os.listdir(tmp_path)) == ['1.state.diverged', 'net_g_1.pth.diverged']
+
+
+@pytest.mark.parametrize('failure', ['full disk', 'read-only folder'])
+def test_failed_checkpoint_save_warns_and_keeps_the_previous_ones(tmp_path, monkeypatch, failure):
+    model = build_model(make_opt(tmp_path))
+    model.save(epoch=0, current_iter=1)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if failure == 'full disk':  # torch.save reports a full disk as a RuntimeError, after writing part of the file
+        real_save = torch.save
+
+        def full_disk(obj, f):
+            real_save(obj, f)
+            raise RuntimeError('[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file')
+
+        monkeypatch.setattr(sdnet_model.torch, 'save', full_disk)
+    else:
+        def read_only(path, keep_suffix=True):
+            raise PermissionError(13, 'Permission denied', str(path))
+
+        monkeypatch.setattr(sdnet_model.inference, 'make_temp_path', read_only)
+    monkeypatch.setattr(sdnet_model.time, 'sleep', lambda s: None)
+    model.save(epoch=0, current_iter=1)  # warns, does not raise
+    model.save(epoch=0, current_iter=2)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_training_states_load_without_running_code(tmp_path):
+    from sdnet_plugin.compat import load_resume_state
+    marker = tmp_path / 'code_ran'
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker), )
+
+    torch.save({'iter': 3, 'epoch': 0, 'optimizers': [Payload()], 'schedulers': []}, tmp_path / '3.state')
+    opt = make_opt(tmp_path)
+    opt.update(auto_resume=False)
+    opt['path']['resume_state'] = str(tmp_path / '3.state')
+    with pytest.raises(ValueError, match='cannot resume from .*3.state: .*refused'):
+        load_resume_state(opt)
+    assert not marker.exists()
+
+
+def test_truncated_newest_state_falls_back_to_the_previous_one(tmp_path, monkeypatch, capsys):
+    from sdnet_plugin.compat import load_resume_state
+    model = build_model(make_opt(tmp_path))
+    states = tmp_path / 'experiments' / 'unit' / 'training_states'
+    states.mkdir(parents=True)
+    model.opt['path']['training_states'] = str(states)
+    for current_iter in (2, 10):
+        model.save_training_state(epoch=0, current_iter=current_iter)
+    (states / '10.state').write_bytes((states / '10.state').read_bytes()[:1000])  # a copy cut short
+    monkeypatch.chdir(tmp_path)
+    opt = make_opt(tmp_path)
+    opt.update(auto_resume=True)
+    opt['path']['resume_state'] = None
+    assert load_resume_state(opt)['iter'] == 2
+    assert opt['path']['resume_state'].endswith('2.state')
+    assert 'warning: cannot resume from experiments/unit/training_states/10.state' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('section, key, value, message', [
+    ('network_g', 'type', 'SDNett', "unknown arch type 'SDNett' \\(network_g.type\\); did you mean SDNet"),
+    (None, 'model_type', 'SDNetModle', "unknown model type 'SDNetModle' \\(model_type\\); did you mean SDNetModel"),
+    ('optim_g', 'type', 'AdamX', "unknown optimizer type 'AdamX' .*did you mean Adam"),
+])
+def test_misspelt_types_are_option_errors(tmp_path, section, key, value, message):
+    opt = make_opt(tmp_path)
+    target = {None: opt, 'network_g': opt['network_g'], 'optim_g': opt['train']['optim_g']}[section]
+    target[key] = value
+    with pytest.raises(ValueError, match=message):
+        build_model(opt)
