@@ -370,3 +370,24 @@ def test_fused_is_cpu_only():
     with pytest.raises(RuntimeError, match='CPU only'):
         modulated_deform_conv2d(*(tensors[k] for k in ('input', 'offset', 'mask', 'weight', 'bias')),
                                 backend='fused', **geometry)
+
+
+@pytest.mark.parametrize('backend', BACKEND_PARAMS)
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf'), 1e30])
+def test_non_finite_or_huge_offsets_never_crash(backend, bad):
+    """Diverged weights give non-finite offsets: the result may be NaN where they are used, but nothing is read
+    outside the input and the other pixels are unaffected."""
+    tensors, geometry = make_inputs('plain', dtype=torch.float32, seed=9)
+    args = {k: v.detach() for k, v in tensors.items()}
+    args['offset'][0, :, 2, 3] = bad
+    with torch.no_grad():
+        out = modulated_deform_conv2d(args['input'], args['offset'], args['mask'], args['weight'], args['bias'],
+                                      backend=backend, **geometry)
+        clean = args['offset'].clone()
+        clean[0, :, 2, 3] = 0
+        reference = modulated_deform_conv2d(args['input'], clean, args['mask'], args['weight'], args['bias'],
+                                            backend=backend, **geometry)
+    assert out.shape == reference.shape
+    keep = torch.ones_like(out, dtype=torch.bool)
+    keep[0, :, 2, 3] = False
+    torch.testing.assert_close(out[keep], reference[keep])

@@ -96,7 +96,9 @@ void row_points(const Geometry &g, const O *offset, const O *mask, int64_t b, in
 #pragma omp simd
     for (int64_t ow = 0; ow < Wo; ++ow) {
       const A py = ky + oy[ow], px = static_cast<A>(ow * stride_w) + kx + ox[ow];
-      const A fy = std::floor(py), fx = std::floor(px), ly = py - fy, lx = px - fx;
+      // A NaN position (from non-finite offsets) gets NaN weights but clamped, valid corner indices.
+      const A fy = py == py ? std::floor(py) : A(-2), fx = px == px ? std::floor(px) : A(-2);
+      const A ly = py - fy, lx = px - fx;
       // A corner outside the input weighs zero; so does every corner of a point one pixel or more outside.
       const A vy0 = A(fy >= 0) * A(fy <= hi_y), vy1 = A(fy >= -1) * A(fy <= hi_y - 1);
       const A vx0 = A(fx >= 0) * A(fx <= hi_x), vx1 = A(fx >= -1) * A(fx <= hi_x - 1);
