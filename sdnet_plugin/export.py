@@ -1,0 +1,282 @@
+"""``sdnet-export``: SDNet as an ONNX model for onnxruntime (or any ONNX runtime), or as a shipped weights file.
+
+Examples::
+
+    sdnet-export --format onnx -o sdnet.onnx                          # the shipped default weights
+    sdnet-export --format onnx -o mine.onnx --weights experiments/NAME/models/net_g_latest.pth
+    sdnet-export --format onnx -o fast.onnx --deform-op deformconv    # onnxruntime's DeformConv kernel (opset 19)
+    sdnet-export --format weights -o weights/mine.pth --weights experiments/NAME/models/net_g_latest.pth
+
+The ONNX model maps ``input`` ``(N, 3, H, W)`` float32 RGB in [0, 1] to ``output`` of the same shape, clipped to
+[0, 1]; N, H and W are free (any size: the graph pads to a multiple of 4 by edge replication, as the network does,
+and crops back). Deformable convolutions become either the pure-PyTorch path (``GridSample``, opset 16 and later:
+every onnxruntime since 1.12 and other runtimes) or ONNX's ``DeformConv`` (opset 19: only onnxruntime releases whose
+CPU provider implements it; faster there). Before the file is written, onnxruntime runs the model on a test input
+and its output is compared with PyTorch's; nothing is written when they differ.
+"""
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sdnet_plugin.inference import (DEFAULT_WEIGHTS_CANDIDATES, ELEMENTS_PER_PIXEL_PER_FEATURE, build_sdnet,
+                                    export_weights, find_default_weights, load_weights, make_temp_path)
+
+__all__ = ['DEFORM_OPS', 'OnnxNetwork', 'OnnxWrapper', 'export_onnx', 'exportable_backends', 'main']
+
+# --deform-op -> (DCN backend traced, default opset)
+DEFORM_OPS = {'gridsample': ('torch', 18), 'deformconv': ('torchvision', 19)}
+PARITY_TOLERANCE = 1e-3
+ONNX_EXTRA_HINT = "pip install 'sdnet-plugin[onnx]' (onnx, onnxruntime, onnxscript)"
+
+
+class OnnxWrapper(nn.Module):
+    """What the ONNX graph computes: edge padding to the network's multiple, the network, crop, clip to [0, 1].
+
+    Args:
+        net (nn.Module): SDNet (any network with ``pad_multiple``) in float32.
+    """
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.multiple = getattr(net, 'pad_multiple', 1)
+
+    def forward(self, x):
+        """
+        Args:
+            x (Tensor): ``(N, 3, H, W)`` float32 RGB in [0, 1].
+
+        Returns:
+            Tensor: ``(N, 3, H, W)`` restored image in [0, 1].
+        """
+        height, width = x.shape[-2:]
+        pad_h = (self.multiple - height % self.multiple) % self.multiple
+        pad_w = (self.multiple - width % self.multiple) % self.multiple
+        out = self.net(F.pad(x, (0, pad_w, 0, pad_h), mode='replicate'))
+        return out[..., :height, :width].clamp(0, 1)
+
+
+@contextlib.contextmanager
+def exportable_backends(net, backend='torch'):
+    """Run every ``ModulatedDeformConv2d`` of ``net`` with ``backend`` inside the block, then restore them.
+
+    The compiled backends are opaque to the exporter; ``'torch'`` (``grid_sample`` + matrix product) and
+    ``'torchvision'`` (one ``torchvision::deform_conv2d`` op, translated to ``DeformConv``) can be exported.
+    """
+    from sdnet_plugin.ops import ModulatedDeformConv2d
+    layers = [m for m in net.modules() if isinstance(m, ModulatedDeformConv2d)]
+    saved = [layer.backend for layer in layers]
+    for layer in layers:
+        layer.backend = backend
+    try:
+        yield net
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.backend = value
+
+
+def _deform_conv_translation():
+    """``torchvision::deform_conv2d`` -> ONNX ``DeformConv`` (opset 19) for the exporter's translation table."""
+    from onnxscript import opset19 as op
+
+    def deform_conv2d(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                      groups, offset_groups, use_mask):
+        # torchvision and ONNX share the offset layout: (dy, dx) pairs per kernel point in raster order
+        return op.DeformConv(input, weight, offset, bias, mask, dilations=[dilation_h, dilation_w], group=groups,
+                             offset_group=offset_groups, pads=[pad_h, pad_w, pad_h, pad_w],
+                             strides=[stride_h, stride_w])
+
+    return {torch.ops.torchvision.deform_conv2d.default: deform_conv2d}
+
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise RuntimeError(f'ONNX export needs {error.name}: {ONNX_EXTRA_HINT}') from None
+
+
+def _test_input(size=(70, 54), seed=0):
+    """A smooth random ``(1, 3, H, W)`` image (sizes not a multiple of 4, so the padding is exercised)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, size[0] // 8 + 2, size[1] // 8 + 2, generator=gen)
+    return F.interpolate(coarse, size=size, mode='bicubic', align_corners=False).clamp(0, 1)
+
+
+def export_onnx(out_path, weights=None, preset='base', deform_op='gridsample', opset=None, check_size=(70, 54)):
+    """Export SDNet to an ONNX file and check it with onnxruntime before writing it (atomically).
+
+    Args:
+        out_path (str | Path): The ``.onnx`` file.
+        weights (str | Path | None): Weights file or BasicSR checkpoint. Default: the shipped weights.
+        preset (str): SDNet preset when the weights do not record their network. Default: ``'base'``.
+        deform_op (str): ``'gridsample'`` or ``'deformconv'``, see the module docstring. Default: ``'gridsample'``.
+        opset (int | None): ONNX opset. Default: 18 (``gridsample``) or 19 (``deformconv``).
+        check_size (tuple[int, int]): ``(H, W)`` of the parity check input. Default: ``(70, 54)``.
+
+    Returns:
+        dict: ``path``, ``bytes``, ``opset``, ``deform_op``, ``network_g``, ``max_abs_diff`` (onnxruntime vs PyTorch on
+        the check input).
+    """
+    if deform_op not in DEFORM_OPS:
+        raise ValueError(f'unknown deform op {deform_op!r}; choose one of {", ".join(DEFORM_OPS)}')
+    _require_onnx()
+    import numpy as np
+    import onnx
+    backend, default_opset = DEFORM_OPS[deform_op]
+    opset = opset or default_opset
+    if deform_op == 'deformconv' and opset < 19:
+        raise ValueError('DeformConv needs opset 19 or later')
+    weights = Path(weights) if weights else find_default_weights()
+    if weights is None:
+        raise FileNotFoundError(missing_weights_message('sdnet-export'))
+    state_dict, network_opt = load_weights(weights, preset)
+    net = build_sdnet(network_opt, state_dict).float().to(memory_format=torch.contiguous_format)
+    wrapper = OnnxWrapper(net).eval()
+    # traced at a multiple of the padding (the padding amounts stay symbolic), checked at a size that needs padding
+    trace_input, sample = _test_input((64, 96), seed=1), _test_input(check_size)
+    dim = torch.export.Dim
+    dynamic_shapes = ({0: dim('batch'), 2: dim('height'), 3: dim('width')}, )
+    table = _deform_conv_translation() if deform_op == 'deformconv' else None
+    # The grid_sample path processes bands of rows when autograd is off (a loop over the image height, which a
+    # graph with a free height cannot hold); with gradients required it is one pass of fixed structure.
+    for param in wrapper.parameters():
+        param.requires_grad_(True)
+    with exportable_backends(net, backend), torch.enable_grad():
+        program = torch.onnx.export(wrapper, (trace_input, ), dynamo=True, dynamic_shapes=dynamic_shapes,
+                                    input_names=['input'], output_names=['output'], opset_version=opset,
+                                    custom_translation_table=table, verbose=False)
+    with torch.no_grad(), exportable_backends(net, backend):
+        reference = wrapper(sample).numpy()
+
+    tmp_path = make_temp_path(out_path)
+    try:
+        program.save(tmp_path)
+        model = onnx.load(tmp_path)
+        metadata = {'network_g': json.dumps(network_opt), 'weights': Path(weights).name, 'deform_op': deform_op,
+                    'pad_multiple': str(wrapper.multiple), 'input': 'N x 3 x H x W float32 RGB in [0, 1]'}
+        onnx.helper.set_model_props(model, metadata)
+        onnx.save(model, tmp_path)
+        output = OnnxNetwork(tmp_path, threads=1).run(sample.numpy())
+        max_abs_diff = float(np.abs(output - reference).max())
+        if not max_abs_diff <= PARITY_TOLERANCE:
+            raise RuntimeError(f'onnxruntime output differs from PyTorch by {max_abs_diff:.3g} (> '
+                               f'{PARITY_TOLERANCE}); nothing written')
+        os.replace(tmp_path, out_path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+    return {'path': str(out_path), 'bytes': os.path.getsize(out_path), 'opset': opset, 'deform_op': deform_op,
+            'network_g': network_opt, 'max_abs_diff': max_abs_diff}
+
+
+class OnnxNetwork:
+    """An exported model in onnxruntime, called like the PyTorch network: ``(N, 3, H, W)`` tensor -> tensor.
+
+    Args:
+        path (str | Path): The ``.onnx`` file written by :func:`export_onnx`.
+        threads (int | None): onnxruntime's intra-op threads. Default: None (onnxruntime's default).
+        device (str | torch.device): ``'cpu'``, or ``'cuda'`` when onnxruntime has its CUDA provider. Default: cpu.
+    """
+
+    def __init__(self, path, threads=None, device='cpu'):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeError(f'running an ONNX model needs onnxruntime: {ONNX_EXTRA_HINT}') from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = ['CPUExecutionProvider']
+        if torch.device(device).type == 'cuda':
+            if 'CUDAExecutionProvider' not in ort.get_available_providers():
+                raise RuntimeError('this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)')
+            providers.insert(0, 'CUDAExecutionProvider')
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise ValueError(f'cannot load ONNX model {path}: {str(error).strip().splitlines()[0]}') from None
+        self.input_name = self.session.get_inputs()[0].name
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.network_opt = json.loads(metadata.get('network_g', '{}'))
+        self.metadata = metadata
+
+    def feature_channels(self):
+        from sdnet_plugin.archs import SDNET_PRESETS
+        preset = SDNET_PRESETS.get(self.network_opt.get('preset', 'base'), SDNET_PRESETS['base'])
+        return self.network_opt.get('num_feat') or preset['num_feat']
+
+    def bytes_per_pixel(self):
+        """Peak inference memory per input pixel: onnxruntime's CPU provider needs about what PyTorch does in float32
+        (measured for the exported base preset at 512x512: 3.9 KB per pixel with GridSample, 2.8 KB with
+        DeformConv; the estimate gives 4 KB)."""
+        return ELEMENTS_PER_PIXEL_PER_FEATURE * 4 * self.feature_channels()
+
+    def run(self, array):
+        """``(N, 3, H, W)`` float32 ndarray -> restored ndarray."""
+        return self.session.run(None, {self.input_name: array})[0]
+
+    def __call__(self, x):
+        return torch.from_numpy(self.run(x.detach().cpu().float().contiguous().numpy()))
+
+
+def missing_weights_message(prog):
+    places = ', '.join(str(p) for p in DEFAULT_WEIGHTS_CANDIDATES)
+    return (f'{prog}: error: the shipped default weights are missing (looked for {places}); pass --weights '
+            'CHECKPOINT, or train and export them with scripts/train_default_weights.sh (see README)')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog='sdnet-export', description='Export SDNet to ONNX or a weights file.')
+    parser.add_argument('--format', default='onnx', choices=('onnx', 'weights'),
+                        help='onnx: an ONNX model; weights: a float16 weights file from a training checkpoint '
+                        '(default: onnx)')
+    parser.add_argument('-o', '--output', required=True, help='file to write')
+    parser.add_argument('--weights', default=None,
+                        help='weights file or BasicSR checkpoint (default: the shipped weights; required for '
+                        '--format weights)')
+    parser.add_argument('--preset', default='base', choices=('tiny', 'small', 'base'),
+                        help='SDNet preset, used only when the weights do not record their network (default: base)')
+    parser.add_argument('--deform-op', default='gridsample', choices=tuple(DEFORM_OPS),
+                        help='gridsample: any runtime with GridSample (opset 16+); deformconv: ONNX DeformConv '
+                        '(opset 19), for onnxruntime releases that implement it (default: gridsample)')
+    parser.add_argument('--opset', type=int, default=None, help='ONNX opset (default: 18, or 19 for deformconv)')
+    args = parser.parse_args(argv)
+    if args.format == 'weights' and not args.weights:
+        parser.error('--format weights converts a training checkpoint: give --weights CHECKPOINT')
+    return args
+
+
+def main(argv=None):
+    """Command-line entry point; returns the exit status (0 ok, 2 error)."""
+    args = parse_args(argv)
+    import sdnet_plugin  # noqa: F401  (BasicSR fixes and registries)
+    try:
+        if args.format == 'weights':
+            size = export_weights(args.weights, args.output, args.preset)
+            print(f'sdnet-export: wrote {args.output} ({size / 2**20:.1f} MiB, float16)')
+            return 0
+        print(f'sdnet-export: exporting {args.weights or "the shipped weights"} to ONNX ...', file=sys.stderr)
+        info = export_onnx(args.output, args.weights, args.preset, args.deform_op, args.opset)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(message if message.startswith('sdnet-export:') else f'sdnet-export: error: {message}', file=sys.stderr)
+        return 2
+    network = info['network_g']
+    print(f'sdnet-export: wrote {info["path"]} ({info["bytes"] / 2**20:.1f} MiB, {network.get("type")} '
+          f'{network.get("preset", "")}, float32, {info["deform_op"]}, opset {info["opset"]}); onnxruntime vs '
+          f'PyTorch: max abs difference {info["max_abs_diff"]:.2g}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
