@@ -25,9 +25,10 @@ import torch
 from tqdm import tqdm
 
 from sdnet_plugin.inference import (DEFAULT_WEIGHTS_NAME, auto_tile_size, find_default_weights, load_network,
-                                    make_temp_path, tiled_forward, write_atomically)
+                                    make_temp_path, missing_weights_message, tiled_forward, write_atomically)
 from sdnet_plugin.visualize import render_offset_picture
 
+__all__ = ['Restorer', 'collect_inputs', 'main']
 IMAGE_EXTENSIONS = {
     '.bmp', '.dib', '.jpg', '.jpeg', '.jpe', '.jp2', '.png', '.webp', '.pbm', '.pgm', '.ppm', '.pnm', '.pxm',
     '.sr', '.ras', '.tif', '.tiff', '.exr', '.hdr', '.pic'
@@ -341,7 +342,7 @@ def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 some input failed, 2 usage error)."""
     args = parse_args(argv)
     import sdnet_plugin  # noqa: F401  (BasicSR fixes and registries)
-    from sdnet_plugin.export import OnnxNetwork, missing_weights_message
+    from sdnet_plugin.export import OnnxNetwork
 
     weights = Path(args.weights) if args.weights else find_default_weights()
     if weights is None and not args.onnx:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdnet_plugin.inference import (DEFAULT_WEIGHTS_CANDIDATES, ELEMENTS_PER_PIXEL_PER_FEATURE, build_sdnet,
-                                    export_weights, find_default_weights, load_weights, make_temp_path)
+from sdnet_plugin.inference import (ELEMENTS_PER_PIXEL_PER_FEATURE, build_sdnet, export_weights, find_default_weights,
+                                    load_weights, make_temp_path, missing_weights_message)
 
 __all__ = ['DEFORM_OPS', 'OnnxNetwork', 'OnnxWrapper', 'export_onnx', 'exportable_backends', 'main']
 
@@ -227,12 +227,6 @@ class OnnxNetwork:
 
     def __call__(self, x):
         return torch.from_numpy(self.run(x.detach().cpu().float().contiguous().numpy()))
-
-
-def missing_weights_message(prog):
-    places = ', '.join(str(p) for p in DEFAULT_WEIGHTS_CANDIDATES)
-    return (f'{prog}: error: the shipped default weights are missing (looked for {places}); pass --weights '
-            'CHECKPOINT, or train and export them with scripts/train_default_weights.sh (see README)')
 
 
 def parse_args(argv=None):

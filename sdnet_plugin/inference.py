@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 __all__ = [
     'DEFAULT_WEIGHTS', 'DEFAULT_WEIGHTS_CANDIDATES', 'auto_tile_size', 'build_sdnet', 'export_weights',
-    'find_default_weights', 'load_network', 'load_weights', 'make_temp_path', 'tiled_forward', 'write_atomically'
+    'find_default_weights', 'load_network', 'load_weights', 'make_temp_path', 'missing_weights_message', 'tiled_forward',
+    'write_atomically'
 ]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_NAME = 'sdnet_base_synthetic.pth'
@@ -29,6 +30,13 @@ DEFAULT_WEIGHTS_CANDIDATES = (Path(__file__).resolve().parent / 'weights' / DEFA
 def find_default_weights(candidates=None):
     """The first existing file of ``candidates`` (default: :data:`DEFAULT_WEIGHTS_CANDIDATES`), or None."""
     return next((path for path in candidates or DEFAULT_WEIGHTS_CANDIDATES if path.is_file()), None)
+
+
+def missing_weights_message(prog):
+    """One-line error of a command that found no shipped weights, naming the places it looked."""
+    places = ', '.join(str(p) for p in DEFAULT_WEIGHTS_CANDIDATES)
+    return (f'{prog}: error: the shipped default weights are missing (looked for {places}); pass --weights '
+            'CHECKPOINT, or train and export them with scripts/train_default_weights.sh (see README)')
 
 
 DEFAULT_WEIGHTS = find_default_weights() or DEFAULT_WEIGHTS_CANDIDATES[-1]
