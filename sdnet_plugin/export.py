@@ -9,16 +9,18 @@ Examples::
 
 The ONNX model maps ``input`` ``(N, 3, H, W)`` float32 RGB in [0, 1] to ``output`` of the same shape, clipped to
 [0, 1]; N, H and W are free (any size: the graph pads to a multiple of 4 by edge replication, as the network does,
-and crops back). Deformable convolutions become either the pure-PyTorch path (``GridSample``, opset 16 and later:
-every onnxruntime since 1.12 and other runtimes) or ONNX's ``DeformConv`` (opset 19: only onnxruntime releases whose
-CPU provider implements it; faster there). Before the file is written, onnxruntime runs the model on a test input
-and its output is compared with PyTorch's; nothing is written when they differ.
+and crops back). Deformable convolutions become either the pure-PyTorch path (``GridSample`` + ``MatMul``, standard
+operators of every ONNX runtime) or ONNX's ``DeformConv`` (opset 19: only onnxruntime releases whose CPU provider
+implements it; faster there). The graph comes from torch's TorchScript exporter (``dynamo=False``, under a second;
+see docs/deblur.md for why not the torch.export-based one). Before the file is written, onnxruntime runs it on a test input whose size is not a multiple of 4 and compares the output with
+PyTorch's; nothing is written when they differ by more than 1e-3.
 """
 import argparse
 import contextlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,7 +35,7 @@ __all__ = ['DEFORM_OPS', 'OnnxNetwork', 'OnnxWrapper', 'export_onnx', 'exportabl
 # --deform-op -> (DCN backend traced, default opset)
 DEFORM_OPS = {'gridsample': ('torch', 18), 'deformconv': ('torchvision', 19)}
 PARITY_TOLERANCE = 1e-3
-ONNX_EXTRA_HINT = "pip install 'sdnet-plugin[onnx]' (onnx, onnxruntime, onnxscript)"
+ONNX_EXTRA_HINT = "pip install 'sdnet-plugin[onnx]' (onnx and onnxruntime)"
 
 
 class OnnxWrapper(nn.Module):
@@ -82,34 +84,47 @@ def exportable_backends(net, backend='torch'):
             layer.backend = value
 
 
-def _deform_conv_translation():
-    """``torchvision::deform_conv2d`` -> ONNX ``DeformConv`` (opset 19) for the exporter's translation table."""
-    from onnxscript import opset19 as op
+def _register_deform_conv_symbolic():
+    """``torchvision::deform_conv2d`` -> ONNX ``DeformConv`` (opset 19) for the TorchScript exporter. Both share the
+    offset layout: ``(dy, dx)`` pairs per kernel point in raster order."""
+    from torch.onnx import register_custom_op_symbolic
+    from torch.onnx.symbolic_helper import parse_args
 
-    def deform_conv2d(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+    @parse_args('v', 'v', 'v', 'v', 'v', 'i', 'i', 'i', 'i', 'i', 'i', 'i', 'i', 'b')
+    def deform_conv2d(g, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                       groups, offset_groups, use_mask):
-        # torchvision and ONNX share the offset layout: (dy, dx) pairs per kernel point in raster order
-        return op.DeformConv(input, weight, offset, bias, mask, dilations=[dilation_h, dilation_w], group=groups,
-                             offset_group=offset_groups, pads=[pad_h, pad_w, pad_h, pad_w],
-                             strides=[stride_h, stride_w])
+        return g.op('DeformConv', input, weight, offset, bias, mask, dilations_i=[dilation_h, dilation_w],
+                    group_i=groups, offset_group_i=offset_groups, pads_i=[pad_h, pad_w, pad_h, pad_w],
+                    strides_i=[stride_h, stride_w])
 
-    return {torch.ops.torchvision.deform_conv2d.default: deform_conv2d}
+    register_custom_op_symbolic('torchvision::deform_conv2d', deform_conv2d, 19)
 
 
-def _require_onnx():
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as error:
-        raise RuntimeError(f'ONNX export needs {error.name}: {ONNX_EXTRA_HINT}') from None
+def _require(*names):
+    for name in names:
+        try:
+            __import__(name)
+        except ImportError:
+            raise RuntimeError(f'ONNX export needs {name}: {ONNX_EXTRA_HINT}') from None
 
 
 def _test_input(size=(70, 54), seed=0):
-    """A smooth random ``(1, 3, H, W)`` image (sizes not a multiple of 4, so the padding is exercised)."""
+    """A smooth random ``(1, 3, H, W)`` image."""
     gen = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, size[0] // 8 + 2, size[1] // 8 + 2, generator=gen)
     return F.interpolate(coarse, size=size, mode='bicubic', align_corners=False).clamp(0, 1)
+
+
+def _trace_to_file(wrapper, example, path, opset, deform_op):
+    """Write the ONNX graph of ``wrapper`` (free N, H, W) to ``path`` with torch's TorchScript exporter."""
+    if deform_op == 'deformconv':
+        _register_deform_conv_symbolic()
+    axes = {0: 'batch', 2: 'height', 3: 'width'}
+    with warnings.catch_warnings():
+        # deprecation notice, and tracer notes on shape checks in Python: the parity check covers both
+        warnings.simplefilter('ignore')
+        torch.onnx.export(wrapper, (example, ), path, dynamo=False, input_names=['input'], output_names=['output'],
+                          opset_version=opset, dynamic_axes={'input': axes, 'output': axes})
 
 
 def export_onnx(out_path, weights=None, preset='base', deform_op='gridsample', opset=None, check_size=(70, 54)):
@@ -129,7 +144,7 @@ def export_onnx(out_path, weights=None, preset='base', deform_op='gridsample', o
     """
     if deform_op not in DEFORM_OPS:
         raise ValueError(f'unknown deform op {deform_op!r}; choose one of {", ".join(DEFORM_OPS)}')
-    _require_onnx()
+    _require('onnx', 'onnxruntime')
     import numpy as np
     import onnx
     backend, default_opset = DEFORM_OPS[deform_op]
@@ -144,23 +159,17 @@ def export_onnx(out_path, weights=None, preset='base', deform_op='gridsample', o
     wrapper = OnnxWrapper(net).eval()
     # traced at a multiple of the padding (the padding amounts stay symbolic), checked at a size that needs padding
     trace_input, sample = _test_input((64, 96), seed=1), _test_input(check_size)
-    dim = torch.export.Dim
-    dynamic_shapes = ({0: dim('batch'), 2: dim('height'), 3: dim('width')}, )
-    table = _deform_conv_translation() if deform_op == 'deformconv' else None
     # The grid_sample path processes bands of rows when autograd is off (a loop over the image height, which a
     # graph with a free height cannot hold); with gradients required it is one pass of fixed structure.
     for param in wrapper.parameters():
         param.requires_grad_(True)
-    with exportable_backends(net, backend), torch.enable_grad():
-        program = torch.onnx.export(wrapper, (trace_input, ), dynamo=True, dynamic_shapes=dynamic_shapes,
-                                    input_names=['input'], output_names=['output'], opset_version=opset,
-                                    custom_translation_table=table, verbose=False)
     with torch.no_grad(), exportable_backends(net, backend):
         reference = wrapper(sample).numpy()
 
     tmp_path = make_temp_path(out_path)
     try:
-        program.save(tmp_path)
+        with exportable_backends(net, backend), torch.enable_grad():
+            _trace_to_file(wrapper, trace_input, tmp_path, opset, deform_op)
         model = onnx.load(tmp_path)
         metadata = {'network_g': json.dumps(network_opt), 'weights': Path(weights).name, 'deform_op': deform_op,
                     'pad_multiple': str(wrapper.multiple), 'input': 'N x 3 x H x W float32 RGB in [0, 1]'}

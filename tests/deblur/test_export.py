@@ -10,7 +10,6 @@ from sdnet_plugin.ops import ModulatedDeformConv2d
 
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
-pytest.importorskip('onnxscript')
 
 
 @pytest.fixture(scope='session')
