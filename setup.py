@@ -41,6 +41,8 @@ setup(
         'mmcv': ['mmengine==0.10.7', 'ninja'],
         'onnx': ['onnx>=1.16', 'onnxruntime>=1.17'],
     },
-    entry_points={'console_scripts': ['sdnet-deblur=sdnet_plugin.deblur:main', 'sdnet-export=sdnet_plugin.export:main']},
+    entry_points={
+        'console_scripts': ['sdnet-deblur=sdnet_plugin.deblur:main', 'sdnet-export=sdnet_plugin.export:main']
+    },
     cmdclass={'build_py': BuildPy},
 )

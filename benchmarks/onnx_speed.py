@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 from tqdm import tqdm
 
@@ -124,32 +125,32 @@ def parity(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.parity:
-        return parity(args)
-    clock = time.process_time if args.clock == 'cpu' else time.perf_counter
-    width, height = args.size
-    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    rows = []
     try:
-        net, network_opt = load_network(args.weights)
-        backend = select_backend('cpu', torch.float32, backward=False)
-        for layer in net.modules():
-            if isinstance(layer, ModulatedDeformConv2d):
-                layer.backend = backend
-        with torch.inference_mode():
-            rows.append(('PyTorch', f'{backend} backend', median_seconds(lambda: net(image), args.repeats, clock)))
-        del net
-        with tempfile.TemporaryDirectory() as folder:
-            array = image.numpy()
-            for deform_op, session in exported_models(args, folder):
-                rows.append(('onnxruntime', deform_op, median_seconds(lambda: session.run(array), args.repeats,
-                                                                        clock)))
+        return parity(args) if args.parity else timing(args)
     finally:
         torch.set_num_threads(threads)
 
-    import onnxruntime
+
+def timing(args):
+    """Rows ``(runtime, deformable convolution, seconds per frame)``."""
+    clock = time.process_time if args.clock == 'cpu' else time.perf_counter
+    width, height = args.size
+    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    rows = []
+    net, network_opt = load_network(args.weights)
+    backend = select_backend('cpu', torch.float32, backward=False)
+    for layer in net.modules():
+        if isinstance(layer, ModulatedDeformConv2d):
+            layer.backend = backend
+    with torch.inference_mode():
+        rows.append(('PyTorch', f'{backend} backend', median_seconds(lambda: net(image), args.repeats, clock)))
+    with tempfile.TemporaryDirectory() as folder:
+        array = image.numpy()
+        for deform_op, session in exported_models(args, folder):
+            rows.append(('onnxruntime', deform_op, median_seconds(lambda: session.run(array), args.repeats,
+                                                                    clock)))
     print(f'SDNet {network_opt.get("preset", "")} ({Path(args.weights).name}) at {width}x{height}, float32, CPU, '
           f'{args.threads} thread{"s" if args.threads > 1 else ""}, {args.clock} clock; torch {torch.__version__}, '
           f'onnxruntime {onnxruntime.__version__}\n')

@@ -70,7 +70,8 @@ if [[ $SMOKE_ITERS -gt 0 ]]; then
         "logger:save_checkpoint_freq=$SMOKE_ITERS" "val:val_freq=$SMOKE_ITERS" "$@"
     checkpoint=$(latest_checkpoint "${NAME}_smoke")
     step "smoke checkpoint: $checkpoint"
-    "$PY" -m sdnet_plugin.export --format weights --weights "$checkpoint" -o "experiments/${NAME}_smoke/sdnet_smoke_fp16.pth"
+    "$PY" -m sdnet_plugin.export --format weights --weights "$checkpoint" \
+        -o "experiments/${NAME}_smoke/sdnet_smoke_fp16.pth"
     "$PY" scripts/eval_heldout.py --weights "experiments/${NAME}_smoke/sdnet_smoke_fp16.pth" \
         --data datasets/synthetic/val --max-images 4
     exit 0

@@ -1,8 +1,9 @@
 """Every compatibility fix the plugin needs for pip ``basicsr==1.4.2``, in one place.
 
 :func:`apply` runs once when ``sdnet_plugin`` is imported; :func:`prepare` holds the part that must run before
-``basicsr`` itself is imported (the import hook ``sdnet_plugin_hook`` calls it first, then imports the plugin). Each fix is idempotent, touches only BasicSR, and can be
-removed once a BasicSR release includes the equivalent change (its master branch already fixes the first one).
+``basicsr`` itself is imported (the import hook ``sdnet_plugin_hook`` calls it first, then imports the plugin).
+Each fix is idempotent, touches only BasicSR, and can be removed once a BasicSR release includes the equivalent
+change (its master branch already fixes the first one).
 
 1. ``torchvision.transforms.functional_tensor`` was removed in torchvision 0.17, but
    ``basicsr/data/degradations.py`` imports ``rgb_to_grayscale`` from it, so ``import basicsr`` fails. We register an

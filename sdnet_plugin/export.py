@@ -12,8 +12,9 @@ The ONNX model maps ``input`` ``(N, 3, H, W)`` float32 RGB in [0, 1] to ``output
 and crops back). Deformable convolutions become either the pure-PyTorch path (``GridSample`` + ``MatMul``, standard
 operators of every ONNX runtime) or ONNX's ``DeformConv`` (opset 19: only onnxruntime releases whose CPU provider
 implements it; faster there). The graph comes from torch's TorchScript exporter (``dynamo=False``, under a second;
-see docs/deblur.md for why not the torch.export-based one). Before the file is written, onnxruntime runs it on a test input whose size is not a multiple of 4 and compares the output with
-PyTorch's; nothing is written when they differ by more than 1e-3.
+docs/deblur.md says why not the torch.export-based one). Before the file is written, onnxruntime runs it on a test
+input whose size is not a multiple of 4 and compares the output with PyTorch's; nothing is written when they differ
+by more than 1e-3.
 """
 import argparse
 import contextlib

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 __all__ = [
     'DEFAULT_WEIGHTS', 'DEFAULT_WEIGHTS_CANDIDATES', 'auto_tile_size', 'build_sdnet', 'export_weights',
-    'find_default_weights', 'load_network', 'load_weights', 'make_temp_path', 'missing_weights_message', 'tiled_forward',
-    'write_atomically'
+    'find_default_weights', 'load_network', 'load_weights', 'make_temp_path', 'missing_weights_message',
+    'tiled_forward', 'write_atomically'
 ]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_NAME = 'sdnet_base_synthetic.pth'

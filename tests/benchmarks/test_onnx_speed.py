@@ -1,5 +1,6 @@
 """benchmarks/onnx_speed.py: parity mode on tiny renders, and the timing table's rows."""
-import importlib.util
+import runpy
+import types
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,7 @@ pytest.importorskip('onnxruntime')
 
 @pytest.fixture(scope='module')
 def onnx_speed():
-    spec = importlib.util.spec_from_file_location('onnx_speed_benchmark', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return types.SimpleNamespace(**runpy.run_path(str(SCRIPT)))
 
 
 def test_parity_and_timing_rows(onnx_speed, synthetic_gopro, tmp_path, capsys, monkeypatch):

@@ -43,7 +43,7 @@ def test_onnx_model_matches_pytorch_at_any_size(tiny_onnx, tiny_weights):
     model = onnx.load(path)
     ops = {node.op_type for node in model.graph.node}
     assert 'GridSample' in ops and 'DeformConv' not in ops
-    (graph_input, ), (graph_output, ) = model.graph.input, model.graph.output
+    (graph_input, ), (_, ) = model.graph.input, model.graph.output
     dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
     assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))  # N, H, W free
     assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
