@@ -105,14 +105,22 @@ def test_switched_off_the_host_does_not_know_sdnet(hooked_python, synthetic_gopr
 
 def test_wheel_installs_the_hook_and_the_weights(tmp_path):
     """A regular install's files: the hook at the top of site-packages, the weights inside the package."""
+    import shutil
     import zipfile
     pytest.importorskip('setuptools')
+    source = tmp_path / 'source'  # a copy, so that the build leaves nothing in the repository
+    shutil.copytree(REPO / 'sdnet_plugin', source / 'sdnet_plugin', ignore=shutil.ignore_patterns('__pycache__'))
+    for name in ('setup.py', 'README.md', 'MANIFEST.in', 'sdnet_plugin_hook.py', 'sdnet_plugin_hook.pth',
+                 'weights/sdnet_base_synthetic.pth'):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, source / name)
     result = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q',
-                             '-w', str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+                             '-w', str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         pytest.skip(f'cannot build a wheel here: {result.stderr.strip().splitlines()[-1:]}')
-    names = set(zipfile.ZipFile(next(tmp_path.glob('*.whl'))).namelist())
+    wheel = zipfile.ZipFile(next(tmp_path.glob('*.whl')))
+    names = set(wheel.namelist())
     assert {'sdnet_plugin_hook.pth', 'sdnet_plugin_hook.py', 'sdnet_plugin/export.py'} <= names
     assert 'sdnet_plugin/weights/sdnet_base_synthetic.pth' in names
-    entry_points = zipfile.ZipFile(next(tmp_path.glob('*.whl'))).read('sdnet_plugin-0.1.0.dist-info/entry_points.txt')
+    entry_points = wheel.read('sdnet_plugin-0.1.0.dist-info/entry_points.txt')
     assert b'sdnet-export = sdnet_plugin.export:main' in entry_points and b'sdnet-deblur' in entry_points
