@@ -14,7 +14,7 @@ $(STAMP): setup.py
 	$(PIP) -q -U pip "setuptools<81" wheel
 	$(PIP) torch==2.14.1 torchvision==0.29.1
 	$(PIP) --no-build-isolation basicsr==1.4.2
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test,onnx]'
 	$(PY) -m sdnet_plugin.ops.fused_cpu
 	touch $@
 

@@ -1,4 +1,27 @@
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HOOK = 'sdnet_plugin_hook.pth'
+WEIGHTS = os.path.join('weights', 'sdnet_base_synthetic.pth')
+
+
+class BuildPy(build_py):
+    """Also installs the import hook ``sdnet_plugin_hook.pth`` at the top of ``site-packages`` (editable installs
+    too) and, in a regular install, a copy of the shipped weights in ``sdnet_plugin/weights/``."""
+
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            # an editable wheel takes its top-level files from the install folder; the package itself stays here
+            self.copy_file(HOOK, os.path.join(self.get_finalized_command('install').install_lib, HOOK))
+            return
+        self.copy_file(HOOK, os.path.join(self.build_lib, HOOK))
+        if os.path.isfile(WEIGHTS):
+            self.mkpath(os.path.join(self.build_lib, 'sdnet_plugin', 'weights'))
+            self.copy_file(WEIGHTS, os.path.join(self.build_lib, 'sdnet_plugin', WEIGHTS))
+
 
 setup(
     name='sdnet-plugin',
@@ -9,12 +32,20 @@ setup(
     packages=find_packages(include=['sdnet_plugin', 'sdnet_plugin.*']),
     # The fused CPU deformable convolution is compiled from this source on first use (or by `make install`).
     package_data={'sdnet_plugin.ops': ['csrc/*.cpp']},
+    py_modules=['sdnet_plugin_hook'],
     python_requires='>=3.9',
     # torch, torchvision and basicsr are installed first (basicsr without build isolation), see the Makefile.
     install_requires=[
         'av', 'basicsr==1.4.2', 'lmdb', 'matplotlib', 'numpy', 'opencv-python', 'psutil', 'pyyaml', 'scikit-image',
         'tqdm'
     ],
-    extras_require={'test': ['pytest'], 'mmcv': ['mmengine==0.10.7', 'ninja']},
-    entry_points={'console_scripts': ['sdnet-deblur=sdnet_plugin.deblur:main']},
+    extras_require={
+        'test': ['pytest'],
+        'mmcv': ['mmengine==0.10.7', 'ninja'],
+        'onnx': ['onnx>=1.16', 'onnxruntime>=1.17'],
+    },
+    entry_points={
+        'console_scripts': ['sdnet-deblur=sdnet_plugin.deblur:main', 'sdnet-export=sdnet_plugin.export:main']
+    },
+    cmdclass={'build_py': BuildPy},
 )

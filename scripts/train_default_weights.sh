@@ -70,7 +70,8 @@ if [[ $SMOKE_ITERS -gt 0 ]]; then
         "logger:save_checkpoint_freq=$SMOKE_ITERS" "val:val_freq=$SMOKE_ITERS" "$@"
     checkpoint=$(latest_checkpoint "${NAME}_smoke")
     step "smoke checkpoint: $checkpoint"
-    "$PY" -m sdnet_plugin.deblur --export "$checkpoint" "experiments/${NAME}_smoke/sdnet_smoke_fp16.pth"
+    "$PY" -m sdnet_plugin.export --format weights --weights "$checkpoint" \
+        -o "experiments/${NAME}_smoke/sdnet_smoke_fp16.pth"
     "$PY" scripts/eval_heldout.py --weights "experiments/${NAME}_smoke/sdnet_smoke_fp16.pth" \
         --data datasets/synthetic/val --max-images 4
     exit 0
@@ -96,7 +97,7 @@ if [[ -z $checkpoint ]]; then
     exit 1
 fi
 step "exporting $checkpoint to $WEIGHTS"
-"$PY" -m sdnet_plugin.deblur --export "$checkpoint" "$WEIGHTS"
+"$PY" -m sdnet_plugin.export --format weights --weights "$checkpoint" -o "$WEIGHTS"
 step "held-out evaluation"
 "$PY" scripts/eval_heldout.py --weights "$WEIGHTS" --data datasets/synthetic/eval --offset-error \
     --json "${WEIGHTS%.pth}_eval.json"

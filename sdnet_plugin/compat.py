@@ -1,7 +1,9 @@
 """Every compatibility fix the plugin needs for pip ``basicsr==1.4.2``, in one place.
 
-:func:`apply` runs once when ``sdnet_plugin`` is imported. Each fix is idempotent, touches only BasicSR, and can be
-removed once a BasicSR release includes the equivalent change (its master branch already fixes the first one).
+:func:`apply` runs once when ``sdnet_plugin`` is imported; :func:`prepare` holds the part that must run before
+``basicsr`` itself is imported (the import hook ``sdnet_plugin_hook`` calls it first, then imports the plugin).
+Each fix is idempotent, touches only BasicSR, and can be removed once a BasicSR release includes the equivalent
+change (its master branch already fixes the first one).
 
 1. ``torchvision.transforms.functional_tensor`` was removed in torchvision 0.17, but
    ``basicsr/data/degradations.py`` imports ``rgb_to_grayscale`` from it, so ``import basicsr`` fails. We register an
@@ -25,6 +27,13 @@ removed once a BasicSR release includes the equivalent change (its master branch
 6. ``Registry.get`` raises a ``KeyError`` whose text is quoted, which the entry points cannot tell from a bug. A
    misspelt ``type:`` raises :class:`UnknownTypeError` (a ``ValueError``), naming the closest registered names.
    Remove when: basicsr reports unknown types as option errors.
+7. BasicSR's own entry points (``python -m basicsr.train``, ``python basicsr/train.py``) run ``train.py`` as
+   ``__main__``, a second copy of the module whose ``load_resume_state`` fix 2 does not reach; and an installed
+   basicsr takes its root folder from its own location, so experiments and results would go inside
+   ``site-packages`` (and ``--auto_resume``, which looks under the working directory, would never find them).
+   ``parse_options``, which every pipeline calls first, gives the calling train script fix 2 and, for an installed
+   basicsr, uses the working directory as the root (as a BasicSR checkout does when run from its root).
+   Remove when: fix 2 is gone and basicsr's pip entry points write to the working directory.
 """
 import collections
 import difflib
@@ -68,6 +77,39 @@ def _alias_functional_tensor():
     alias = types.ModuleType(name)
     alias.__dict__.update({k: v for k, v in vars(functional).items() if not k.startswith('__')})
     sys.modules[name] = alias
+
+
+def _installed_root(root_path):
+    """Whether ``root_path`` (BasicSR's root folder) is the ``site-packages`` folder of an installed basicsr."""
+    return os.path.basename(os.path.normpath(root_path)) in ('site-packages', 'dist-packages')
+
+
+class _Options(dict):
+    """Options whose ``root_path`` stays the working directory (``train_pipeline`` sets it to its own root)."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, os.getcwd() if key == 'root_path' and _installed_root(value) else value)
+
+
+def _wrap_parse_options(parse_options):
+    """``basicsr.utils.options.parse_options`` with fix 7."""
+    if getattr(parse_options, '_sdnet_fixed', False):
+        return parse_options
+
+    def wrapper(root_path, is_train=True):
+        caller = sys._getframe(1).f_globals
+        resume = caller.get('load_resume_state')
+        code = getattr(resume, '__code__', None)
+        if code is not None and code.co_filename.endswith(os.path.join('basicsr', 'train.py')):
+            caller['load_resume_state'] = load_resume_state
+        if not _installed_root(root_path):
+            return parse_options(root_path, is_train)
+        opt, args = parse_options(os.getcwd(), is_train)
+        return _Options(opt), args
+
+    wrapper._sdnet_fixed = True
+    wrapper.__doc__ = parse_options.__doc__
+    return wrapper
 
 
 def load_resume_state(opt):
@@ -155,18 +197,28 @@ def registry_get(self, name, suffix='basicsr'):
     return found
 
 
+def prepare():
+    """The fixes ``import basicsr`` itself needs (fix 1); cheap and idempotent."""
+    _alias_functional_tensor()
+
+
 def apply():
     """Apply all fixes (idempotent)."""
     global _applied
     if _applied:
         return
-    _alias_functional_tensor()
+    prepare()
+    import basicsr.test
     import basicsr.train
     import basicsr.utils.dist_util
+    import basicsr.utils.options
     from basicsr.models.base_model import BaseModel
     from basicsr.utils.registry import Registry
     basicsr.train.load_resume_state = load_resume_state
     Registry.get = registry_get
+    parse_options = _wrap_parse_options(basicsr.utils.options.parse_options)
+    for module in (basicsr.utils.options, basicsr.train, basicsr.test):
+        module.parse_options = parse_options
     basicsr.utils.dist_util._init_dist_pytorch = _init_dist_pytorch
     BaseModel.get_optimizer = get_optimizer
     BaseModel.model_to_device = model_to_device

@@ -6,7 +6,7 @@ Examples::
     sdnet-deblur shots/ -r --suffix _sharp -o out/      # whole folder tree, keeping sub-folders
     sdnet-deblur 'clips/*.mp4' -o out/ --compare        # videos frame by frame, plus blurry | restored
     sdnet-deblur photo.png -o out/ --save-offsets       # also out/photo_offsets.png: the estimated blur
-    python -m sdnet_plugin.deblur --export experiments/NAME/models/net_g_latest.pth weights/mine.pth
+    sdnet-deblur photo.jpg -o out/ --onnx sdnet.onnx    # the model written by sdnet-export, in onnxruntime
 
 Outputs keep the input's name, format, bit depth, channels (grey, alpha) and size; videos keep frame rate and
 size. Every file is written to a temporary name first and renamed when complete. A file that cannot be processed
@@ -29,11 +29,12 @@ import torch
 from tqdm import tqdm
 
 from sdnet_plugin import precision
-from sdnet_plugin.inference import (DEFAULT_WEIGHTS, auto_tile_size, export_weights, load_network, make_temp_path,
-                                    tiled_forward, write_atomically)
+from sdnet_plugin.inference import (DEFAULT_WEIGHTS_NAME, auto_tile_size, find_default_weights, load_network,
+                                    make_temp_path, missing_weights_message, tiled_forward, write_atomically)
 from sdnet_plugin.utils import decode_upright, error_line
 from sdnet_plugin.visualize import render_offset_picture
 
+__all__ = ['Restorer', 'collect_inputs', 'main']
 IMAGE_EXTENSIONS = {
     '.bmp', '.dib', '.jpg', '.jpeg', '.jpe', '.jp2', '.png', '.webp', '.pbm', '.pgm', '.ppm', '.pnm', '.pxm',
     '.sr', '.ras', '.tif', '.tiff', '.exr', '.hdr', '.pic'
@@ -59,7 +60,9 @@ def parse_args(argv=None):
     parser.add_argument('-r', '--recursive', action='store_true', help='search folders (and ** globs) recursively')
     parser.add_argument('--suffix', default='', help='added to output file names, e.g. _sharp')
     parser.add_argument('--weights', default=None,
-                        help=f'weights file or BasicSR checkpoint (default: shipped {DEFAULT_WEIGHTS.name})')
+                        help=f'weights file or BasicSR checkpoint (default: shipped {DEFAULT_WEIGHTS_NAME})')
+    parser.add_argument('--onnx', default=None, metavar='MODEL',
+                        help='run an ONNX model written by sdnet-export in onnxruntime instead of the weights')
     parser.add_argument('--preset', default='base', choices=('tiny', 'small', 'base'),
                         help='SDNet preset, used only when the weights do not record their network (default: base)')
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -76,11 +79,11 @@ def parse_args(argv=None):
                         help='also write a picture of the sampling points (estimated blur) of one SVD module')
     parser.add_argument('--offset-level', type=int, default=None,
                         help='SVD module to draw: 0 = full resolution, 1 = 1/2, 2 = 1/4 (default: coarsest)')
-    parser.add_argument('--export', nargs=2, metavar=('CHECKPOINT', 'OUT'),
-                        help='convert a training checkpoint into a float16 weights file, then exit')
     args = parser.parse_args(argv)
-    if not args.export and not args.inputs:
+    if not args.inputs:
         parser.error('give at least one input (file, folder or glob)')
+    if args.onnx and (args.weights or args.save_offsets):
+        parser.error('--onnx runs the exported model: it takes no --weights and returns no offsets')
     if args.tile is not None and args.tile < 0 or args.tile_overlap < 0:
         parser.error('--tile and --tile-overlap must not be negative')
     if args.threads is not None and args.threads < 1:
@@ -184,13 +187,17 @@ class Restorer:
     def __init__(self, net, device, dtype, tile=None, overlap=96, offset_level=None):
         self.device, self.dtype = device, dtype
         self.autocast = device.type == 'cpu' and dtype == torch.bfloat16
-        if device.type == 'cpu':
-            net = net.to(memory_format=torch.channels_last)
-        elif dtype == torch.bfloat16:
-            net = net.bfloat16()
+        if isinstance(net, torch.nn.Module):  # (an onnxruntime model runs as exported)
+            if device.type == 'cpu':
+                net = net.to(memory_format=torch.channels_last)
+            elif dtype == torch.bfloat16:
+                net = net.bfloat16()
         self.net = net
         self.overlap = overlap
-        self.tile = auto_tile_size(net, device, dtype, overlap) if tile is None else tile
+        if tile is None:
+            bytes_per_pixel = net.bytes_per_pixel() if hasattr(net, 'bytes_per_pixel') else None  # ONNX models
+            tile = auto_tile_size(net, device, dtype, overlap, bytes_per_pixel=bytes_per_pixel)
+        self.tile = tile
         self.offset_level = offset_level
 
     def _forward(self, x):
@@ -444,36 +451,28 @@ def process_video(path, paths, restorer):
             sink.discard()
 
 
-def missing_weights_message(path):
-    return (f'sdnet-deblur: error: default weights {path} are missing; train and export them with '
-            'scripts/train_default_weights.sh (see README), or pass --weights CHECKPOINT')
-
-
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 some input failed, 2 usage error)."""
     args = parse_args(argv)
     import sdnet_plugin  # noqa: F401  (BasicSR fixes and registries)
+    from sdnet_plugin.export import OnnxNetwork
 
-    if args.export:
-        try:
-            size = export_weights(args.export[0], args.export[1], args.preset)
-        except (OSError, ValueError, KeyError) as error:
-            print(f'sdnet-deblur: error: {error}', file=sys.stderr)
-            return 2
-        print(f'sdnet-deblur: wrote {args.export[1]} ({size / 2**20:.1f} MiB, float16)')
-        return 0
-
-    weights = Path(args.weights) if args.weights else DEFAULT_WEIGHTS
-    if args.weights is None and not weights.is_file():
-        print(missing_weights_message(weights), file=sys.stderr)
+    weights = Path(args.weights) if args.weights else find_default_weights()
+    if weights is None and not args.onnx:
+        print(missing_weights_message('sdnet-deblur'), file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
     try:
-        dtype = compute_dtype('fp32' if args.no_half else args.precision, device)
-        net, network_opt = load_network(weights, device, half=dtype == torch.float16, preset=args.preset)
-    except (OSError, ValueError, KeyError) as error:
+        if args.onnx:
+            dtype = torch.float32
+            net = OnnxNetwork(args.onnx, args.threads, device)
+            network_opt, weights = net.network_opt, f'{args.onnx} (onnxruntime)'
+        else:
+            dtype = compute_dtype('fp32' if args.no_half else args.precision, device)
+            net, network_opt = load_network(weights, device, half=dtype == torch.float16, preset=args.preset)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
         print(f'sdnet-deblur: error: {error}', file=sys.stderr)
         return 2
     offset_level = None

@@ -16,8 +16,32 @@ from tqdm import tqdm
 
 from sdnet_plugin.utils import error_line
 
+__all__ = [
+    'DEFAULT_WEIGHTS', 'DEFAULT_WEIGHTS_CANDIDATES', 'auto_tile_size', 'build_sdnet', 'export_weights',
+    'find_default_weights', 'load_network', 'load_weights', 'make_temp_path', 'missing_weights_message',
+    'tiled_forward', 'write_atomically'
+]
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = REPO_ROOT / 'weights' / 'sdnet_base_synthetic.pth'
+DEFAULT_WEIGHTS_NAME = 'sdnet_base_synthetic.pth'
+# Where the shipped weights are looked for, in order: the copy a regular ``pip install .`` puts inside the package,
+# then the source checkout's ``weights/`` (editable installs, scripts run from the repository).
+DEFAULT_WEIGHTS_CANDIDATES = (Path(__file__).resolve().parent / 'weights' / DEFAULT_WEIGHTS_NAME,
+                              REPO_ROOT / 'weights' / DEFAULT_WEIGHTS_NAME)
+
+
+def find_default_weights(candidates=None):
+    """The first existing file of ``candidates`` (default: :data:`DEFAULT_WEIGHTS_CANDIDATES`), or None."""
+    return next((path for path in candidates or DEFAULT_WEIGHTS_CANDIDATES if path.is_file()), None)
+
+
+def missing_weights_message(prog):
+    """One-line error of a command that found no shipped weights, naming the places it looked."""
+    places = ', '.join(str(p) for p in DEFAULT_WEIGHTS_CANDIDATES)
+    return (f'{prog}: error: the shipped default weights are missing (looked for {places}); pass --weights '
+            'CHECKPOINT, or train and export them with scripts/train_default_weights.sh (see README)')
+
+
+DEFAULT_WEIGHTS = find_default_weights() or DEFAULT_WEIGHTS_CANDIDATES[-1]
 # Tile sides are multiples of the network's downsampling factor, so every tile sees the same stride-2/4 sampling
 # phase as the whole image and tiled output matches untiled output.
 TILE_ALIGN = 4
@@ -215,14 +239,17 @@ def available_memory(device):
     return psutil.virtual_memory().available
 
 
-def auto_tile_size(net, device, dtype, overlap, memory_fraction=0.4, max_tile=2048):
+def auto_tile_size(net, device, dtype, overlap, memory_fraction=0.4, max_tile=2048, bytes_per_pixel=None):
     """Largest tile side (before adding ``overlap`` on each side) whose inference fits in a share of free memory.
+
+    ``bytes_per_pixel`` (peak inference memory per input pixel) defaults to the PyTorch network's estimate.
 
     Returns:
         int: Tile side in pixels, a multiple of ``TILE_ALIGN``, at least 64.
     """
-    element_size = torch.empty((), dtype=dtype).element_size()
-    bytes_per_pixel = ELEMENTS_PER_PIXEL_PER_FEATURE * feature_channels(net) * element_size
+    if bytes_per_pixel is None:
+        element_size = torch.empty((), dtype=dtype).element_size()
+        bytes_per_pixel = ELEMENTS_PER_PIXEL_PER_FEATURE * feature_channels(net) * element_size
     pixels = available_memory(device) * memory_fraction / bytes_per_pixel
     side = int(math.sqrt(pixels)) - 2 * overlap
     return max(64, min(max_tile, side // TILE_ALIGN * TILE_ALIGN))

@@ -74,3 +74,26 @@ def test_distributed_init_falls_back_to_gloo_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.distributed, 'init_process_group', lambda backend, **kw: calls.update(backend=backend))
     compat._init_dist_pytorch('nccl')
     assert calls == {'backend': 'gloo'}
+
+
+def test_entry_point_scripts_get_cpu_resume_and_a_working_directory_root(tmp_path, monkeypatch):
+    """Fix 6: BasicSR's train.py run as ``__main__`` is a second copy of the module; parse_options fixes its caller."""
+    calls = []
+
+    def parse_options(root_path, is_train=True):
+        calls.append(root_path)
+        return {'name': 'x'}, None
+
+    wrapped = compat._wrap_parse_options(parse_options)
+    assert compat._wrap_parse_options(wrapped) is wrapped
+    script = compile('def load_resume_state(opt):\n    return "cuda only"\n'
+                     'def train_pipeline(root):\n    opt, _ = parse_options(root)\n    opt["root_path"] = root\n'
+                     '    return opt, load_resume_state\n', str(tmp_path / 'basicsr' / 'train.py'), 'exec')
+    namespace = {'parse_options': wrapped}
+    exec(script, namespace)  # noqa: S102
+    monkeypatch.chdir(tmp_path)
+    opt, resume = namespace['train_pipeline'](str(tmp_path / 'site-packages'))  # an installed basicsr's root
+    assert resume is compat.load_resume_state
+    assert calls == [str(tmp_path)] and opt['root_path'] == str(tmp_path)
+    namespace['train_pipeline'](str(tmp_path / 'BasicSR'))  # a checkout keeps its root
+    assert calls[-1] == str(tmp_path / 'BasicSR')

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdnet_plugin import deblur
+from sdnet_plugin import deblur, inference
 
 
 def _photo(height, width, channels=3, dtype=np.uint8, seed=0):
@@ -157,28 +157,28 @@ def test_video_frame_by_frame_keeps_fps_and_size(tmp_path, tiny_weights, capsys)
     assert not _leftovers(tmp_path)
 
 
-def test_export_then_deblur_with_the_exported_weights(tmp_path, tiny_weights, capsys):
-    shipped = tmp_path / 'weights' / 'sdnet_tiny.pth'
-    status, stdout, _ = _run(['--export', tiny_weights, shipped], capsys)
-    assert status == 0 and 'float16' in stdout
-    cv2.imwrite(str(tmp_path / 'shot.png'), _photo(10, 10))
-    status, _, _ = _run([tmp_path / 'shot.png', '-o', tmp_path / 'out', '--weights', shipped], capsys)
-    assert status == 0 and (tmp_path / 'out' / 'shot.png').is_file()
-
-
-def test_missing_default_weights_say_how_to_get_them(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(deblur, 'DEFAULT_WEIGHTS', tmp_path / 'weights' / 'sdnet_base_synthetic.pth')
+def test_missing_default_weights_say_where_they_were_looked_for(tmp_path, monkeypatch, capsys):
+    missing = (tmp_path / 'package' / 'sdnet_base_synthetic.pth', tmp_path / 'weights' / 'sdnet_base_synthetic.pth')
+    monkeypatch.setattr(inference, 'DEFAULT_WEIGHTS_CANDIDATES', missing)
     cv2.imwrite(str(tmp_path / 'shot.png'), _photo(10, 10))
     status, _, stderr = _run([tmp_path / 'shot.png', '-o', tmp_path / 'out'], capsys)
     assert status == 2
-    assert len(stderr.strip().splitlines()) == 1 and 'sdnet_base_synthetic.pth' in stderr and '--weights' in stderr
+    assert len(stderr.strip().splitlines()) == 1 and '--weights' in stderr
+    assert all(str(path) in stderr for path in missing)
     assert not (tmp_path / 'out').exists()
 
 
-def test_default_weights_resolve_from_the_repository_not_the_working_directory(tmp_path, monkeypatch):
+def test_default_weights_lookup_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert deblur.DEFAULT_WEIGHTS.is_absolute()
-    assert deblur.DEFAULT_WEIGHTS.parent.parent == Path(deblur.__file__).resolve().parent.parent
+    package_copy, checkout = inference.DEFAULT_WEIGHTS_CANDIDATES
+    assert package_copy.is_absolute() and package_copy.parent.parent == Path(inference.__file__).resolve().parent
+    assert checkout.parent.parent == Path(deblur.__file__).resolve().parent.parent
+    first, second = tmp_path / 'a.pth', tmp_path / 'b.pth'
+    assert inference.find_default_weights((first, second)) is None
+    second.write_bytes(b'')
+    assert inference.find_default_weights((first, second)) == second
+    first.write_bytes(b'')
+    assert inference.find_default_weights((first, second)) == first
 
 
 def test_module_entry_point_exit_status(tmp_path, tiny_weights):
