@@ -30,6 +30,7 @@ from torch import nn
 
 from sdnet_plugin.inference import (ELEMENTS_PER_PIXEL_PER_FEATURE, build_sdnet, export_weights, find_default_weights,
                                     load_weights, make_temp_path, missing_weights_message)
+from sdnet_plugin.utils import error_line
 
 __all__ = ['DEFORM_OPS', 'OnnxNetwork', 'OnnxWrapper', 'export_onnx', 'exportable_backends', 'main']
 
@@ -265,6 +266,8 @@ def main(argv=None):
     args = parse_args(argv)
     import sdnet_plugin  # noqa: F401  (BasicSR fixes and registries)
     try:
+        if args.weights and os.path.exists(args.output) and os.path.samefile(args.output, args.weights):
+            raise ValueError(f'{args.output} is the checkpoint itself; write the {args.format} file under another name')
         if args.format == 'weights':
             size = export_weights(args.weights, args.output, args.preset)
             print(f'sdnet-export: wrote {args.output} ({size / 2**20:.1f} MiB, float16)')
@@ -272,7 +275,7 @@ def main(argv=None):
         print(f'sdnet-export: exporting {args.weights or "the shipped weights"} to ONNX ...', file=sys.stderr)
         info = export_onnx(args.output, args.weights, args.preset, args.deform_op, args.opset)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = error_line(error)
         print(message if message.startswith('sdnet-export:') else f'sdnet-export: error: {message}', file=sys.stderr)
         return 2
     network = info['network_g']

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdnet_plugin import deblur
+from sdnet_plugin import deblur, export
 from sdnet_plugin.inference import make_temp_path, write_atomically
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,8 +64,8 @@ def test_empty_weights_file_is_one_line(tmp_path, capsys):
     cv2.imwrite(str(tmp_path / 'a.png'), _image())
     status, _, stderr = _run([tmp_path / 'a.png', '-o', tmp_path / 'out', '--weights', empty], capsys)
     assert status == 2 and _one_error(stderr) == f'sdnet-deblur: error: weights file {empty} is empty (0 bytes)'
-    status, _, stderr = _run(['--export', empty, tmp_path / 'w.pth'], capsys)
-    assert status == 2 and _one_error(stderr) == f'sdnet-deblur: error: weights file {empty} is empty (0 bytes)'
+    assert export.main(['--format', 'weights', '--weights', str(empty), '-o', str(tmp_path / 'w.pth')]) == 2
+    assert _one_error(capsys.readouterr().err) == f'sdnet-export: error: weights file {empty} is empty (0 bytes)'
     assert not (tmp_path / 'out').exists() and not (tmp_path / 'w.pth').exists()
 
 
@@ -132,10 +132,10 @@ def test_non_finite_output_is_a_failure_not_a_black_image(tmp_path, tiny_sdnet, 
 def test_export_onto_its_own_checkpoint_is_refused(tmp_path, tiny_weights, capsys):
     checkpoint = tmp_path / 'net_g.pth'
     checkpoint.write_bytes(Path(tiny_weights).read_bytes())
-    for target in (checkpoint, tmp_path / '.' / 'net_g.pth'):
-        status, _, stderr = _run(['--export', checkpoint, target], capsys)
-        assert status == 2 and _one_error(stderr) == \
-            f'sdnet-deblur: error: {target} is the checkpoint itself; write the weights file under another name'
+    for target, form in ((checkpoint, 'weights'), (tmp_path / '.' / 'net_g.pth', 'onnx')):
+        assert export.main(['--format', form, '--weights', str(checkpoint), '-o', str(target)]) == 2
+        assert _one_error(capsys.readouterr().err) == \
+            f'sdnet-export: error: {target} is the checkpoint itself; write the {form} file under another name'
     assert checkpoint.read_bytes() == Path(tiny_weights).read_bytes()
 
 
