@@ -38,9 +38,11 @@ mmcv: $(STAMP)
 		--no-build-isolation --no-deps .
 	$(PY) -c "from sdnet_plugin.ops import available_backends as a; print('DCN backends:', a())"
 
-# Speed tables: presets, the CPU fast path against the float32 path (same run), latency per DCN backend.
+# Speed tables: presets, the CPU fast path against the float32 path (same run), latency per DCN backend,
+# onnxruntime next to PyTorch.
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/onnx_speed.py --clock cpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -18,7 +18,6 @@ Example::
     python benchmarks/onnx_speed.py --parity datasets/synthetic/eval --deform-ops gridsample
 """
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]  # benchmarks/speed.py and the repo
 from sdnet_plugin.export import DEFORM_OPS, OnnxNetwork, export_onnx  # noqa: E402
 from sdnet_plugin.inference import find_default_weights, load_network  # noqa: E402
 from sdnet_plugin.ops import ModulatedDeformConv2d, select_backend  # noqa: E402
-from speed import parse_size  # noqa: E402
+from speed import median_time, parse_size  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent / 'scripts'))
 import eval_heldout  # noqa: E402
@@ -60,16 +59,6 @@ def parse_args(argv=None):
     if args.weights is None:
         parser.error('no shipped weights found; pass --weights')
     return args
-
-
-def median_seconds(run, repeats, clock):
-    run()  # warm-up: allocations, kernel choice
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        run()
-        times.append(clock() - start)
-    return statistics.median(times)
 
 
 def exported_models(args, folder):
@@ -145,11 +134,11 @@ def timing(args):
         if isinstance(layer, ModulatedDeformConv2d):
             layer.backend = backend
     with torch.inference_mode():
-        rows.append(('PyTorch', f'{backend} backend', median_seconds(lambda: net(image), args.repeats, clock)))
+        rows.append(('PyTorch', f'{backend} backend', median_time(lambda: net(image), args.repeats, 1, clock)))
     with tempfile.TemporaryDirectory() as folder:
         array = image.numpy()
         for deform_op, session in exported_models(args, folder):
-            rows.append(('onnxruntime', deform_op, median_seconds(lambda: session.run(array), args.repeats,
+            rows.append(('onnxruntime', deform_op, median_time(lambda: session.run(array), args.repeats, 1,
                                                                     clock)))
     print(f'SDNet {network_opt.get("preset", "")} ({Path(args.weights).name}) at {width}x{height}, float32, CPU, '
           f'{args.threads} thread{"s" if args.threads > 1 else ""}, {args.clock} clock; torch {torch.__version__}, '

@@ -142,6 +142,8 @@ def median_time(fn, repeats, warmup, clock):
     return statistics.median(times)
 
 
+# One SVD-sized deformable layer against a plain conv: (label, input shape, training).
+LAYER_CASES = (('inference 1x32x720x1280', (1, 32, 720, 1280), False), ('training 8x32x128x128', (8, 32, 128, 128), True))
 # The CPU paths compared by the fast-path tables: (name, autocast dtype, channels-last, DCN backend).
 OLD_PATH = ('fp32 NCHW, torch DCN', None, False, 'torch')
 
@@ -180,9 +182,13 @@ def time_layer(shape, training, path, repeats, warmup, clock):
     return conv, dcn
 
 
-def time_training_step(preset, path, repeats, warmup, clock, batch=8, patch=128):
+TRAINING_BATCH = (8, 128)  # patches per step, patch side
+
+
+def time_training_step(preset, path, repeats, warmup, clock):
     """Seconds of one training step of the default recipe: L1 + order-invariant offset loss, AdamW."""
     _, dtype, channels_last, backend = path
+    batch, patch = TRAINING_BATCH
     torch.manual_seed(0)
     net = SDNet(preset, dcn_backend=backend)
     if channels_last:
@@ -227,8 +233,7 @@ def run_fast_path(args, clock):
     print(f'| deformable 3x3 layer, 32->32 | path | plain conv ({unit}) | deformable ({unit}) | deformable / conv |')
     print('|---|---|---:|---:|---:|')
     best = {}
-    for mode, shape, training in (('inference 1x32x720x1280', (1, 32, 720, 1280), False),
-                                  ('training 8x32x128x128', (8, 32, 128, 128), True)):
+    for mode, shape, training in LAYER_CASES:
         for path in (old, new):
             conv, dcn = time_layer(shape, training, path, args.repeats, args.warmup, clock)
             best[mode] = (min(best.get(mode, (conv,))[0], conv), min(best.get(mode, (0, dcn))[1], dcn))
@@ -245,7 +250,9 @@ def run_fast_path(args, clock):
         frames = [time_frame(preset, p, width, height, args.repeats, args.warmup, clock) for p in (old, new)]
         print(f'| {preset} | {1 / steps[0]:.2f} | {1 / steps[1]:.2f} | **{steps[0] / steps[1]:.2f}x** | '
               f'{frames[0] * 1e3:.0f} | {frames[1] * 1e3:.0f} | **{frames[0] / frames[1]:.2f}x** |')
-    print('\n(it/s: iterations per second of the chosen clock, 8 x 128x128 patches, L1 + offset loss, AdamW)')
+    batch, patch = TRAINING_BATCH
+    print(f'\n(it/s: iterations per second of the chosen clock, {batch} x {patch}x{patch} patches, L1 + offset loss, '
+          'AdamW)')
 
 
 def device_name(device):

@@ -49,7 +49,29 @@ def test_dcn_counting_patch_is_undone(speed):
     assert dcn_ops.modulated_deform_conv2d is original
 
 
-def test_tables_are_printed(speed, capsys):
+@pytest.fixture
+def small_fast_path(speed, monkeypatch):
+    """Fast-path tables on tiny shapes (the real ones take minutes)."""
+    monkeypatch.setattr(speed, 'LAYER_CASES', (('inference', (1, 8, 12, 16), False), ('training', (2, 8, 8, 8), True)))
+    monkeypatch.setattr(speed, 'TRAINING_BATCH', (2, 16))
+
+
+def test_fast_path_tables_compare_old_and_new_in_one_run(speed, small_fast_path, capsys):
+    assert speed.main(['--size', '24x16', '--presets', 'tiny', '--repeats', '1', '--warmup', '0', '--devices', 'cpu',
+                       '--skip-backends']) == 0
+    out = capsys.readouterr().out
+    old, new = speed.OLD_PATH[0], speed.fast_path()[0]
+    for mode in ('inference', 'training'):
+        rows = [line for line in out.splitlines() if line.startswith(f'| {mode} |')]
+        assert [row.split(' | ')[1] for row in rows] == [old, new, 'each at its best']
+        conv, dcn = ([float(row.split(' | ')[column]) for row in rows] for column in (2, 3))
+        assert conv[2] == min(conv[:2]) and dcn[2] == min(dcn[:2])  # the best of each side, same run
+    preset_row = [line for line in out.splitlines() if line.startswith('| tiny | ') and 'x**' in line]
+    assert len(preset_row) == 1 and preset_row[0].count('**') == 4
+    assert '2 x 16x16 patches' in out
+
+
+def test_tables_are_printed(speed, small_fast_path, capsys):
     assert speed.main(['--size', '24x16', '--presets', 'tiny', '--backends', 'torch', '--repeats', '1',
                        '--warmup', '0', '--devices', 'cpu']) == 0
     out = capsys.readouterr().out
@@ -68,7 +90,7 @@ def test_bad_options_are_refused(speed, capsys):
             speed.parse_args(['--devices', 'cuda'])
 
 
-def test_cpu_clock_counts_process_time(speed, capsys):
+def test_cpu_clock_counts_process_time(speed, small_fast_path, capsys):
     assert speed.main(['--size', '16x16', '--presets', 'tiny', '--backends', 'torch', '--repeats', '1',
                        '--warmup', '0', '--threads', '1', '--clock', 'cpu']) == 0
     assert 'CPU time of inference at 16x16' in capsys.readouterr().out
