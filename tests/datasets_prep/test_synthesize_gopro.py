@@ -52,3 +52,16 @@ def test_photo_folder_split_overwrite_and_histogram(tmp_path):
     with pytest.raises(SystemExit, match='no images'):
         synthesize_gopro.main(['--out', str(tmp_path / 'x'), '--count', '1', '--photos', str(tmp_path / 'no_photos')])
     assert not (tmp_path / 'x').exists()
+
+
+def test_camera_realism_options(tmp_path, capsys):
+    out = tmp_path / 'cam'
+    synthesize_gopro.main(['--out', str(out), '--count', '2', '--size', '40x32', '--realism', 'camera',
+                           '--without', 'jpeg,noise'])
+    meta = json.loads((out / 'synthesis.json').read_text())
+    assert meta['options']['realism'] == 'camera' and meta['options']['without'] == ['jpeg', 'noise']
+    assert all(s['jpeg_quality'] is None and s['shot_noise'] is None for s in meta['samples'])
+    with pytest.raises(SystemExit):
+        synthesize_gopro.main(['--out', str(tmp_path / 'bad'), '--count', '1', '--without', 'blur'])
+    assert "unknown feature 'blur'" in capsys.readouterr().err
+    assert not (tmp_path / 'bad').exists()
