@@ -207,3 +207,101 @@ def main():
 
 if __name__ == '__main__':
     main()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Compact training states: one file with everything ``--auto_resume`` needs, small enough to keep in a repository
+PACK_PRECISIONS = (  # tried in this order until the file fits
+    ('exact', None, None),  # everything float32
+    ('ema16', 'float16', None),  # the EMA copy in float16
+    ('ema16+moments_bf16', 'float16', 'bfloat16'),  # and the optimizer moments in bfloat16
+)
+
+
+def _cast_tensors(value, dtype):
+    """``value`` (nested dicts/lists) with every floating-point tensor of more than one element cast to ``dtype``."""
+    import torch
+    if isinstance(value, dict):
+        return {k: _cast_tensors(v, dtype) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_tensors(v, dtype) for v in value)
+    if torch.is_tensor(value) and value.is_floating_point() and value.numel() > 1:
+        return value.to(getattr(torch, dtype))
+    return value
+
+
+def pack_training_state(experiment_dir, out_path, max_mb=25.0):
+    """Pack the newest training state of an experiment and its checkpoint into one file of at most ``max_mb``.
+
+    A BasicSR resume needs ``training_states/<iter>.state`` (iteration, epoch, optimizer and scheduler states) and
+    ``models/net_g_<iter>.pth`` (network and EMA weights). Everything is kept in float32 when it fits; otherwise the
+    EMA copy is stored in float16 (it never feeds back into training, so the run itself still resumes exactly), and
+    if that is not enough the Adam moments too, in bfloat16 (0.4 % relative rounding of each moment).
+
+    Args:
+        experiment_dir (str): ``experiments/<name>``.
+        out_path (str): The packed file (written atomically).
+        max_mb (float): Size limit in MB (10^6 bytes). Default: 25.
+
+    Returns:
+        dict: ``iter``, ``precision`` (the first of ``exact``, ``ema16``, ``ema16+moments_bf16`` that fits) and
+        ``bytes``.
+    """
+    import io
+
+    import torch
+
+    from sdnet_plugin.models.sdnet_model import atomic_torch_save
+    states = [int(name[:-len('.state')]) for name in os.listdir(osp.join(experiment_dir, 'training_states'))
+              if name.endswith('.state') and name[:-len('.state')].isdigit()] \
+        if osp.isdir(osp.join(experiment_dir, 'training_states')) else []
+    if not states:
+        raise FileNotFoundError(f'no training state (<iter>.state) in {experiment_dir}/training_states')
+    current_iter = max(states)
+    net_path = osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth')
+    if not osp.isfile(net_path):
+        raise FileNotFoundError(f'{net_path} is missing: a training state needs the checkpoint of its iteration')
+    state = torch.load(osp.join(experiment_dir, 'training_states', f'{current_iter}.state'), map_location='cpu',
+                       weights_only=False)
+    network = torch.load(net_path, map_location='cpu', weights_only=True)
+    for precision, ema_dtype, moment_dtype in PACK_PRECISIONS:
+        packed = {
+            'format': 'sdnet-training-state', 'precision': precision, 'iter': state['iter'], 'epoch': state['epoch'],
+            'schedulers': state['schedulers'],
+            'optimizers': _cast_tensors(state['optimizers'], moment_dtype) if moment_dtype else state['optimizers'],
+            'network': {k: (_cast_tensors(v, ema_dtype) if k == 'params_ema' and ema_dtype else v)
+                        for k, v in network.items()},
+        }
+        buffer = io.BytesIO()
+        torch.save(packed, buffer)
+        if buffer.tell() <= max_mb * 1e6:
+            break
+    else:
+        raise ValueError(f'the training state of {experiment_dir} needs {buffer.tell() / 1e6:.1f} MB even in '
+                         f'{precision}; raise the limit (max_mb)')
+    atomic_torch_save(packed, out_path)
+    return {'iter': state['iter'], 'precision': precision, 'bytes': osp.getsize(out_path)}
+
+
+def unpack_training_state(packed_path, experiment_dir):
+    """Write a packed state back as ``training_states/<iter>.state`` + ``models/net_g_<iter>.pth`` (float32) under
+    ``experiment_dir``, so that ``--auto_resume`` continues from it.
+
+    Returns:
+        int: The iteration.
+    """
+    import torch
+
+    from sdnet_plugin.models.sdnet_model import atomic_torch_save
+    packed = torch.load(packed_path, map_location='cpu', weights_only=False)
+    if not isinstance(packed, dict) or packed.get('format') != 'sdnet-training-state':
+        raise ValueError(f'{packed_path} is not a packed training state')
+    for folder in ('training_states', 'models'):
+        os.makedirs(osp.join(experiment_dir, folder), exist_ok=True)
+    current_iter = packed['iter']
+    atomic_torch_save(_cast_tensors(packed['network'], 'float32'),
+                      osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth'))
+    state = {'epoch': packed['epoch'], 'iter': current_iter, 'schedulers': packed['schedulers'],
+             'optimizers': _cast_tensors(packed['optimizers'], 'float32')}
+    atomic_torch_save(state, osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
+    return current_iter
