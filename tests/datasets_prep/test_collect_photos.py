@@ -102,3 +102,36 @@ def test_collect_writes_splits_and_sources_and_refuses_eval_packages_for_trainin
     with pytest.raises(RuntimeError, match='no photographs could be collected'):
         collect_photos.collect(str(tmp_path / 'none'), str(tmp_path / 'cache'), sources=[missing])
     assert not (tmp_path / 'none').exists()
+
+
+def test_opaque_part_keeps_the_largest_fully_opaque_band():
+    image = np.zeros((10, 6, 4), np.uint8)
+    image[..., :3] = np.arange(10)[:, None, None]
+    image[..., 3] = 255
+    image[0:3, 2, 3] = 0  # transparent sky at the top
+    image[7, 0, 3] = 128  # one half-transparent pixel splits the rest
+    part = collect_photos.opaque_part(image)
+    assert part.shape == (4, 6, 3) and list(part[:, 0, 0]) == [3, 4, 5, 6]
+    assert collect_photos.opaque_part(image[..., :3]).shape == (10, 6, 3)
+
+
+def test_video_frames_are_read_evenly_and_named_by_frame(tmp_path):
+    path = str(tmp_path / 'clip.avi')
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), 10, (32, 24))
+    for value in range(0, 200, 20):  # 10 frames of growing brightness
+        writer.write(np.full((24, 32, 3), value, np.uint8))
+    writer.release()
+    frames = collect_photos.read_video_frames(path, 2)
+    assert [index for index, _ in frames] == [2, 8]
+    assert abs(float(frames[1][1].mean()) - 160) < 4
+    source = collect_photos.PhotoSource('vid', 'deb', 'pkg', video_frames=2)
+    photo = collect_photos.Photo(source, 'usr/share/clip.avi#frame00008', 'g', frames[1][1], '1', 'CC0')
+    assert collect_photos.output_name(photo) == 'vid_clip_frame00008.png'
+    with pytest.raises(RuntimeError, match='cannot read video'):
+        collect_photos.read_video_frames(str(tmp_path / 'missing.avi'), 1)
+
+
+def test_every_source_keeps_evaluation_packages_apart():
+    training = [s for s in collect_photos.SOURCES if s.split != 'eval']
+    assert not {s.package for s in training} & set(collect_photos.EVAL_ONLY_PACKAGES)
+    assert {'palapeli-data', 'stellarium-data', 'matplotlib'} <= {s.package for s in training}
