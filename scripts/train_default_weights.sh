@@ -76,7 +76,8 @@ if [[ $SMOKE_ITERS -gt 0 ]]; then
     exit 0
 fi
 # The committed training state (weights/resume/) lets a fresh clone continue where the last run stopped.
-# It is one packed file (scripts/pack_training_state.py, at most 25 MB); older clones kept <iter>.state + net_g_<iter>.pth.
+# It is one packed file (scripts/pack_training_state.py, at most 25 MB); older clones kept <iter>.state and
+# net_g_<iter>.pth.
 RESUME_DIR=weights/resume
 PACKED=$RESUME_DIR/training_state.pth
 if [[ $EXPORT_ONLY -eq 0 ]] && ! ls experiments/"$NAME"/training_states/*.state >/dev/null 2>&1; then

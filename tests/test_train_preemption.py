@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_pipeline import REPO, TRAIN, demo_options, experiment, lmdb_set, read_log, run, write_options  # noqa: F401
+from test_train_pipeline import experiment  # noqa: F401,F811  (a fixture)
+from test_train_pipeline import REPO, TRAIN, demo_options, lmdb_set, read_log, run, write_options
 
 from sdnet_plugin.train import StopRequest, pop_max_minutes
 
@@ -34,6 +35,7 @@ def _expected_lr(opt, current_iter):
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=train['optim_g']['lr'])
     sched = {k: v for k, v in train['scheduler'].items() if k != 'type'}
     scheduler = CosineAnnealingRestartLR(optimizer, **sched)
+    optimizer.step()  # no gradients: changes nothing, keeps the scheduler from warning
     for _ in range(current_iter - 1):
         scheduler.step()
     assert current_iter >= train['warmup_iter']

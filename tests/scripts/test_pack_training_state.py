@@ -28,7 +28,8 @@ def _experiment(folder, current_iter=30):
                       str(folder / 'models' / f'net_g_{current_iter}.pth'))
     state = {'epoch': 2, 'iter': current_iter, 'optimizers': [optimizer.state_dict()],
              'schedulers': [scheduler.state_dict()]}
-    atomic_torch_save(dict(state, iter=current_iter - 10), str(folder / 'training_states' / f'{current_iter - 10}.state'))
+    older = folder / 'training_states' / f'{current_iter - 10}.state'
+    atomic_torch_save(dict(state, iter=current_iter - 10), str(older))
     atomic_torch_save(state, str(folder / 'training_states' / f'{current_iter}.state'))
     return state, torch.load(folder / 'models' / f'net_g_{current_iter}.pth', weights_only=True)
 
