@@ -334,13 +334,15 @@ def sample_camera(rng, scene, blur_scale=1.0, max_blur=60.0, static_camera=False
       followed for that long; 1 without), capped so that no surface moves more than ``max_blur``.
     * ``handshake``: 70 % of the moving cameras follow a curved, jittery hand-shake path (:func:`sample_handshake`,
       length log-normal with median 10 px) instead of a smooth one.
-    * ``highlights``: rendering is in linear light (2.2 gamma), where 60 % of the scenes brighten the photos'
-      near-white pixels by a gain log-uniform in [1.5, 8] (clipped lights and sky were brighter than white), and
-    * ``lights``: 35 % add 1-6 small light sources 2-40 times brighter than white; clipping comes after averaging,
-      so bright points streak as in a real photograph.
+    * ``highlights``: 60 % of the scenes brighten the photos' near-white pixels by a gain log-uniform in [1.5, 8]
+      (clipped lights and sky were brighter than white).
+    * ``lights``: 35 % add 1-6 small light sources 2-40 times brighter than white.
     * ``noise``: signal-dependent sensor noise after averaging (variance ``shot * x + read`` in linear light, ``shot``
       log-uniform in [2e-4, 5e-3], ``read`` tied to it as in real sensors; 10 % of the scenes are noise-free).
     * ``jpeg``: 80 % are JPEG-compressed at quality 70-95 (4:2:0), as cameras and phones store photos.
+
+    Camera scenes are always composed and averaged in linear light (2.2 gamma) without clipping, and the average is
+    clipped afterwards, as a sensor saturates, so that values above white streak.
 
     Args:
         rng (np.random.Generator): Random source.
