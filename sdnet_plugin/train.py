@@ -266,9 +266,9 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
     network = torch.load(net_path, map_location='cpu', weights_only=True)
     for precision, ema_dtype, moment_dtype in PACK_PRECISIONS:
         packed = {
-            'format': 'sdnet-training-state', 'precision': precision, 'iter': state['iter'], 'epoch': state['epoch'],
-            'schedulers': state['schedulers'],
-            'optimizers': _cast_tensors(state['optimizers'], moment_dtype) if moment_dtype else state['optimizers'],
+            'format': 'sdnet-training-state', 'precision': precision,
+            'state': {k: (_cast_tensors(v, moment_dtype) if k == 'optimizers' and moment_dtype else v)
+                      for k, v in state.items()},  # every key, e.g. a gradient scaler's state too
             'network': {k: (_cast_tensors(v, ema_dtype) if k == 'params_ema' and ema_dtype else v)
                         for k, v in network.items()},
         }
@@ -298,10 +298,9 @@ def unpack_training_state(packed_path, experiment_dir):
         raise ValueError(f'{packed_path} is not a packed training state')
     for folder in ('training_states', 'models'):
         os.makedirs(osp.join(experiment_dir, folder), exist_ok=True)
-    current_iter = packed['iter']
+    state = dict(packed['state'], optimizers=_cast_tensors(packed['state']['optimizers'], 'float32'))
+    current_iter = state['iter']
     atomic_torch_save(_cast_tensors(packed['network'], 'float32'),
                       osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth'))
-    state = {'epoch': packed['epoch'], 'iter': current_iter, 'schedulers': packed['schedulers'],
-             'optimizers': _cast_tensors(packed['optimizers'], 'float32')}
     atomic_torch_save(state, osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
     return current_iter

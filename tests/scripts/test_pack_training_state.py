@@ -27,7 +27,7 @@ def _experiment(folder, current_iter=30):
     atomic_torch_save({'params': net.state_dict(), 'params_ema': ema.state_dict(), 'network_g': {'type': 'X'}},
                       str(folder / 'models' / f'net_g_{current_iter}.pth'))
     state = {'epoch': 2, 'iter': current_iter, 'optimizers': [optimizer.state_dict()],
-             'schedulers': [scheduler.state_dict()]}
+             'schedulers': [scheduler.state_dict()], 'grad_scaler': {'scale': 1024.0}}
     older = folder / 'training_states' / f'{current_iter - 10}.state'
     atomic_torch_save(dict(state, iter=current_iter - 10), str(older))
     atomic_torch_save(state, str(folder / 'training_states' / f'{current_iter}.state'))
@@ -46,6 +46,7 @@ def test_pack_keeps_float32_when_it_fits_and_unpacks_exactly(tmp_path, capsys):
     pack_script.main(['unpack', str(tmp_path / 'packed.pth'), str(tmp_path / 'resumed')])
     restored = torch.load(tmp_path / 'resumed' / 'training_states' / '30.state', weights_only=False)
     assert restored['iter'] == 30 and restored['epoch'] == 2 and restored['schedulers'] == state['schedulers']
+    assert restored['grad_scaler'] == {'scale': 1024.0}  # whatever else the state holds travels along
     assert all(torch.equal(a, b) for a, b in zip(_moments(restored), _moments(state)))
     restored_net = torch.load(tmp_path / 'resumed' / 'models' / 'net_g_30.pth', weights_only=True)
     for key in ('params', 'params_ema'):
