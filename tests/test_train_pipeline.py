@@ -225,14 +225,14 @@ def test_bfloat16_autocast_training_resumes_and_keeps_float32_checkpoints(synthe
     assert 'Resuming training from epoch: 0, iter: 2.' in log and f'iter: {4:7d}' in log
     resumed = torch.load(exp / 'models' / 'net_g_4.pth', weights_only=True)
     assert any(not torch.equal(resumed['params'][k], checkpoint['params'][k]) for k in checkpoint['params'])
-
-
 def test_float16_on_cpu_is_a_one_line_error(synthetic_gopro, experiment, tmp_path):
     opt = demo_options(experiment, lmdb_set(synthetic_gopro), total_iter=2)
     opt['train']['amp'] = 'fp16'
     result = run(TRAIN, write_options(opt, tmp_path), check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == 'error: fp16 is not supported on the CPU; use bf16 (or fp32)'
+
+
 def test_lower_learning_rate_applies_on_resume(synthetic_gopro, experiment, tmp_path):
     opt = demo_options(experiment, lmdb_set(synthetic_gopro), total_iter=4)
     opt['train']['optim_g']['lr'] = 1e-4

@@ -30,6 +30,12 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '
 DEFAULT_PHOTO_FILES = ('astronaut.png', 'brick.png', 'camera.png', 'chelsea.png', 'coffee.png', 'coins.png',
                        'grass.png', 'gravel.png', 'moon.png', 'motorcycle_left.png',
                        'motorcycle_right.png', 'rocket.jpg')
+# Camera realism (``realism='camera'``): what a handheld photograph adds to GoPro-style averaging. Each feature can be
+# switched off on its own (``without``); see :func:`sample_camera`.
+REALISM_CHOICES = ('gopro', 'camera')
+CAMERA_FEATURES = ('dense', 'exposure', 'handshake', 'highlights', 'lights', 'noise', 'jpeg')
+MAX_SUBFRAMES = 97  # dense rendering: at most this many sub-frames (steps of at most DENSE_STEP_PX)
+DENSE_STEP_PX = 1.0
 HIST_BIN_PX = 1.0
 HIST_BINS = 128
 FRAMES_PER_SEQUENCE = 20
@@ -128,8 +134,57 @@ def motion_matrix(motion, tau):
         wave = np.sin(2 * np.pi * freq * tau + phase) - np.sin(phase)
         shift = shift + np.array([amp_x, amp_y]) * wave
     angle = motion['angular_velocity'] * tau + 0.5 * motion['angular_acceleration'] * tau**2
+    if motion.get('path'):  # hand shake: a spline through random-walk knots (x, y, angle), 0 at tau = 0
+        offset = _spline(motion['path'], tau) - _spline(motion['path'], 0.0)
+        shift, angle = shift + offset[:2], angle + offset[2]
     scale = np.exp(motion['zoom_rate'] * tau)
     return _similarity(scale, angle, motion['centre'], shift)
+
+
+def _spline(path, tau):
+    """Catmull-Rom spline through ``path['points']`` (K x D) at knots ``path['t0'] + k * path['dt']``, at ``tau``."""
+    points = np.asarray(path['points'], np.float64)
+    pos = np.clip((np.asarray(tau, np.float64) - path['t0']) / path['dt'], 0, len(points) - 1)
+    i = np.minimum(np.floor(pos).astype(int), len(points) - 2)
+    u = (pos - i)[..., None]
+    p0, p1 = points[np.maximum(i - 1, 0)], points[i]
+    p2, p3 = points[i + 1], points[np.minimum(i + 2, len(points) - 1)]
+    return 0.5 * (2 * p1 + (p2 - p0) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u**2 + (3 * p1 - p0 - 3 * p2 + p3) * u**3)
+
+
+def sample_handshake(rng, extent, radius, arc=1.5, knots=13, span=2.0):
+    """Hand-shake camera path: curved and jittery, as the hand holding a camera moves during the exposure.
+
+    The velocity (translation and in-plane rotation) follows a random walk with momentum over ``knots`` points
+    spread on ``[-span, span]`` (so exposures up to ``span`` times the nominal one see more of it); the path is the
+    Catmull-Rom spline through its running sum, scaled so that its length over ``[-1, 1]`` is ``extent`` pixels and
+    its rotation moves the image corners by about ``arc`` pixels.
+
+    Args:
+        rng (np.random.Generator): Random source.
+        extent (float): Path length over the nominal exposure, pixels.
+        radius (float): Distance of the image corners from the centre of rotation, pixels.
+        arc (float): Median corner motion of the rotation part, pixels. Default: 1.5.
+        knots (int): Knots of the spline. Default: 13.
+        span (float): The knots cover ``[-span, span]``. Default: 2.0.
+
+    Returns:
+        dict: ``points`` (knots x 3: x, y, angle), ``t0``, ``dt``: the ``path`` of a motion dict.
+    """
+    velocity, steps = np.zeros(3), []
+    momentum = rng.uniform(0.3, 0.8)
+    heading = rng.standard_normal(3)
+    for _ in range(knots - 1):
+        velocity = momentum * velocity + (1 - momentum) * heading + rng.standard_normal(3) * rng.uniform(0.3, 1.0)
+        steps.append(velocity.copy())
+    points = np.concatenate([np.zeros((1, 3)), np.cumsum(steps, 0)])
+    path = {'points': points, 't0': -span, 'dt': 2 * span / (knots - 1)}
+    track = _spline(path, np.linspace(-1, 1, 33))
+    length = np.hypot(*np.diff(track[:, :2], axis=0).T).sum()
+    turn = np.abs(np.diff(track[:, 2])).sum()
+    points[:, :2] *= extent / max(length, 1e-6)
+    points[:, 2] *= _lognormal_extent(rng, arc, 0.7, 4 * arc) / radius / max(turn, 1e-6)
+    return {'points': points.round(6).tolist(), 't0': -span, 'dt': 2 * span / (knots - 1)}
 
 
 def _lognormal_extent(rng, median, sigma, limit):
@@ -209,7 +264,8 @@ def _random_shape(rng, width, height):
     return {'kind': 'polygon', 'points': points, 'feather': rng.uniform(0.6, 1.5), 'centre': centre}
 
 
-def sample_scene(rng, num_photos, width, height, blur_scale=1.0, max_blur=60.0, background=None):
+def sample_scene(rng, num_photos, width, height, blur_scale=1.0, max_blur=60.0, background=None, realism='gopro',
+                 without=()):
     """Random scene description (JSON-serialisable): photos, placement and motions of the background and layers.
 
     Args:
@@ -221,7 +277,16 @@ def sample_scene(rng, num_photos, width, height, blur_scale=1.0, max_blur=60.0, 
             Default: 1.0.
         max_blur (float): Cap of each surface's first-to-last translation, pixels. Default: 60.
         background (int | None): Background photo index. Default: None, random.
+        realism (str): ``'gopro'`` (sub-frames averaged as GoPro's 240 fps frames) or ``'camera'`` (a handheld
+            camera: see :func:`sample_camera`). Default: ``'gopro'``.
+        without (tuple[str]): Camera features to switch off (names in ``CAMERA_FEATURES``). Default: ().
     """
+    if realism not in REALISM_CHOICES:
+        raise ValueError(f'realism must be one of {", ".join(REALISM_CHOICES)}, got {realism!r}')
+    unknown = set(without) - set(CAMERA_FEATURES)
+    if unknown:
+        raise ValueError(f'unknown camera features {", ".join(sorted(unknown))}; choose from '
+                         f'{", ".join(CAMERA_FEATURES)}')
     num_subframes = int(rng.choice(SUBFRAME_CHOICES))
     bg_index = int(rng.integers(num_photos)) if background is None else int(background)
     static_camera = rng.random() < 0.1
@@ -246,7 +311,7 @@ def sample_scene(rng, num_photos, width, height, blur_scale=1.0, max_blur=60.0, 
             'gain': float(rng.uniform(0.8, 1.2)),
             'hflip': bool(rng.random() < 0.5),
         })
-    return {
+    scene = {
         'size': [int(width), int(height)],
         'num_subframes': num_subframes,
         'background': {
@@ -258,6 +323,79 @@ def sample_scene(rng, num_photos, width, height, blur_scale=1.0, max_blur=60.0, 
         },
         'layers': layers,
     }
+    if realism == 'camera':  # drawn after everything above, so 'gopro' scenes stay as they were
+        scene['camera'] = sample_camera(rng, scene, blur_scale, max_blur, static_camera, without)
+    return scene
+
+
+def sample_camera(rng, scene, blur_scale=1.0, max_blur=60.0, static_camera=False, without=()):
+    """What a handheld camera adds to a scene (``scene['camera']``); may replace the background's motion.
+
+    * ``dense``: enough sub-frames that nothing moves more than ``DENSE_STEP_PX`` between two (continuous streaks
+      instead of the separate copies of a few 240 fps frames), at most ``MAX_SUBFRAMES``.
+    * ``exposure``: exposure length, log-uniform in [0.4, 2] times the nominal one (the whole scene's motion is
+      followed for that long; 1 without), capped so that no surface moves more than ``max_blur``.
+    * ``handshake``: 70 % of the moving cameras follow a curved, jittery hand-shake path (:func:`sample_handshake`,
+      length log-normal with median 10 px) instead of a smooth one.
+    * ``highlights``: 60 % of the scenes brighten the photos' near-white pixels by a gain log-uniform in [1.5, 8]
+      (clipped lights and sky were brighter than white).
+    * ``lights``: 35 % add 1-6 small light sources 2-40 times brighter than white.
+    * ``noise``: signal-dependent sensor noise after averaging (variance ``shot * x + read`` in linear light, ``shot``
+      log-uniform in [2e-4, 5e-3], ``read`` tied to it as in real sensors; 10 % of the scenes are noise-free).
+    * ``jpeg``: 80 % are JPEG-compressed at quality 70-95 (4:2:0), as cameras and phones store photos.
+
+    Camera scenes are always composed and averaged in linear light (2.2 gamma) without clipping, and the average is
+    clipped afterwards, as a sensor saturates, so that values above white streak.
+
+    Args:
+        rng (np.random.Generator): Random source.
+        scene (dict): The scene from :func:`sample_scene`; its background motion is changed for hand shake.
+        blur_scale (float): Multiplies every motion. Default: 1.0.
+        max_blur (float): Cap of each surface's first-to-last motion, pixels. Default: 60.
+        static_camera (bool): The camera is still (no hand shake). Default: False.
+        without (tuple[str]): Features to switch off. Default: ().
+
+    Returns:
+        dict: ``dense``, ``exposure``, ``highlight_gain``, ``lights``, ``noise`` (``shot``, ``read``, ``seed``) or
+        None, ``jpeg_quality`` or None.
+    """
+    on = {name: name not in without for name in CAMERA_FEATURES}
+    width, height = scene['size']
+    motion = scene['background']['motion']
+    if on['handshake'] and not static_camera and rng.random() < 0.7:
+        extent = _lognormal_extent(rng, 10.0 * blur_scale, 0.6, max_blur)
+        motion.update(velocity=[0.0, 0.0], acceleration=[0.0, 0.0], shake=[],
+                      path=sample_handshake(rng, extent, 0.5 * np.hypot(width, height)))
+    exposure = float(np.exp(rng.uniform(np.log(0.4), np.log(2.0)))) if on['exposure'] else 1.0
+    corners = np.array([[0, 0, 1], [width, 0, 1], [0, height, 1], [width, height, 1]], np.float64).T
+    surfaces = [[motion]] + [[motion, layer['motion']] for layer in scene['layers']]
+
+    def travel(e):  # largest first-to-last corner motion of any surface over an exposure of e
+        ends = [[np.linalg.multi_dot([np.eye(3)] + [motion_matrix(m, t) for m in chain]) for t in (-e, e)]
+                for chain in surfaces]
+        return max(float(np.abs(b @ corners - a @ corners).max()) for a, b in ends)
+
+    for _ in range(3):
+        reach = travel(exposure)
+        if exposure <= 1 or reach <= max_blur:
+            break
+        exposure = max(1.0, exposure * max_blur / reach)
+    gain = float(np.exp(rng.uniform(np.log(1.5), np.log(8.0)))) if on['highlights'] and rng.random() < 0.6 else 1.0
+    lights = []
+    if on['lights'] and rng.random() < 0.35:
+        for _ in range(int(rng.integers(1, 7))):
+            tint = 1 + rng.uniform(-0.3, 0.3, 3)
+            lights.append({'centre': [float(rng.uniform(0, width)), float(rng.uniform(0, height))],
+                           'sigma': float(rng.uniform(0.6, 2.0)),
+                           'rgb': (tint / tint.max() * np.exp(rng.uniform(np.log(2), np.log(40)))).tolist()})
+    noise = None
+    if on['noise'] and rng.random() < 0.9:
+        log_shot = rng.uniform(np.log(2e-4), np.log(5e-3))
+        noise = {'shot': float(np.exp(log_shot)), 'read': float(np.exp(2.18 * log_shot + 1.2 + 0.26 * rng.normal())),
+                 'seed': int(rng.integers(2**31))}
+    quality = int(rng.integers(70, 96)) if on['jpeg'] and rng.random() < 0.8 else None
+    return {'dense': on['dense'], 'exposure': exposure, 'highlight_gain': gain, 'lights': lights, 'noise': noise,
+            'jpeg_quality': quality}
 
 
 def _resize(photo, factor):
@@ -307,40 +445,118 @@ def _translation(dx, dy):
     return np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1]], np.float64)
 
 
+def _dense_count(surfaces, taus, num):
+    """Odd sub-frame count (at least ``num``) with steps of at most ``DENSE_STEP_PX`` along every surface's path."""
+    fine = np.linspace(taus[0], taus[-1], 65)
+    corners = np.array([[0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]], np.float64).T
+    length = 0.0
+    for motion_at, size in surfaces:
+        points = np.stack([motion_at(t) @ (corners * [[size[0]], [size[1]], [1]]) for t in fine])[:, :2]
+        length = max(length, float(np.linalg.norm(np.diff(points, axis=0), axis=1).sum(0).max()))
+    count = int(np.ceil(length / DENSE_STEP_PX)) + 1
+    return int(min(MAX_SUBFRAMES, max(num, count + 1 - count % 2)))
+
+
+def _srgb(linear):
+    return cv2.pow(np.clip(linear, 0, 1), 1.0 / GAMMA)
+
+
+def _to_linear(texture, camera):
+    """sRGB texture -> linear light, near-white pixels brightened by ``camera['highlight_gain']``."""
+    linear = cv2.pow(texture, GAMMA)
+    gain = camera['highlight_gain']
+    if gain > 1:
+        weight = np.clip((linear - 0.85) / 0.15, 0, 1)
+        linear *= 1 + (gain - 1) * weight * weight
+    return linear
+
+
+def _add_lights(texture, lights, origin):
+    """Add Gaussian light sources (``origin``: texture coordinates of output pixel (0, 0) at rest), in place."""
+    th, tw = texture.shape[:2]
+    for light in lights:
+        cx, cy = light['centre'][0] + origin[0], light['centre'][1] + origin[1]
+        r = int(np.ceil(4 * light['sigma']))
+        x0, x1 = max(0, int(cx) - r), min(tw, int(cx) + r + 2)
+        y0, y1 = max(0, int(cy) - r), min(th, int(cy) + r + 2)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        xs, ys = np.arange(x0, x1) - cx, np.arange(y0, y1) - cy
+        blob = np.exp(-(ys[:, None]**2 + xs[None, :]**2) / (2 * light['sigma']**2)).astype(np.float32)
+        texture[y0:y1, x0:x1] += blob[..., None] * np.asarray(light['rgb'], np.float32)
+
+
+def _camera_output(linear_mean, camera):
+    """Average in linear light -> clipped, noisy, gamma-encoded and maybe JPEG-compressed, as a camera stores it."""
+    clean = np.clip(linear_mean, 0, 1)
+    noisy = clean
+    if camera['noise']:
+        noise = np.random.default_rng(camera['noise']['seed']).standard_normal(clean.shape, dtype=np.float32)
+        noise *= np.sqrt(camera['noise']['shot'] * clean + camera['noise']['read'])
+        noisy = noise + clean
+    image = _srgb(noisy)
+    if camera['jpeg_quality']:
+        ok, buf = cv2.imencode('.jpg', _to_uint8_bgr(image), [cv2.IMWRITE_JPEG_QUALITY, camera['jpeg_quality']])
+        if not ok:
+            raise IOError('JPEG encoding failed')
+        image = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    return image, _srgb(clean)
+
+
 def render_scene(scene, photos, return_subframes=False):
     """Render a scene description into a GoPro-style sample.
+
+    With ``scene['camera']`` (``realism='camera'``) the sub-frames are composed and averaged in linear light without
+    clipping (values above 1 streak), then the average is clipped, gets sensor noise, the 2.2 gamma and JPEG
+    compression (see :func:`sample_camera`); the sharp frame is the clipped middle sub-frame.
 
     Args:
         scene (dict): From :func:`sample_scene`.
         photos (list[ndarray]): Float32 RGB photos the scene's indices refer to.
-        return_subframes (bool): Also return the sub-frames and, per sub-frame, the index of the surface visible at
-            each pixel (0: background, j: layer j). Default: False.
+        return_subframes (bool): Also return the sub-frames (gamma-encoded, clipped) and, per sub-frame, the index of
+            the surface visible at each pixel (0: background, j: layer j). Default: False.
 
     Returns:
-        dict: ``sharp``, ``blur``, ``blur_gamma``: float32 RGB ``(H, W, 3)`` in ``[0, 1]``; ``flow``: float32
-        ``(H, W, 4)`` exact flow middle -> first / last in pixels; ``labels_middle``: int ``(H, W)``; with
-        ``return_subframes``, ``subframes`` ``(N, H, W, 3)`` and ``labels`` ``(N, H, W)``.
+        dict: ``sharp``, ``blur``, ``blur_gamma``: float32 RGB ``(H, W, 3)`` in ``[0, 1]`` (camera realism:
+        ``blur`` is the camera's image, ``blur_gamma`` the same average without noise and compression);
+        ``flow``: float32 ``(H, W, 4)`` exact flow middle -> first / last in pixels; ``labels_middle``: int
+        ``(H, W)``; ``num_subframes``: sub-frames rendered; with ``return_subframes``, ``subframes``
+        ``(N, H, W, 3)`` and ``labels`` ``(N, H, W)``.
     """
     width, height = scene['size']
+    camera = scene.get('camera')
     num = scene['num_subframes']
-    taus = np.linspace(-1.0, 1.0, num)
+    exposure = camera['exposure'] if camera else 1.0
+    taus = np.linspace(-exposure, exposure, num)
     bg = scene['background']
+    own_motions = [layer['motion'] for layer in scene['layers']]
+    if camera and camera['dense']:
+        def layer_at(m):
+            return lambda t: motion_matrix(bg['motion'], t) @ motion_matrix(m, t)
+        num = _dense_count([(lambda t: motion_matrix(bg['motion'], t), (width, height))] +
+                           [(layer_at(m), (width, height)) for m in own_motions], taus, num)
+        taus = np.linspace(-exposure, exposure, num)
     bg_motions = [motion_matrix(bg['motion'], t) for t in taus]
     margin = int(np.ceil(_max_displacement([np.linalg.inv(m) for m in bg_motions], width, height))) + 2
     bg_texture, (ox, oy) = _prepare_texture(photos[bg['photo']], bg['hflip'], width + 2 * margin,
                                             height + 2 * margin, bg['zoom_out'], bg['offset'])
     # output p -> texture coordinates at rest; integer origin keeps the sharp frame free of resampling blur
     bg_base = _translation(round(ox) + margin, round(oy) + margin)
+    if camera:
+        bg_texture = _to_linear(bg_texture, camera)
+        _add_lights(bg_texture, camera['lights'], (round(ox) + margin, round(oy) + margin))
 
     layer_data = []
-    for layer in scene['layers']:
-        own = [motion_matrix(layer['motion'], t) for t in taus]
+    for layer, own_motion in zip(scene['layers'], own_motions):
+        own = [motion_matrix(own_motion, t) for t in taus]
         motions = [cam @ m for cam, m in zip(bg_motions, own)]  # object motion, then the camera's
         reach = int(np.ceil(_max_displacement(motions, width, height))) + 4
         alpha = _shape_alpha(layer['shape'], width, height, reach)
         texture, (tx, ty) = _prepare_texture(photos[layer['photo']], layer['hflip'], width + 2 * reach,
                                              height + 2 * reach, layer['zoom_out'], layer['texture_offset'])
         texture = np.clip(texture * layer['gain'], 0, 1)
+        if camera:
+            texture = _to_linear(texture, camera)
         layer_data.append((motions, alpha, texture, _translation(tx + reach, ty + reach), reach))
 
     middle = num // 2
@@ -362,16 +578,21 @@ def render_scene(scene, photos, return_subframes=False):
             frame += content
             if need_label:
                 label[a > 0.5] = j
-        np.clip(frame, 0, 1, out=frame)
-        linear_sum += frame
-        gamma_sum += cv2.pow(frame, GAMMA)
+        if camera:  # linear light, unclipped
+            linear_sum += frame
+            shown = _srgb(frame) if return_subframes or i == middle else None
+        else:
+            np.clip(frame, 0, 1, out=frame)
+            linear_sum += frame
+            gamma_sum += cv2.pow(frame, GAMMA)
+            shown = frame
         if i == middle:
-            sharp, label_middle = frame, label
+            sharp, label_middle = shown, label
         if return_subframes:
-            subframes.append(frame)
+            subframes.append(shown)
             labels.append(label)
 
-    # exact flows of the surface visible at each pixel of the middle frame: G(tau) p - p at tau = -1 and +1
+    # exact flows of the surface visible at each pixel of the middle frame: G(tau) p - p at the first and last tau
     xs = np.arange(width, dtype=np.float32)[None, :]
     ys = np.arange(height, dtype=np.float32)[:, None]
     flow = np.zeros((height, width, 4), np.float32)
@@ -385,12 +606,17 @@ def render_scene(scene, photos, return_subframes=False):
             flow[..., channel][visible] = ((a - 1) * xs + b * ys + c)[visible]
             flow[..., channel + 1][visible] = (d * xs + (e - 1) * ys + f)[visible]
 
+    if camera:
+        blur, blur_gamma = _camera_output(linear_sum / num, camera)
+    else:
+        blur, blur_gamma = linear_sum / num, cv2.pow(gamma_sum / num, 1.0 / GAMMA)
     result = {
         'sharp': sharp,
-        'blur': linear_sum / num,
-        'blur_gamma': cv2.pow(gamma_sum / num, 1.0 / GAMMA),
+        'blur': blur,
+        'blur_gamma': blur_gamma,
         'flow': flow,
         'labels_middle': label_middle,
+        'num_subframes': num,
     }
     if return_subframes:
         result['subframes'] = np.stack(subframes)
@@ -430,10 +656,10 @@ def sample_key(split, index):
 
 
 def _render_and_write(task):
-    index, out_dir, seed, split, width, height, blur_scale, max_blur = task
+    index, out_dir, seed, split, width, height, blur_scale, max_blur, realism, without = task
     photos = _WORKER['photos']
     rng = _sample_rng(seed, split, index)
-    scene = sample_scene(rng, len(photos), width, height, blur_scale, max_blur)
+    scene = sample_scene(rng, len(photos), width, height, blur_scale, max_blur, realism=realism, without=without)
     sample = render_scene(scene, photos)
     flow = np.clip(sample['flow'], FLOW_MIN, FLOW_MAX)  # max_blur keeps flows far inside; never wrap around
     key = sample_key(split, index)
@@ -449,11 +675,17 @@ def _render_and_write(task):
     hist, _ = np.histogram(np.minimum(extent, HIST_BINS * HIST_BIN_PX - 1e-3), HIST_BINS, (0, HIST_BINS * HIST_BIN_PX))
     record = {
         'key': key,
-        'num_subframes': scene['num_subframes'],
+        'num_subframes': sample['num_subframes'],
         'num_layers': len(scene['layers']),
         'blur_extent_mean': round(float(extent.mean()), 3),
         'blur_extent_max': round(float(extent.max()), 3),
     }
+    if 'camera' in scene:
+        camera = scene['camera']
+        record.update(exposure=round(camera['exposure'], 3), handshake='path' in scene['background']['motion'],
+                      highlight_gain=round(camera['highlight_gain'], 3), lights=len(camera['lights']),
+                      shot_noise=camera['noise'] and round(camera['noise']['shot'], 6),
+                      jpeg_quality=camera['jpeg_quality'])
     return record, hist
 
 
@@ -488,7 +720,7 @@ def check_replaceable(out_dir, photo_dir=None):
 
 
 def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, workers=1, split='all',
-                       overwrite=False, blur_scale=1.0, max_blur=60.0, progress=True):
+                       overwrite=False, blur_scale=1.0, max_blur=60.0, progress=True, realism='gopro', without=()):
     """Write ``count`` synthetic samples in GoPro layout ``out_dir/<SEQ>/{blur,blur_gamma,sharp,flow}/NNNNNN.png``.
 
     The tree is written under ``<out_dir>.partial`` and renamed at the end, so an interrupted run never leaves a
@@ -508,11 +740,16 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
         blur_scale (float): Multiplies every motion. Default: 1.0.
         max_blur (float): Cap of each surface's first-to-last translation, pixels. Default: 60.
         progress (bool): Show a progress bar. Default: True.
+        realism (str): ``'gopro'`` or ``'camera'`` (handheld-camera realism, :func:`sample_camera`).
+            Default: ``'gopro'``.
+        without (tuple[str]): Camera features switched off (``CAMERA_FEATURES``). Default: ().
 
     Returns:
         dict: The content of ``synthesis.json``.
     """
     width, height = (int(v) for v in size)
+    without = tuple(sorted(set(without)))
+    sample_scene(np.random.default_rng(0), 1, width, height, realism=realism, without=without)  # checks both
     if count < 1:
         raise ValueError(f'count must be positive, got {count}')
     if width < 16 or height < 16:
@@ -535,7 +772,7 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
     if osp.exists(tmp_dir):
         shutil.rmtree(tmp_dir)
     os.makedirs(tmp_dir)
-    tasks = [(i, tmp_dir, seed, split, width, height, blur_scale, max_blur) for i in range(count)]
+    tasks = [(i, tmp_dir, seed, split, width, height, blur_scale, max_blur, realism, without) for i in range(count)]
     records, histogram = [], np.zeros(HIST_BINS, np.int64)
     bar = tqdm(total=count, unit='sample', desc='synthesize', disable=not progress)
     if workers > 1:
@@ -563,8 +800,8 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
     meta = {
         'options': {
             'count': count, 'size': [width, height], 'seed': seed, 'split': split, 'blur_scale': blur_scale,
-            'max_blur': max_blur, 'photos': [osp.relpath(p, photo_dir) if photo_dir else osp.basename(p)
-                                             for p in photo_paths]
+            'max_blur': max_blur, 'realism': realism, 'without': list(without),
+            'photos': [osp.relpath(p, photo_dir) if photo_dir else osp.basename(p) for p in photo_paths]
         },
         'blur_extent_mean_px': round(float(extents.mean()), 3),
         'histogram': {'bin_px': HIST_BIN_PX, 'counts': histogram.tolist()},

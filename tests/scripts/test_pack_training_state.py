@@ -1,0 +1,77 @@
+"""Packed training states: everything a resume needs, in one file under a size limit."""
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+
+from sdnet_plugin.models.sdnet_model import atomic_torch_save
+
+SCRIPT = osp.join(osp.dirname(__file__), '..', '..', 'scripts', 'pack_training_state.py')
+spec = importlib.util.spec_from_file_location('pack_training_state', SCRIPT)
+pack_script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(pack_script)
+
+
+def _experiment(folder, current_iter=30):
+    torch.manual_seed(0)
+    net, ema = torch.nn.Conv2d(16, 16, 3), torch.nn.Conv2d(16, 16, 3)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10)
+    for _ in range(3):
+        net(torch.randn(2, 16, 8, 8)).square().mean().backward()
+        optimizer.step()
+        scheduler.step()
+    (folder / 'models').mkdir(parents=True)
+    (folder / 'training_states').mkdir()
+    atomic_torch_save({'params': net.state_dict(), 'params_ema': ema.state_dict(), 'network_g': {'type': 'X'}},
+                      str(folder / 'models' / f'net_g_{current_iter}.pth'))
+    state = {'epoch': 2, 'iter': current_iter, 'optimizers': [optimizer.state_dict()],
+             'schedulers': [scheduler.state_dict()], 'grad_scaler': {'scale': 1024.0}}
+    older = folder / 'training_states' / f'{current_iter - 10}.state'
+    atomic_torch_save(dict(state, iter=current_iter - 10), str(older))
+    atomic_torch_save(state, str(folder / 'training_states' / f'{current_iter}.state'))
+    return state, torch.load(folder / 'models' / f'net_g_{current_iter}.pth', weights_only=True)
+
+
+def _moments(state):
+    return [t for s in state['optimizers'][0]['state'].values() for k, t in s.items() if k != 'step']
+
+
+def test_pack_keeps_float32_when_it_fits_and_unpacks_exactly(tmp_path, capsys):
+    state, network = _experiment(tmp_path / 'exp')
+    pack_script.main(['pack', str(tmp_path / 'exp'), str(tmp_path / 'packed.pth')])
+    out = capsys.readouterr().out
+    assert 'iteration 30 packed' in out and '(exact)' in out
+    pack_script.main(['unpack', str(tmp_path / 'packed.pth'), str(tmp_path / 'resumed')])
+    restored = torch.load(tmp_path / 'resumed' / 'training_states' / '30.state', weights_only=False)
+    assert restored['iter'] == 30 and restored['epoch'] == 2 and restored['schedulers'] == state['schedulers']
+    assert restored['grad_scaler'] == {'scale': 1024.0}  # whatever else the state holds travels along
+    assert all(torch.equal(a, b) for a, b in zip(_moments(restored), _moments(state)))
+    restored_net = torch.load(tmp_path / 'resumed' / 'models' / 'net_g_30.pth', weights_only=True)
+    for key in ('params', 'params_ema'):
+        assert all(torch.equal(restored_net[key][k], v) for k, v in network[key].items())
+    assert sorted(p.name for p in (tmp_path / 'resumed').rglob('*')) == ['30.state', 'models', 'net_g_30.pth',
+                                                                         'training_states']
+
+
+def test_pack_lowers_the_precision_of_what_does_not_steer_training_first(tmp_path):
+    state, network = _experiment(tmp_path / 'exp')
+    from sdnet_plugin.train import pack_training_state, unpack_training_state
+    exact = pack_training_state(str(tmp_path / 'exp'), str(tmp_path / 'a.pth'), max_mb=1)
+    assert exact['precision'] == 'exact'
+    limit = (exact['bytes'] - 2000) / 1e6  # the EMA copy (9.3 kB as float32) has to shrink
+    assert pack_training_state(str(tmp_path / 'exp'), str(tmp_path / 'b.pth'), limit)['precision'] == 'ema16'
+    small = pack_training_state(str(tmp_path / 'exp'), str(tmp_path / 'c.pth'), (exact['bytes'] - 6000) / 1e6)
+    assert small['precision'] == 'ema16+moments_bf16' and small['bytes'] < exact['bytes'] - 6000
+    unpack_training_state(str(tmp_path / 'c.pth'), str(tmp_path / 'resumed'))
+    restored = torch.load(tmp_path / 'resumed' / 'training_states' / '30.state', weights_only=False)
+    for a, b in zip(_moments(restored), _moments(state)):
+        assert a.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-2, atol=0)
+    restored_net = torch.load(tmp_path / 'resumed' / 'models' / 'net_g_30.pth', weights_only=True)
+    assert all(torch.equal(restored_net['params'][k], v) for k, v in network['params'].items())  # exact
+    with pytest.raises(ValueError, match='raise the limit'):
+        pack_training_state(str(tmp_path / 'exp'), str(tmp_path / 'd.pth'), max_mb=0.001)
+    assert not (tmp_path / 'd.pth').exists()
+    with pytest.raises(SystemExit, match='no training state'):
+        pack_script.main(['pack', str(tmp_path / 'nothing'), str(tmp_path / 'e.pth')])
