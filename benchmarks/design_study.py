@@ -55,12 +55,14 @@ from sdnet_plugin.inference import write_atomically  # noqa: E402
 from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss  # noqa: E402
 from sdnet_plugin.losses.psnr_loss import PSNRLoss  # noqa: E402
 from sdnet_plugin.models.sdnet_model import atomic_torch_save  # noqa: E402
+from sdnet_plugin.ops import select_backend  # noqa: E402
 from speed import count_parameters, deform_conv_as_plain_conv  # noqa: E402
 
 DEFAULT_DATA = osp.join('datasets', 'study')
 DEFAULT_WORK = osp.join('experiments', 'design_study')
 DEFAULT_BUDGETS = (10, 20, 40)
 STATE_FORMAT = 1
+FRAME_SIZE = (1280, 720)  # width, height of the frame whose cost the report gives
 WARMUP_FRACTION = 0.02  # of the horizon: linear learning-rate warm-up
 FFT_WEIGHT = 0.1  # MIMO-UNet's weight of the frequency term
 OFFSET_WEIGHT = 0.1  # flow-guided offset loss, as in the shipped recipe (fading to 0 at the horizon)
@@ -238,6 +240,8 @@ class ArmRun:
             self._load()
         if self.precision == 'bf16':
             self.net = self.net.to(memory_format=torch.channels_last)
+        if arm.has_svd:  # 'auto' times the DCN backends once per process: not on the budget's clock
+            select_backend('cpu', torch.bfloat16 if self.precision == 'bf16' else torch.float32, backward=True)
 
     def _load(self):
         state = torch.load(self.state_path, map_location='cpu', weights_only=True)
@@ -448,7 +452,7 @@ def calibrate(args, arms):
     return results
 
 
-def count_macs(arm, width=1280, height=720):
+def count_macs(arm, width, height):
     """Multiply-accumulates of one forward pass (DCNs counted as their equivalent conv, see benchmarks/speed.py)."""
     from torch.utils.flop_counter import FlopCounterMode
     with torch.device('meta'):
@@ -460,7 +464,7 @@ def count_macs(arm, width=1280, height=720):
     return counter.get_total_flops() // 2
 
 
-def frame_seconds(arm, precision, width=1280, height=720, repeats=2):
+def frame_seconds(arm, precision, width, height, repeats=2):
     """Median CPU seconds (1 thread, process time) of one forward pass without autograd, after one warm-up."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -493,8 +497,8 @@ def arm_costs(args, arms):
         key = json.dumps(arm_record(arm)['network'], sort_keys=True)
         if key in costs:
             continue
-        entry = {'params': count_parameters(build_network(arm)), 'gmacs': count_macs(arm) / 1e9}
-        entry['frame_seconds'] = {p: frame_seconds(arm, p) for p in precisions}
+        entry = {'params': count_parameters(build_network(arm)), 'gmacs': count_macs(arm, *FRAME_SIZE) / 1e9}
+        entry['frame_seconds'] = {p: frame_seconds(arm, p, *FRAME_SIZE) for p in precisions}
         costs[key] = entry
         os.makedirs(args.work, exist_ok=True)
         write_atomically(path, (json.dumps(costs, indent=1) + '\n').encode())

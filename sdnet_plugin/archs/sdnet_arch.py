@@ -9,8 +9,8 @@ from sdnet_plugin.ops import ModulatedDeformConv2d
 # Preset name -> version -> settings. A preset's meaning never changes within a version: a changed design is a new
 # version, and checkpoints store the version they were trained with (``preset_version``), so they always rebuild
 # their own network. Checkpoints written before presets had versions store none and mean version 1.
-# Parameters and GMACs at 1280x720 (benchmarks/speed.py): tiny 0.43 M / 48, small 1.21 M / 149, base 2.46 M / 311,
-# light_s 0.66 M / 10.1, light_m 1.48 M / 20.7, light_l 2.87 M / 40.3.
+# Parameters and GMACs at 1280x720 (benchmarks/speed.py): tiny 0.43 M / 48.1, small 1.21 M / 149.1, base 2.46 M /
+# 311.4, light_s 1.10 M / 27.2, light_m 1.80 M / 42.1, light_l 3.98 M / 92.3.
 SDNET_PRESET_VERSIONS = {
     'tiny': {1: dict(num_feat=16, num_block=(1, 1, 2), svd_levels=(1, 2))},
     'small': {1: dict(num_feat=24, num_block=(1, 2, 3), svd_levels=(0, 1, 2))},
