@@ -16,7 +16,7 @@ from torch import nn
 
 NAFNET_CONFIGS = {
     'gopro32': dict(width=32, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
-    'light': dict(width=12, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
+    'light': dict(width=8, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
 }
 
 
