@@ -11,9 +11,10 @@ the order-invariant offset error of their sampling points against the exact flow
 
 Successive halving spends the CPU where it tells most: every arm trains to the first budget, the better half (by
 held-out PSNR gain there; ``--always`` arms stay in) continues to the second, and so on. The learning-rate horizon
-is the last budget for every arm, so a continued arm is the same run as a longer one, and all arms are compared at
-the same point of the same schedule. State is saved atomically per arm (``--work``), so a killed run continues
-where it stopped when started again with the same command.
+is the last budget for every arm (``--horizon`` sets it longer), so a continued arm is the same run as a longer
+one, and all arms are compared at the same point of the same schedule; an arm's horizon is fixed when it starts.
+State is saved atomically per arm (``--work``) every ``--save-every`` CPU-minutes, at every score, on Ctrl-C and on
+SIGTERM, so a killed run continues where it stopped when started again with the same command.
 
 Example::
 
