@@ -16,6 +16,11 @@ one, and all arms are compared at the same point of the same schedule; an arm's 
 State is saved atomically per arm (``--work``) every ``--save-every`` CPU-minutes, at every score, on Ctrl-C and on
 SIGTERM, so a killed run continues where it stopped when started again with the same command.
 
+Threads: one per process by default. On the shared 2-core machine (load 4-5) a training step with 2 threads cost
+more CPU time and more wall time than with one, and unequally so: ``light_m`` 0.84 -> 2.80 CPU-s (wall 1.2 -> 3.1 s),
+``nafnet_light`` 0.47 -> 1.97 CPU-s (wall 0.5 -> 4.0 s), so CPU-time budgets at 2 threads would charge designs
+of many small operations for waiting. ``--threads 2`` suits an idle machine.
+
 Example::
 
     python benchmarks/design_study.py --prepare                     # data under datasets/study (once)
@@ -39,9 +44,13 @@ import sys
 import threading
 import time
 
-import numpy as np
-import torch
-from tqdm import tqdm
+# Idle OpenMP threads sleep instead of spinning: spinning counts as process CPU time (it made a 2-thread training step
+# of light_m cost 4.7 CPU-seconds instead of 1.2 here) and takes cores from other processes on a shared machine.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 for _path in (ROOT, osp.join(ROOT, 'scripts'), osp.dirname(osp.abspath(__file__))):
@@ -251,9 +260,10 @@ class ArmRun:
         if state.get('format') != STATE_FORMAT or state['arm'] != arm_record(self.arm):
             raise ValueError(f'{self.state_path} holds another version of arm {self.arm.name!r}; move it away or '
                              'use another --work folder')
-        if state['precision'] != self.precision:
-            raise ValueError(f'{self.state_path} was trained in {state["precision"]}, not {self.precision}; pass '
-                             f'--precision {state["precision"]}')
+        for key, now in (('precision', self.precision), ('threads', torch.get_num_threads())):
+            if state[key] != now:  # CPU seconds would change their meaning within the arm
+                raise ValueError(f'{self.state_path} was trained with {key} {state[key]}, not {now}; pass '
+                                 f'--{key} {state[key]}')
         self.net.load_state_dict(state['network'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.counters, self.evals, self.losses = state['counters'], state['evals'], state['losses']
@@ -263,7 +273,7 @@ class ArmRun:
         os.makedirs(self.folder, exist_ok=True)
         atomic_torch_save({
             'format': STATE_FORMAT, 'arm': arm_record(self.arm), 'precision': self.precision,
-            'horizon_minutes': self.horizon_minutes, 'network': self.net.state_dict(),
+            'threads': torch.get_num_threads(), 'horizon_minutes': self.horizon_minutes, 'network': self.net.state_dict(),
             'optimizer': self.optimizer.state_dict(), 'counters': self.counters, 'evals': self.evals,
             'losses': self.losses}, self.state_path)
         summary = {'arm': arm_record(self.arm), 'precision': self.precision, 'threads': torch.get_num_threads(),
@@ -617,8 +627,8 @@ def write_report(args, arms, out_path):
                              ' | '.join(f'{b * 60 / sec:.0f}' for b in args.budgets) + ' |')
         lines += ['', f'Training CPU-minutes of successive halving with {len(arms)} arms, keeping {args.keep:g} '
                   f'of them per rung plus {len(args.always)} arm(s) that always advance (held-out evaluations come '
-                  'on top; CPU-minutes count every thread of the process, so with `--threads 2` on an idle 2-core '
-                  'machine a wall minute holds up to two of them):', '',
+                  'on top; with the default single thread a CPU-minute takes at least a wall minute, see the '
+                  'docstring on why not two threads):', '',
                   '| budgets (CPU-min) | arms per rung | training CPU-minutes |', '|---|---|---:|']
         schedules = [tuple(args.budgets)] + [s for s in ((10, 20, 40), (15, 30, 60), (10, 20, 40, 80))
                                               if s != tuple(args.budgets)]
@@ -735,7 +745,8 @@ def parse_args(argv=None):
     parser.add_argument('--data', default=osp.join(ROOT, DEFAULT_DATA), help='data folder (default: datasets/study)')
     parser.add_argument('--work', default=osp.join(ROOT, DEFAULT_WORK),
                         help='work folder with the per-arm states (default: experiments/design_study)')
-    parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (default: 2)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch CPU threads (default: 1; 2 only on an idle machine, see above)')
     parser.add_argument('--precision', choices=('auto', 'bf16', 'fp32'), default='auto',
                         help='auto: bfloat16 autocast + channels-last where the CPU has native bfloat16 (default)')
     parser.add_argument('--seed', type=int, default=0, help='seed of initialisation and batches (default: 0)')
@@ -766,6 +777,7 @@ def _stop(signum, frame):
 
 def main(argv=None):
     args = parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     arms = [ARMS_BY_NAME[name] for name in args.arm] if args.arm else list(ARMS)
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -789,6 +801,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         sys.exit('interrupted; the state of every arm is saved, run the same command to continue')
     finally:
+        torch.set_num_threads(threads)
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_handler)
 

@@ -163,7 +163,10 @@ def test_a_killed_run_continues_where_it_stopped(study, study_data, small_arms, 
     assert 'interrupted at' in (work / 'study.log').read_text()
     assert 'from 0.' in (work / 'study.log').read_text().splitlines()[-2]
 
-    # a changed arm does not silently continue another arm's state
+    # neither does the arm continue with CPU seconds of another meaning, nor a changed arm with another's state
+    with pytest.raises(SystemExit, match='was trained with threads 1, not 2; pass --threads 1'):
+        study.main(options(study_data, work, '--arm', 'light_s', '--minutes', '0.02', '--budgets', '0.02',
+                           '--threads', '2'))
     monkeypatch.setitem(study.ARMS_BY_NAME, 'light_s', dataclasses.replace(study.ARMS_BY_NAME['light_s'], lr=1.0))
     with pytest.raises(SystemExit, match="holds another version of arm 'light_s'"):
         study.main(options(study_data, work, '--arm', 'light_s', '--minutes', '0.03', '--budgets', '0.03'))
