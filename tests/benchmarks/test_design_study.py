@@ -186,3 +186,17 @@ def test_bad_input_is_a_clear_error(study, tmp_path, capsys):
         study.main(['--data', str(tmp_path / 'none'), '--work', str(tmp_path / 'work'), '--arm', 'light_s',
                     '--minutes', '1'])
     assert not (tmp_path / 'work').exists()
+
+
+def test_nafnet_baseline_configurations(load_benchmark):
+    nafnet = load_benchmark('nafnet_baseline')
+    gopro = nafnet.build_nafnet('gopro32')
+    assert 16.5e6 < sum(p.numel() for p in gopro.parameters()) < 17.5e6  # the paper's GoPro width-32 model
+    net = nafnet.build_nafnet('light').eval()
+    x = torch.rand(1, 3, 21, 35)
+    with torch.no_grad():
+        assert torch.equal(net(x), x)  # starts as the identity, like SDNet
+        torch.nn.init.normal_(net.ending.weight, std=0.1)
+        assert net(x).shape == x.shape and not torch.equal(net(x), x)
+    with pytest.raises(ValueError, match='unknown NAFNet configuration'):
+        nafnet.build_nafnet('huge')
