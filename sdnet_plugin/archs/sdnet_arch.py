@@ -68,8 +68,8 @@ class GatedBlock(nn.Module):
 
     ``x + scale * pw_out(a * b)`` with ``(a, b) = split(pw_in(dw(x)))``: the depthwise ``k x k`` convolution mixes
     space at a cost linear in the channels, the gate (one half of the expanded features multiplies the other) is the
-    nonlinearity, and the per-channel ``scale`` starts at zero, so a new block is the identity and deep stacks train
-    at high learning rates without normalization layers.
+    nonlinearity, and the per-channel ``scale`` starts at zero, so a new block is the identity (there is no
+    normalization layer to keep a deep stack's features in range at the start).
 
     Args:
         num_feat (int): Channels.
