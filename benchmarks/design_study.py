@@ -459,10 +459,16 @@ def calibrate(args, arms):
             if i >= 2:
                 times.append(time.process_time() - start)
         results[arm.name] = {'seconds_per_iter': statistics.median(times), 'precision': precision,
-                             'threads': torch.get_num_threads(), 'steps': len(times)}
+                             'threads': torch.get_num_threads(), 'steps': len(times), 'dcn_backend': dcn_backend(
+                                 precision, backward=True)}
         log(args, f'calibrate {arm.name}: {results[arm.name]["seconds_per_iter"]:.2f} CPU-s per iteration')
         write_atomically(path, (json.dumps(results, indent=1) + '\n').encode())
     return results
+
+
+def dcn_backend(precision, backward):
+    """The DCN backend ``'auto'`` picks on this CPU for ``precision`` (training or inference)."""
+    return select_backend('cpu', torch.bfloat16 if precision == 'bf16' else torch.float32, backward=backward)
 
 
 def frame_seconds(arm, precision, width, height, repeats=2):
@@ -501,6 +507,7 @@ def arm_costs(args, arms):
         entry = {'params': count_parameters(build_network(arm)),
                  'gmacs': count_macs(lambda: build_network(arm), *FRAME_SIZE) / 1e9}
         entry['frame_seconds'] = {p: frame_seconds(arm, p, *FRAME_SIZE) for p in precisions}
+        entry['dcn_backend'] = {p: dcn_backend(p, backward=False) for p in precisions}
         costs[key] = entry
         os.makedirs(args.work, exist_ok=True)
         write_atomically(path, (json.dumps(costs, indent=1) + '\n').encode())
@@ -556,6 +563,15 @@ def _claim(summaries, budgets, with_arm, without_arm):
     return None
 
 
+def dcn_names(entries):
+    """The DCN backends recorded in calibration or cost entries, as Markdown."""
+    names = set()
+    for entry in entries:
+        backend = entry.get('dcn_backend', '?')
+        names |= set(backend.values()) if isinstance(backend, dict) else {backend}
+    return ' / '.join(f'`{name}`' for name in sorted(names))
+
+
 def write_report(args, arms, out_path):
     """``docs/design_study.md`` and ``docs/images/design_study_gain.png`` from the work folder."""
     costs = arm_costs(args, arms)
@@ -595,8 +611,9 @@ def write_report(args, arms, out_path):
         '',
         'Parameters; GMACs of one 1280x720 frame (deformable convolutions counted as their equivalent conv); CPU '
         'time of one 1280x720 frame without autograd, 1 thread, float32 and bfloat16 + channels-last, the best in '
-        f'bold (median of 2 after a warm-up, DCN backend `auto`; cached in `{work_rel}/costs.json`: delete it to '
-        'measure again, e.g. after a DCN backend change or on an idle machine).',
+        f'bold (median of 2 after a warm-up, DCN backend `auto`, which picked {dcn_names(costs.values())}; cached '
+        f'in `{work_rel}/costs.json`: delete it to measure again, e.g. after a DCN backend change or on an idle '
+        'machine).',
         '',
         '| arm | what | lr | loss | crops | parameters | GMACs 720p | 720p fp32 (s) | 720p bf16 (s) |',
         '|---|---|---:|---|---|---:|---:|---:|---:|',
@@ -615,7 +632,8 @@ def write_report(args, arms, out_path):
             '', '## Planned budgets (calibration)', '',
             'CPU seconds per training iteration (median of a few steps after two warm-up steps, '
             f'{next(iter(calibration.values()))["threads"]} thread(s), '
-            f'{next(iter(calibration.values()))["precision"]}), and the iterations each budget buys:',
+            f'{next(iter(calibration.values()))["precision"]}, DCN backend {dcn_names(calibration.values())}), and '
+            'the iterations each budget buys:',
             '',
             '| arm | CPU-s / iteration | ' + ' | '.join(f'iterations in {b:g} CPU-min' for b in args.budgets) + ' |',
             '|---|---:|' + '---:|' * len(args.budgets),
