@@ -100,9 +100,12 @@ def count_parameters(net):
 
 
 def count_macs(preset, width, height):
-    """Multiply-accumulates of one forward pass at ``width x height``; DCNs counted as their equivalent conv."""
+    """Multiply-accumulates of one forward pass at ``width x height``; DCNs counted as their equivalent conv.
+
+    ``preset`` is an SDNet preset name or a function returning any network.
+    """
     with torch.device('meta'):
-        net = SDNet(preset).eval()
+        net = (preset() if callable(preset) else SDNet(preset)).eval()
         x = torch.empty(1, 3, height, width)
     counter = FlopCounterMode(display=False)
     with deform_conv_as_plain_conv(), counter, torch.no_grad():

@@ -14,6 +14,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from sdnet_plugin.archs.sdnet_arch import pin_preset_version
 from sdnet_plugin.utils import error_line
 
 __all__ = [
@@ -116,7 +117,8 @@ def load_weights(weights_path, preset='base'):
             experiment folder says which network it is. Default: ``'base'``.
 
     Returns:
-        tuple[dict, dict]: the state dict (``params_ema`` preferred) and the network options.
+        tuple[dict, dict]: the state dict (``params_ema`` preferred) and the network options, SDNet's with their
+        ``preset_version`` (1 for files written before presets had versions).
     """
     weights_path = Path(weights_path)
     if not weights_path.is_file():
@@ -146,7 +148,7 @@ def load_weights(weights_path, preset='base'):
     network_opt = checkpoint.get('network_g') or _read_option_file_network(weights_path)
     if not network_opt:
         network_opt = {'type': 'SDNet', 'preset': preset}
-    return state_dict, dict(network_opt)
+    return state_dict, pin_preset_version(network_opt)
 
 
 def build_sdnet(network_opt, state_dict=None):

@@ -93,7 +93,7 @@ def test_disk_training_with_offset_loss_then_test(synthetic_gopro, experiment, t
     first_seq = synthetic_gopro['keys'][0].replace('/', '_')
     assert (exp / 'visualization' / first_seq / f'{first_seq}_2.png').is_file()
     checkpoint = torch.load(exp / 'models' / 'net_g_2.pth', weights_only=True)
-    assert checkpoint['network_g'] == NETWORK and 'params_ema' in checkpoint
+    assert checkpoint['network_g'] == {**NETWORK, 'preset_version': 1} and 'params_ema' in checkpoint
 
     test_opt = {
         'name': experiment, 'model_type': 'SDNetModel', 'scale': 1, 'num_gpu': 0, 'manual_seed': 0,
@@ -165,7 +165,7 @@ def test_bad_option_is_a_one_line_error(synthetic_gopro, experiment, tmp_path):
     result = run(TRAIN, write_options(opt, tmp_path), check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == \
-        "error: unknown SDNet preset 'huge'; choose one of tiny, small, base"
+        "error: unknown SDNet preset 'huge'; choose one of tiny, small, base, light_s, light_m, light_l"
     assert 'Traceback' not in result.stderr
 
 

@@ -1,21 +1,13 @@
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from sdnet_plugin.archs.sdnet_arch import SDNet
 from sdnet_plugin.ops import ModulatedDeformConv2d
 
-SCRIPT = Path(__file__).resolve().parents[2] / 'benchmarks' / 'speed.py'
-
 
 @pytest.fixture(scope='module')
-def speed():
-    spec = importlib.util.spec_from_file_location('speed_benchmark', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def speed(load_benchmark):
+    return load_benchmark('speed')
 
 
 def macs_by_hooks(preset, width, height):
@@ -36,9 +28,10 @@ def macs_by_hooks(preset, width, height):
     return sum(total)
 
 
-@pytest.mark.parametrize('preset', ['tiny', 'base'])
+@pytest.mark.parametrize('preset', ['tiny', 'base', 'light_s'])
 def test_macs_count_every_convolution_and_deformable_convolution(speed, preset):
     assert speed.count_macs(preset, 40, 24) == macs_by_hooks(preset, 40, 24)
+    assert speed.count_macs(lambda: SDNet(preset, num_out_ch=1), 40, 24) < speed.count_macs(preset, 40, 24)
 
 
 def test_dcn_counting_patch_is_undone(speed):

@@ -7,6 +7,7 @@ from sdnet_plugin.inference import (TILE_ALIGN, auto_tile_size, export_weights, 
                                     tiled_forward)
 
 TINY = {'type': 'SDNet', 'preset': 'tiny'}
+TINY_V1 = {**TINY, 'preset_version': 1}  # as loaded: files without a preset version are version 1
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
 
@@ -19,7 +20,7 @@ def test_training_checkpoint_prefers_params_ema_and_reads_network_g(tmp_path, ti
     torch.save({'params': raw.state_dict(), 'params_ema': ema.state_dict(), 'network_g': TINY},
                tmp_path / 'net_g_1000.pth')
     net, network_opt = load_network(tmp_path / 'net_g_1000.pth', preset='base')
-    assert network_opt == TINY
+    assert network_opt == TINY_V1
     assert _same_parameters(net, ema) and not _same_parameters(net, raw)
     assert not any(p.requires_grad for p in net.parameters())
 
@@ -31,9 +32,9 @@ def test_network_from_experiment_option_file_then_preset(tmp_path, tiny_sdnet, c
     # without network_g and option file, only the fallback preset tells the architecture
     with pytest.raises(ValueError, match='do not fit'):
         load_weights(ckpt) and load_network(ckpt, preset='base')
-    assert load_network(ckpt, preset='tiny')[1] == TINY
+    assert load_network(ckpt, preset='tiny')[1] == TINY_V1
     (models.parent / 'train_run.yml').write_text('name: run\nnetwork_g:\n  type: SDNet\n  preset: tiny\n')
-    assert load_network(ckpt, preset='base')[1] == TINY
+    assert load_network(ckpt, preset='base')[1] == TINY_V1
 
 
 def test_bad_weights_files_give_one_line_errors(tmp_path):
@@ -52,7 +53,7 @@ def test_export_writes_float16_params_that_reproduce_the_network(tmp_path, tiny_
     size = export_weights(tiny_weights, tmp_path / 'shipped' / 'sdnet_tiny.pth')
     shipped = torch.load(tmp_path / 'shipped' / 'sdnet_tiny.pth', weights_only=True)
     assert size == (tmp_path / 'shipped' / 'sdnet_tiny.pth').stat().st_size
-    assert set(shipped) == {'params', 'network_g'} and shipped['network_g'] == TINY
+    assert set(shipped) == {'params', 'network_g'} and shipped['network_g'] == TINY_V1
     assert all(v.dtype == torch.float16 for v in shipped['params'].values() if v.is_floating_point())
     x = torch.rand(1, 3, 24, 20)
     with torch.no_grad():

@@ -71,7 +71,7 @@ def test_checkpoint_architecture_and_ema_weights_are_evaluated(tmp_path):
     torch.save({'params': net.state_dict(), 'params_ema': ema.state_dict(),
                 'network_g': {'type': 'SDNet', 'preset': 'tiny'}}, path)
     loaded, network_opt = eval_heldout.load_network(str(path), preset='base')  # what the command line uses
-    assert network_opt == {'type': 'SDNet', 'preset': 'tiny'}
+    assert network_opt == {'type': 'SDNet', 'preset': 'tiny', 'preset_version': 1}
     for name, value in loaded.state_dict().items():
         assert torch.equal(value, ema.state_dict()[name])
 
