@@ -45,7 +45,7 @@ def missing_weights_message(prog):
 DEFAULT_WEIGHTS = find_default_weights() or DEFAULT_WEIGHTS_CANDIDATES[-1]
 # Tile sides are multiples of the network's downsampling factor, so every tile sees the same stride-2/4 sampling
 # phase as the whole image and tiled output matches untiled output.
-TILE_ALIGN = 8
+TILE_ALIGN = 4
 # Peak inference memory per input pixel and feature channel at full resolution, in elements (measured on CPU for
 # the SDNet presets with the torchvision DCN backend: about 3.9 KB per pixel for 32 float32 channels).
 ELEMENTS_PER_PIXEL_PER_FEATURE = 32

@@ -102,7 +102,8 @@ def _broken_checkpoint(tiny_sdnet, checkpoint_writer, path, kind):
            'channels (is it a super-resolution checkpoint?)'),
     ('nan', 'weights {path} hold NaN or infinite values (1 tensors, e.g. conv_last.weight): the training run '
             'diverged; use an earlier checkpoint'),
-    ('unknown argument', "cannot build the network {{'type': 'SDNet', 'preset': 'tiny', 'nmu_feat': 16}}: "
+    ('unknown argument', "cannot build the network {{'type': 'SDNet', 'preset': 'tiny', 'nmu_feat': 16, "
+                         "'preset_version': 1}}: "
                          "SDNet.__init__() got an unexpected keyword argument 'nmu_feat'"),
     ('unknown type', "unknown arch type 'SDNett' (network_g.type); did you mean SDNet?"),
 ])

@@ -48,7 +48,7 @@ def test_onnx_model_matches_pytorch_at_any_size(tiny_onnx, tiny_weights):
     assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))  # N, H, W free
     assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     runner = export.OnnxNetwork(path, threads=1)
-    assert runner.network_opt == {'type': 'SDNet', 'preset': 'tiny'}
+    assert runner.network_opt == {'type': 'SDNet', 'preset': 'tiny', 'preset_version': 1}
     for shape in ((1, 37, 53), (2, 24, 40), (1, 5, 130)):
         x = _image(*shape)
         out = runner.run(x.numpy())
@@ -108,7 +108,8 @@ def test_deblur_runs_the_onnx_model(tiny_onnx, tiny_weights, tmp_path, capsys):
     cv2.imwrite(str(tmp_path / 'shot.png'), photo)
     common = [str(tmp_path / 'shot.png'), '--threads', '1', '--tile', '16', '--tile-overlap', '16']
     assert deblur.main(common + ['-o', str(tmp_path / 'onnx'), '--onnx', str(tiny_onnx[0])]) == 0
-    assert deblur.main(common + ['-o', str(tmp_path / 'torch'), '--weights', str(tiny_weights)]) == 0
+    assert deblur.main(common + ['-o', str(tmp_path / 'torch'), '--weights', str(tiny_weights), '--precision',
+                                 'fp32']) == 0
     assert 'onnxruntime' in capsys.readouterr().err
     restored = cv2.imread(str(tmp_path / 'onnx' / 'shot.png')).astype(int)
     assert restored.shape == photo.shape
