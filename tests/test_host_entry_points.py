@@ -60,7 +60,8 @@ def test_python_m_basicsr_train_then_test(hooked_python, synthetic_gopro, tmp_pa
     exp = tmp_path / 'experiments' / name
     log = read_log(exp)
     assert 'iter:       2' in log and 'l_pix:' in log and 'l_offset:' in log
-    assert torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)['network_g'] == dict(NETWORK, preset_version=1)
+    checkpoint = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
+    assert checkpoint['network_g'] == dict(NETWORK, preset_version=1)
     assert not (BASICSR_DIR.parent / 'experiments' / name).exists()
 
     test_opt = {
