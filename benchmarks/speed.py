@@ -146,7 +146,8 @@ def median_time(fn, repeats, warmup, clock):
 
 
 # One SVD-sized deformable layer against a plain conv: (label, input shape, training).
-LAYER_CASES = (('inference 1x32x720x1280', (1, 32, 720, 1280), False), ('training 8x32x128x128', (8, 32, 128, 128), True))
+LAYER_CASES = (('inference 1x32x720x1280', (1, 32, 720, 1280), False),
+               ('training 8x32x128x128', (8, 32, 128, 128), True))
 # The CPU paths compared by the fast-path tables: (name, autocast dtype, channels-last, DCN backend).
 OLD_PATH = ('fp32 NCHW, torch DCN', None, False, 'torch')
 

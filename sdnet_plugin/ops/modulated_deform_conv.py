@@ -243,8 +243,9 @@ def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, pa
     if mask.shape != (b, k, ho, wo):
         raise ValueError(f'mask must have shape {(b, k, ho, wo)}, got {tuple(mask.shape)}')
     if backend == 'auto':
-        backend = select_backend(input.device, _autocast_dtype(input.device.type, input.dtype), backward=torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (input, offset, mask, weight, bias)))
+        training = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (input, offset, mask, weight, bias))
+        backend = select_backend(input.device, _autocast_dtype(input.device.type, input.dtype), backward=training)
     elif backend not in _IMPLS:
         raise ValueError(f'unknown backend {backend!r}; choose from auto, {", ".join(BACKENDS)}')
     elif backend not in available_backends():
