@@ -333,6 +333,7 @@ def test_fused_accepts_any_layout_and_returns_channels_last(channels, monkeypatc
     row per kernel call, the generic and the fixed channel-count code paths."""
     from sdnet_plugin.ops import fused_cpu
     monkeypatch.setattr(fused_cpu, '_CHUNK_BYTES', 1)
+    monkeypatch.setattr(fused_cpu, '_INFERENCE_CHUNK_BYTES', 1)
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(2, channels, 9, 11, generator=gen)
     head = torch.randn(2, 27, 9, 11, generator=gen).contiguous(memory_format=torch.channels_last)
