@@ -198,7 +198,9 @@ def _forward(sampler, weight_2d, bias, keep_columns):
     """Output ``(B, C_out, Ho, Wo)`` (channels-last memory) chunk by chunk, the bias added by the matrix product, and
     the columns of each chunk when ``keep_columns``."""
     b, c = sampler.x.shape[:2]
-    out = torch.empty(b, sampler.ho, sampler.wo, weight_2d.shape[0], dtype=weight_2d.dtype)
+    out = torch.empty(b, weight_2d.shape[0], sampler.ho, sampler.wo, dtype=weight_2d.dtype,
+                      memory_format=torch.channels_last)
+    rows_view = out.permute(0, 2, 3, 1)  # (B, Ho, Wo, C_out), contiguous
     weight_t = weight_2d.t()
     bias = None if bias is None else bias.to(weight_2d.dtype)
     kept, workspace = [], None
@@ -212,12 +214,12 @@ def _forward(sampler, weight_2d, bias, keep_columns):
                 workspace = torch.empty(sampler.chunk_rows * sampler.wo, weight_2d.shape[1], dtype=weight_2d.dtype)
             cols = workspace[:size]
         sampler.im2col(cols, image, row, rows)
-        target = out[image, row:row + rows].view(size, -1)
+        target = rows_view[image, row:row + rows].view(size, -1)
         if bias is None:
             torch.mm(cols, weight_t, out=target)
         else:
             torch.addmm(bias, cols, weight_t, out=target)
-    return out.permute(0, 3, 1, 2), kept
+    return out, kept  # not a view: autograd lets callers modify it in place
 
 
 class _FusedDeformConv(torch.autograd.Function):

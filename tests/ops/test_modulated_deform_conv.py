@@ -392,3 +392,16 @@ def test_non_finite_or_huge_offsets_never_crash(backend, bad):
     keep = torch.ones_like(out, dtype=torch.bool)
     keep[0, :, 2, 3] = False
     torch.testing.assert_close(out[keep], reference[keep])
+
+
+@requires_fused
+@pytest.mark.parametrize('bias', [True, False])
+def test_fused_output_can_be_modified_in_place(bias):
+    """The SVD module applies an in-place activation to the layer's output and trains through it."""
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2d(4, 4, bias=bias, backend='fused')
+    torch.nn.init.normal_(layer.conv_offset[-1].weight, std=0.1)
+    x = torch.randn(2, 4, 9, 7, requires_grad=True)
+    out, _, _ = layer(x)
+    torch.nn.functional.leaky_relu_(out, 0.1).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and layer.weight.grad.abs().sum() > 0
