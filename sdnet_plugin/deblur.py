@@ -227,7 +227,8 @@ class Restorer:
         while True:
             try:
                 with precision.autocast(self.device, torch.bfloat16 if self.autocast else None):
-                    outputs = tiled_forward(self._forward, x, self.tile, self.overlap, progress=progress)
+                    outputs = tiled_forward(self._forward, x, self.tile, self.overlap, progress=progress,
+                                            align=getattr(self.net, 'pad_multiple', 1))
                 break
             except torch.cuda.OutOfMemoryError:
                 # the memory estimate was optimistic (or other processes took memory): retry with smaller tiles

@@ -257,10 +257,10 @@ def auto_tile_size(net, device, dtype, overlap, memory_fraction=0.4, max_tile=20
     return max(64, min(max_tile, side // TILE_ALIGN * TILE_ALIGN))
 
 
-def _tile_starts(length, tile):
-    """Core boundaries that split ``length`` into near-equal parts of at most ``tile``, aligned to ``TILE_ALIGN``."""
+def _tile_starts(length, tile, align=TILE_ALIGN):
+    """Core boundaries that split ``length`` into near-equal parts of at most ``tile``, aligned to ``align``."""
     count = max(1, math.ceil(length / tile))
-    step = math.ceil(length / count / TILE_ALIGN) * TILE_ALIGN
+    step = math.ceil(length / count / align) * align
     bounds = list(range(0, length, step))
     return [(start, min(start + step, length)) for start in bounds]
 
@@ -277,7 +277,7 @@ def _ramp(length, start, end, blend, size):
     return weight.clamp_(0, 1)
 
 
-def tiled_forward(forward, image, tile=None, overlap=96, blend=16, progress=False):
+def tiled_forward(forward, image, tile=None, overlap=96, blend=16, progress=False, align=TILE_ALIGN):
     """Run ``forward`` on overlapping tiles of ``image`` and blend the results smoothly.
 
     The image is split into cores of at most ``tile`` pixels; each core is run with ``overlap`` pixels of context
@@ -292,6 +292,8 @@ def tiled_forward(forward, image, tile=None, overlap=96, blend=16, progress=Fals
         overlap (int): Context pixels around each core (rounded up to ``TILE_ALIGN``). Default: 96.
         blend (int): Width of the cross-fade in pixels (at most ``overlap``). Default: 16.
         progress (bool): Show a progress bar over the tiles. Default: False.
+        align (int): Tile starts, cores and overlaps are multiples of this (of ``TILE_ALIGN`` and of the network's
+            padding multiple, so that tiles see the same padding as the whole image). Default: ``TILE_ALIGN``.
 
     Returns:
         dict[str, Tensor]: the blended outputs, float32 on the CPU.
@@ -299,11 +301,12 @@ def tiled_forward(forward, image, tile=None, overlap=96, blend=16, progress=Fals
     _, _, height, width = image.shape
     if not tile or (tile >= height and tile >= width):
         return {name: out.float().cpu() for name, (out, _) in forward(image).items()}
-    tile = max(TILE_ALIGN, tile // TILE_ALIGN * TILE_ALIGN)
-    overlap = math.ceil(overlap / TILE_ALIGN) * TILE_ALIGN
+    align = math.lcm(TILE_ALIGN, align)
+    tile = max(align, tile // align * align)
+    overlap = math.ceil(overlap / align) * align
     blend = max(2, min(blend, overlap))
     sums, weights = {}, {}
-    cores = [(y, x) for y in _tile_starts(height, tile) for x in _tile_starts(width, tile)]
+    cores = [(y, x) for y in _tile_starts(height, tile, align) for x in _tile_starts(width, tile, align)]
     for (y0, y1), (x0, x1) in tqdm(cores, desc='tiles', unit='tile', leave=False, disable=not progress):
         in_y0, in_y1 = max(0, y0 - overlap), min(height, y1 + overlap)
         in_x0, in_x1 = max(0, x0 - overlap), min(width, x1 + overlap)
@@ -315,7 +318,7 @@ def tiled_forward(forward, image, tile=None, overlap=96, blend=16, progress=Fals
             if name not in sums:
                 sums[name] = torch.zeros(out.shape[:2] + (-(-height // stride), -(-width // stride)))
                 weights[name] = torch.zeros(sums[name].shape[-2:])
-            # tile starts are multiples of TILE_ALIGN, hence of every stride: the tile lands on whole cells
+            # tile starts are multiples of the alignment, hence of every stride: the tile lands on whole cells
             weight_s = weight[::stride, ::stride] if stride > 1 else weight
             oy, ox = in_y0 // stride, in_x0 // stride
             h_s, w_s = out.shape[-2:]

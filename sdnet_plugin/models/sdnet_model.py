@@ -107,7 +107,8 @@ def tiled_forward(net, lq, tile_size, tile_overlap=96):
     """
     if tile_size <= 0:
         return net(lq)
-    outputs = inference.tiled_forward(lambda x: {'image': (net(x), 1)}, lq, tile=tile_size, overlap=tile_overlap)
+    outputs = inference.tiled_forward(lambda x: {'image': (net(x), 1)}, lq, tile=tile_size, overlap=tile_overlap,
+                                      align=getattr(net, 'pad_multiple', 1))
     return outputs['image'].to(device=lq.device, dtype=lq.dtype)
 
 

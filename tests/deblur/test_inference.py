@@ -115,3 +115,19 @@ def test_half_precision_on_cuda_matches_float32(tiny_weights):
         out = net(x.cuda().half()).float().cpu()
     assert next(net.parameters()).dtype == torch.float16
     assert (out - reference).abs().max() < 2e-2
+
+
+def test_tiles_follow_the_network_padding_multiple():
+    """A network that pads to multiples of 8 (four levels) gets tiles whose starts and sizes are multiples of 8."""
+    seen = []
+
+    def forward(x):
+        seen.append(x.shape[-2:])
+        return {'image': (x.clone(), 1)}
+
+    image = torch.rand(1, 3, 77, 101)
+    out = inference.tiled_forward(forward, image, tile=30, overlap=10, align=8)
+    assert torch.allclose(out['image'], image)
+    starts = inference._tile_starts(101, 30, 8)
+    assert all(start % 8 == 0 for start, _ in starts) and starts[-1][1] == 101
+    assert len(seen) == len(inference._tile_starts(77, 30, 8)) * len(starts)
