@@ -205,7 +205,7 @@ def test_cuda_half_precision_default(tmp_path, tiny_weights, capsys):
 def test_out_of_memory_retries_with_smaller_tiles(monkeypatch, tiny_sdnet):
     tiles = []
 
-    def tiled_forward(forward, image, tile, overlap, progress=False):
+    def tiled_forward(forward, image, tile, overlap, progress=False, align=4):
         tiles.append(tile)
         if not tile or tile > 100:
             raise torch.cuda.OutOfMemoryError('CUDA out of memory')
