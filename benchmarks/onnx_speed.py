@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # benchmarks/speed.py and the repository's sdnet_plugin
+from sdnet_plugin import precision  # noqa: E402
 from sdnet_plugin.export import DEFORM_OPS, OnnxNetwork, export_onnx  # noqa: E402
 from sdnet_plugin.inference import find_default_weights, load_network  # noqa: E402
 from sdnet_plugin.ops import ModulatedDeformConv2d, select_backend  # noqa: E402
@@ -135,6 +136,15 @@ def timing(args):
             layer.backend = backend
     with torch.inference_mode():
         rows.append(('PyTorch', f'{backend} backend', median_time(lambda: net(image), args.repeats, 1, clock)))
+    dtype = precision.resolve('auto', 'cpu')
+    if dtype is not None:  # the default CPU path of sdnet-deblur, for reference (not float32)
+        fast = net.to(memory_format=torch.channels_last)
+        for layer in fast.modules():
+            if isinstance(layer, ModulatedDeformConv2d):
+                layer.backend = 'auto'
+        with torch.inference_mode(), precision.autocast('cpu', dtype):
+            rows.append((f'PyTorch, {precision.name_of(dtype)} channels-last', 'auto backend',
+                         median_time(lambda: fast(image), args.repeats, 1, clock)))
     with tempfile.TemporaryDirectory() as folder:
         array = image.numpy()
         for deform_op, session in exported_models(args, folder):
