@@ -202,6 +202,20 @@ def run_pipeline(name):
             pipeline(ROOT_PATH)
     except (ValueError, OSError, NonFiniteStop) as error:
         sys.exit(f'error: {error_line(error)}')
+    end_process_group()
+
+
+def end_process_group():
+    """Under ``torchrun``: wait for every rank, then tear the process group down.
+
+    BasicSR's pipelines leave the group to the interpreter's exit, where a rank that finishes first can destroy its
+    gloo connections while a peer still uses them; that rank then dies with ``terminate called without an active
+    exception`` (SIGABRT) and the launcher reports the run as failed although it ended.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def main():
