@@ -104,6 +104,8 @@ class Arm:
             fading linearly to 0 at the horizon). Default: ``'none'``.
         patch (int): Training crop side. Default: 128.
         batch (int): Crops per step. Default: 8.
+        offset_fade (float): Share of the horizon over which the offset loss fades to 0 (1: the whole run; 0.25:
+            flow guidance for the first quarter only, then the sampling points are free). Default: 1.0.
     """
     name: str
     what: str
@@ -113,6 +115,7 @@ class Arm:
     offset_loss: str = 'none'
     patch: int = 128
     batch: int = 8
+    offset_fade: float = 1.0
 
     @property
     def has_svd(self):
@@ -148,6 +151,11 @@ ARMS = [
         offset_loss='order_invariant', patch=64, batch=32),
     Arm('light_m_p256b2', 'light_m, 2 crops of 256x256 (same pixels per step)', _sdnet('light_m'),
         offset_loss='order_invariant', patch=256, batch=2),
+    Arm('light', 'light SDNet: the NAFNet-style peer\'s backbone with SVD modules at 1/4, 1/8, flow-guided',
+        _sdnet('light'), offset_loss='order_invariant'),
+    Arm('light_noflow', 'light, SVD modules without flow guidance', _sdnet('light')),
+    Arm('light_warm', 'light, flow guidance for the first quarter of the schedule only', _sdnet('light'),
+        offset_loss='order_invariant', offset_fade=0.25),
     Arm('nafnet_light', 'NAFNet-style peer at the 720p cost of light_m (width 8)', ('NAFNet', 'light')),
     Arm('nafnet32', 'NAFNet-style GoPro configuration (width 32)', ('NAFNet', 'gopro32')),
 ]
@@ -166,6 +174,8 @@ def build_network(arm, dcn_backend='auto'):
 def arm_record(arm):
     """The arm's settings as plain data (stored with its state; a changed arm refuses to resume)."""
     record = dataclasses.asdict(arm)
+    if record['offset_fade'] == 1.0:  # arms recorded before the setting existed
+        del record['offset_fade']
     record['network'] = [arm.network[0], dict(arm.network[1]) if arm.network[0] == 'SDNet' else arm.network[1]]
     return record
 
@@ -293,7 +303,8 @@ class ArmRun:
         progress = self.counters['cpu_seconds'] / (self.horizon_minutes * 60)
         for group in self.optimizer.param_groups:
             group['lr'] = learning_rate(self.arm, progress)
-        offset_weight = OFFSET_WEIGHT * max(0.0, 1 - progress) if self.offset_loss is not None else 0.0
+        offset_weight = (OFFSET_WEIGHT * max(0.0, 1 - progress / self.arm.offset_fade)
+                         if self.offset_loss is not None else 0.0)
         bf16 = self.precision == 'bf16'
         lq = batch['lq'].to(memory_format=torch.channels_last) if bf16 else batch['lq']
         self.net.train()

@@ -10,72 +10,17 @@ pointwise feed-forward part; most blocks sit at the coarsest scale.
 block, decoder blocks 1, 1, 1, 1; about 17 M parameters); ``light`` has the same layout at the width whose 1280x720
 cost on the CPU is that of SDNet ``light_m`` (docs/design_study.md).
 """
-import torch
 import torch.nn.functional as F
 from torch import nn
+
+# The blocks are SDNet's own normalized gated blocks, so that the SDNet arms built of them differ from this baseline
+# by their SVD modules only.
+from sdnet_plugin.archs.sdnet_arch import NormGatedBlock as NAFBlock
 
 NAFNET_CONFIGS = {
     'gopro32': dict(width=32, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
     'light': dict(width=8, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
 }
-
-
-class ChannelNorm(nn.LayerNorm):
-    """Layer norm over the channels of every pixel (``(B, C, H, W)`` -> same), with a per-channel affine map.
-
-    Runs as :func:`torch.nn.functional.layer_norm` on the ``(B, H, W, C)`` view, which is free for channels-last
-    tensors.
-
-    Args:
-        num_feat (int): Channels.
-        eps (float): Added to the variance. Default: 1e-6.
-    """
-
-    def __init__(self, num_feat, eps=1e-6):
-        super().__init__(num_feat, eps=eps)
-
-    def forward(self, x):
-        """``(B, C, H, W)`` -> ``(B, C, H, W)``."""
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-def simple_gate(x):
-    """SimpleGate: the first half of the channels times the second half, ``(B, 2C, H, W)`` -> ``(B, C, H, W)``."""
-    a, b = x.chunk(2, dim=1)
-    return a * b
-
-
-class NAFBlock(nn.Module):
-    """Nonlinear-activation-free block: a spatial part and a feed-forward part, each with a learned residual scale
-    that starts at zero.
-
-    Args:
-        num_feat (int): Channels.
-        dw_expand (int): Expansion of the spatial part before SimpleGate. Default: 2.
-        ffn_expand (int): Expansion of the feed-forward part before SimpleGate. Default: 2.
-    """
-
-    def __init__(self, num_feat, dw_expand=2, ffn_expand=2):
-        super().__init__()
-        dw_ch, ffn_ch = num_feat * dw_expand, num_feat * ffn_expand
-        self.norm1 = ChannelNorm(num_feat)
-        self.pw1 = nn.Conv2d(num_feat, dw_ch, 1)
-        self.dw = nn.Conv2d(dw_ch, dw_ch, 3, 1, 1, groups=dw_ch)
-        self.attention = nn.Conv2d(dw_ch // 2, dw_ch // 2, 1)  # simplified channel attention
-        self.pw2 = nn.Conv2d(dw_ch // 2, num_feat, 1)
-        self.norm2 = ChannelNorm(num_feat)
-        self.ffn_in = nn.Conv2d(num_feat, ffn_ch, 1)
-        self.ffn_out = nn.Conv2d(ffn_ch // 2, num_feat, 1)
-        self.beta = nn.Parameter(torch.zeros(1, num_feat, 1, 1))
-        self.gamma = nn.Parameter(torch.zeros(1, num_feat, 1, 1))
-
-    def forward(self, x):
-        """``(B, C, H, W)`` -> ``(B, C, H, W)``."""
-        y = simple_gate(self.dw(self.pw1(self.norm1(x))))
-        y = y * self.attention(F.adaptive_avg_pool2d(y, 1))
-        x = x + self.pw2(y) * self.beta
-        y = self.ffn_out(simple_gate(self.ffn_in(self.norm2(x))))
-        return x + y * self.gamma
 
 
 class NAFNetBaseline(nn.Module):

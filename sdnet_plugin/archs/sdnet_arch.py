@@ -24,10 +24,14 @@ SDNET_PRESET_VERSIONS = {
                         svd_levels=(2, 3), svd_head_ratio=0.5)},
     'light_l': {1: dict(block_type='gated', num_feat=24, num_block=(0, 2, 4, 12), num_dec_block=(0, 1, 2),
                         svd_levels=(2, 3), svd_head_ratio=0.5)},
+    # Five levels of normalized gated blocks (:class:`NormGatedBlock`), 28 of them at 1/8, SVD modules at 1/4 and
+    # 1/8: the backbone of the design study's NAFNet-style peer with SVD modules added.
+    'light': {1: dict(block_type='norm_gated', num_feat=8, num_block=(1, 1, 1, 28, 1), num_dec_block=(1, 1, 1, 1),
+                      svd_levels=(2, 3), svd_head_ratio=0.5)},
 }
 # The current version of every preset (what an option file without ``preset_version`` builds).
 SDNET_PRESETS = {name: versions[max(versions)] for name, versions in SDNET_PRESET_VERSIONS.items()}
-BLOCK_TYPES = ('residual', 'gated')
+BLOCK_TYPES = ('residual', 'gated', 'norm_gated')
 
 
 def preset_settings(preset, version=None):
@@ -91,6 +95,65 @@ class GatedBlock(nn.Module):
         return x + self.pw_out(a * b) * self.scale
 
 
+class ChannelNorm(nn.LayerNorm):
+    """Layer norm over the channels of every pixel (``(B, C, H, W)`` -> same), with a per-channel affine map.
+
+    Runs as :func:`torch.nn.functional.layer_norm` on the ``(B, H, W, C)`` view, which is free for channels-last
+    tensors.
+
+    Args:
+        num_feat (int): Channels.
+        eps (float): Added to the variance. Default: 1e-6.
+    """
+
+    def __init__(self, num_feat, eps=1e-6):
+        super().__init__(num_feat, eps=eps)
+
+    def forward(self, x):
+        """``(B, C, H, W)`` -> ``(B, C, H, W)``."""
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def simple_gate(x):
+    """The first half of the channels times the second half, ``(B, 2C, H, W)`` -> ``(B, C, H, W)``."""
+    a, b = x.chunk(2, dim=1)
+    return a * b
+
+
+class NormGatedBlock(nn.Module):
+    """Block in the manner of NAFNet (Chen et al., "Simple Baselines for Image Restoration", ECCV 2022): a spatial
+    part (layer norm, pointwise expansion, 3x3 depthwise conv, gate, simplified channel attention, pointwise
+    projection) and a gated pointwise feed-forward part, each added with a per-channel scale that starts at zero.
+
+    Args:
+        num_feat (int): Channels.
+        dw_expand (int): Expansion of the spatial part before the gate. Default: 2.
+        ffn_expand (int): Expansion of the feed-forward part before the gate. Default: 2.
+    """
+
+    def __init__(self, num_feat, dw_expand=2, ffn_expand=2):
+        super().__init__()
+        dw_ch, ffn_ch = num_feat * dw_expand, num_feat * ffn_expand
+        self.norm1 = ChannelNorm(num_feat)
+        self.pw1 = nn.Conv2d(num_feat, dw_ch, 1)
+        self.dw = nn.Conv2d(dw_ch, dw_ch, 3, 1, 1, groups=dw_ch)
+        self.attention = nn.Conv2d(dw_ch // 2, dw_ch // 2, 1)  # simplified channel attention
+        self.pw2 = nn.Conv2d(dw_ch // 2, num_feat, 1)
+        self.norm2 = ChannelNorm(num_feat)
+        self.ffn_in = nn.Conv2d(num_feat, ffn_ch, 1)
+        self.ffn_out = nn.Conv2d(ffn_ch // 2, num_feat, 1)
+        self.beta = nn.Parameter(torch.zeros(1, num_feat, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, num_feat, 1, 1))
+
+    def forward(self, x):
+        """``(B, C, H, W)`` -> ``(B, C, H, W)``."""
+        y = simple_gate(self.dw(self.pw1(self.norm1(x))))
+        y = y * self.attention(F.adaptive_avg_pool2d(y, 1))
+        x = x + self.pw2(y) * self.beta
+        y = self.ffn_out(simple_gate(self.ffn_in(self.norm2(x))))
+        return x + y * self.gamma
+
+
 class SVDModule(nn.Module):
     """Spatially variant deconvolution: a modulated deformable conv whose sampling points and modulation scalars
     are predicted per pixel from the blur features, added back to the features (``x + act(dcn(x))``).
@@ -139,6 +202,7 @@ class SDNet(nn.Module):
       without normalization, strided 3x3 convs down, 3x3 conv + pixel shuffle up, LeakyReLU between stages.
     * ``'gated'`` (presets ``light_s``, ``light_m``, ``light_l``): :class:`GatedBlock` stacks with most blocks at
       the coarsest level, 2x2 stride-2 convs down, 1x1 conv + pixel shuffle up.
+    * ``'norm_gated'`` (preset ``light``): :class:`NormGatedBlock` stacks, downs and ups as ``'gated'``.
 
     Args:
         preset (str): A name of :data:`SDNET_PRESET_VERSIONS`; fills the settings left as None. Default: ``'base'``.
@@ -151,7 +215,8 @@ class SDNet(nn.Module):
         num_dec_block (tuple[int] | None): Blocks per decoder level (full resolution first). Default: from preset,
             else ``num_block[:-1]``.
         svd_levels (tuple[int] | None): Levels (0 = full, 1 = 1/2, ...) with an SVD module. Default: from preset.
-        block_type (str | None): ``'residual'`` or ``'gated'``. Default: from preset, else ``'residual'``.
+        block_type (str | None): ``'residual'``, ``'gated'`` or ``'norm_gated'``. Default: from preset, else
+            ``'residual'``.
         plain_svd (bool): Plain convolutions in place of the SVD modules (the paper's "backbone alone").
             Default: False.
         svd_head_ratio (float | None): Width of the SVD modules' offset heads relative to their features.
@@ -187,8 +252,10 @@ class SDNet(nn.Module):
         residual = self.block_type == 'residual'
         head_ratio = svd_head_ratio or settings.get('svd_head_ratio', 1)
 
+        block = {'residual': ResidualBlockNoBN, 'gated': GatedBlock, 'norm_gated': NormGatedBlock}[self.block_type]
+
         def blocks(count, channels):
-            return make_layer(ResidualBlockNoBN if residual else GatedBlock, count, num_feat=channels)
+            return make_layer(block, count, num_feat=channels)
 
         self.conv_first = nn.Conv2d(num_in_ch, chans[0], 3, 1, 1)
         self.encoders = nn.ModuleList()

@@ -126,7 +126,7 @@ def test_sdnet_output_depends_on_far_pixels_when_offsets_point_there():
 def test_parameter_counts_of_presets():
     counts = {name: sum(p.numel() for p in SDNet(name, dcn_backend='torch').parameters()) for name in SDNET_PRESETS}
     assert counts == {'tiny': 426089, 'small': 1205268, 'base': 2455252, 'light_s': 1096329, 'light_m': 1797769,
-                      'light_l': 3977649}
+                      'light_l': 3977649, 'light': 1203345}
     assert max(counts.values()) < 5e6  # light-weighted class of the paper
 
 

@@ -14,7 +14,7 @@ from sdnet_plugin.data.synthesis import synthesize_dataset
 SMALL = ('light_s', 'light_m_plain', 'nafnet_light')
 ARM_NAMES = ['base', 'base_plain', 'base_noflow', 'base_ordered', 'light_s', 'light_m', 'light_l', 'light_m_noflow',
              'light_m_plain', 'light_m_psnr', 'light_m_charb', 'light_m_fft', 'light_m_p64b32', 'light_m_p256b2',
-             'nafnet_light', 'nafnet32']
+             'light', 'light_noflow', 'light_warm', 'nafnet_light', 'nafnet32']
 
 
 @pytest.fixture(scope='module')
@@ -200,3 +200,22 @@ def test_nafnet_baseline_configurations(load_benchmark):
         assert net(x).shape == x.shape and not torch.equal(net(x), x)
     with pytest.raises(ValueError, match='unknown NAFNet configuration'):
         nafnet.build_nafnet('huge')
+
+
+def test_light_arms_differ_from_the_nafnet_peer_by_their_svd_modules_only(study, load_benchmark):
+    from sdnet_plugin.archs.sdnet_arch import NormGatedBlock
+
+    def block_shapes(net):
+        return [[tuple(p.shape) for p in m.parameters()] for m in net.modules() if isinstance(m, NormGatedBlock)]
+
+    peer = load_benchmark('nafnet_baseline').build_nafnet('light')
+    light = study.build_network(study.ARMS_BY_NAME['light'], dcn_backend='torch')
+    assert sorted(block_shapes(light)) == sorted(block_shapes(peer))
+    assert len(block_shapes(peer)) == 1 + 1 + 1 + 28 + 1 + 4
+    assert sorted(light.svd) == ['2', '3'] and light.num_levels == 5
+
+
+def test_warm_flow_guidance_fades_out_early(study, tmp_path):
+    arm = study.ARMS_BY_NAME['light_warm']
+    assert arm.offset_fade == 0.25 and study.arm_record(arm)['offset_fade'] == 0.25
+    assert 'offset_fade' not in study.arm_record(study.ARMS_BY_NAME['light'])  # records of older runs still match
