@@ -1,5 +1,9 @@
 """GoPro-layout trees (``<split>/<SEQ>/{blur,blur_gamma,sharp,flow}/NNNNNN.png``) and their LMDB form.
 
+The layout itself is defined here once: the folder names (:data:`GOPRO_FOLDERS`), sample keys ``<SEQ>/<NNNNNN>``
+(:func:`sample_key`, :func:`synthetic_key`, :func:`sub_image_key`) and where a key's image lies
+(:func:`image_path`).
+
 :func:`scan_gopro_split` lists and checks the (blurry, sharp, flow) triplets of a split; :func:`create_gopro_lmdb`
 writes them into three BasicSR LMDB databases (``<prefix>_blur.lmdb``, ``<prefix>_sharp.lmdb``,
 ``<prefix>_flow.lmdb``) with BasicSR's :class:`~basicsr.utils.lmdb_util.LmdbMaker`, keys ``<SEQ>/<NNNNNN>`` (plus
@@ -17,7 +21,49 @@ from tqdm import tqdm
 
 from sdnet_plugin.data.flow_io import decode_flow, quantize_flow
 
+__all__ = [
+    'GOPRO_FOLDERS', 'LMDB_KINDS', 'FRAMES_PER_SEQUENCE', 'IMAGE_SUFFIX', 'sample_key', 'split_key', 'synthetic_key',
+    'sub_image_key', 'image_name', 'image_path', 'scan_gopro_split', 'lmdb_paths', 'read_meta_keys',
+    'crop_positions', 'create_gopro_lmdb', 'verify_gopro_lmdb'
+]
+
+GOPRO_FOLDERS = ('blur', 'blur_gamma', 'sharp', 'flow')  # the folders of a sequence, in GoPro's layout
 LMDB_KINDS = ('blur', 'sharp', 'flow')
+FRAMES_PER_SEQUENCE = 20  # synthetic samples per sequence folder
+IMAGE_SUFFIX = '.png'
+
+
+def sample_key(sequence, stem):
+    """Key ``<SEQ>/<NNNNNN>`` of the image ``<stem>.png`` of a sequence (the LMDB key, the sample's name)."""
+    return f'{sequence}/{stem}'
+
+
+def split_key(key):
+    """``'<SEQ>/<NNNNNN>'`` -> ``(sequence, stem)``."""
+    sequence, stem = key.split('/')
+    return sequence, stem
+
+
+def synthetic_key(split, index):
+    """Key of synthetic sample ``index`` of a split: ``SYN_<split>_<SSSS>/<NNNNNN>``, ``FRAMES_PER_SEQUENCE`` samples
+    per sequence (no dots, usable as an LMDB key)."""
+    return sample_key(f'SYN_{split}_{index // FRAMES_PER_SEQUENCE:04d}', f'{index % FRAMES_PER_SEQUENCE:06d}')
+
+
+def sub_image_key(key, index):
+    """Key of sub-image ``index`` of a sample cropped into sub-images: ``<SEQ>/<NNNNNN>_sXXX``."""
+    return f'{key}_s{index:03d}'
+
+
+def image_name(key):
+    """File name of a key's images inside their folder: ``NNNNNN.png``."""
+    return split_key(key)[1] + IMAGE_SUFFIX
+
+
+def image_path(root, key, folder):
+    """Path of a key's image in one of the ``GOPRO_FOLDERS`` of the split folder ``root``."""
+    sequence, _ = split_key(key)
+    return osp.join(root, sequence, folder, image_name(key))
 
 
 def scan_gopro_split(dataroot, blur_folder='blur', sharp_folder='sharp', flow_folder='flow', use_flow=True):
@@ -45,7 +91,7 @@ def scan_gopro_split(dataroot, blur_folder='blur', sharp_folder='sharp', flow_fo
             continue
         for name in sorted(os.listdir(blur_dir)):
             stem, ext = osp.splitext(name)
-            if ext.lower() != '.png' or name.startswith('.'):
+            if ext.lower() != IMAGE_SUFFIX or name.startswith('.'):
                 continue
             if '.' in stem or '.' in seq:
                 raise ValueError(f'names must not contain dots (they become LMDB keys): {osp.join(blur_dir, name)}')
@@ -58,7 +104,8 @@ def scan_gopro_split(dataroot, blur_folder='blur', sharp_folder='sharp', flow_fo
                 if not osp.isfile(flow):
                     raise FileNotFoundError(f'flow missing for {osp.join(blur_dir, name)}: {flow} '
                                             '(set use_flow: false for data without flows)')
-            samples.append({'key': f'{seq}/{stem}', 'blur': osp.join(blur_dir, name), 'sharp': sharp, 'flow': flow})
+            samples.append({'key': sample_key(seq, stem), 'blur': osp.join(blur_dir, name), 'sharp': sharp,
+                            'flow': flow})
     if not samples:
         raise FileNotFoundError(f'no blurry images found in {dataroot}/<SEQ>/{blur_folder}/*.png')
     return samples
@@ -226,7 +273,7 @@ def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_
             index = 0
             for top in tops:
                 for left in lefts:
-                    key = sample['key'] if crop_size is None else f'{sample["key"]}_s{index:03d}'
+                    key = sample['key'] if crop_size is None else sub_image_key(sample['key'], index)
                     index += 1
                     for kind, img in images.items():
                         patch = img if crop_size is None else img[top:top + crop_size, left:left + crop_size]

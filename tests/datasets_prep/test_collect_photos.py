@@ -1,14 +1,8 @@
-import importlib.util
-import os.path as osp
-
 import cv2
 import numpy as np
 import pytest
 
-SCRIPT = osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'collect_photos.py')
-spec = importlib.util.spec_from_file_location('collect_photos', SCRIPT)
-collect_photos = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(collect_photos)
+from sdnet_plugin.tools import collect_photos
 
 
 def textured(seed, height=48, width=64):

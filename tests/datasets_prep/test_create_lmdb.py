@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import os.path as osp
 
@@ -9,11 +8,7 @@ import pytest
 
 from sdnet_plugin.data import gopro_layout
 from sdnet_plugin.data.flow_io import decode_flow, read_flow
-
-SCRIPT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'create_lmdb.py'))
-spec = importlib.util.spec_from_file_location('create_lmdb', SCRIPT)
-create_lmdb = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(create_lmdb)
+from sdnet_plugin.tools import create_lmdb
 
 
 def _get(db_path, key):
@@ -213,3 +208,15 @@ def test_databases_of_the_earlier_layout_are_replaced(make_synthetic_gopro, tmp_
     assert gopro_layout.verify_gopro_lmdb(dst, 'train', progress=False) == 6
     assert sorted(n for n in os.listdir(dst) if n.startswith('.')) == sorted(
         ['.train.lmdb-current', os.readlink(os.path.join(dst, '.train.lmdb-current'))])  # the old folders are gone
+
+
+def test_layout_keys_and_paths_agree_with_the_scanned_tree(synthetic_gopro):
+    samples = gopro_layout.scan_gopro_split(synthetic_gopro['root'])
+    assert [s['key'] for s in samples] == [gopro_layout.synthetic_key('all', i) for i in range(len(samples))]
+    for sample in samples:
+        sequence, stem = gopro_layout.split_key(sample['key'])
+        assert gopro_layout.sample_key(sequence, stem) == sample['key'] and '.' not in sample['key']
+        for kind in gopro_layout.LMDB_KINDS:
+            assert gopro_layout.image_path(synthetic_gopro['root'], sample['key'], kind) == sample[kind]
+    assert gopro_layout.synthetic_key('val', gopro_layout.FRAMES_PER_SEQUENCE) == 'SYN_val_0001/000000'
+    assert gopro_layout.sub_image_key('SEQ/000001', 7) == 'SEQ/000001_s007'

@@ -1,20 +1,14 @@
-import importlib.util
 import json
 import os
 import os.path as osp
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
 from sdnet_plugin.data.flow_io import read_flow
+from sdnet_plugin.tools import gopro_flows
 
-SCRIPT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'gopro_flows.py'))
-spec = importlib.util.spec_from_file_location('gopro_flows', SCRIPT)
-gopro_flows = importlib.util.module_from_spec(spec)
-sys.modules['gopro_flows'] = gopro_flows  # worker processes look the flow function up by module name
-spec.loader.exec_module(gopro_flows)
 
 VELOCITY = (0.8, -0.5)  # pixels per 240 fps frame
 SIZE = (96, 72)

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -10,16 +9,16 @@ import numpy as np
 import pytest
 
 from sdnet_plugin.data.flow_io import read_flow
+from sdnet_plugin.tools import synthesize_gopro
 
-SCRIPT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'synthesize_gopro.py'))
-spec = importlib.util.spec_from_file_location('synthesize_gopro', SCRIPT)
-synthesize_gopro = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(synthesize_gopro)
+WRAPPER = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'synthesize_gopro.py'))
 
 
-def test_script_runs_from_another_folder(tmp_path):
+@pytest.mark.parametrize('command', [[WRAPPER], ['-m', 'sdnet_plugin.tools.synthesize_gopro']],
+                         ids=['datasets_prep', 'module'])
+def test_script_runs_from_another_folder(tmp_path, command):
     out = tmp_path / 'syn'
-    subprocess.run([sys.executable, SCRIPT, '--out', str(out), '--count', '2', '--size', '40x32', '--seed', '1'],
+    subprocess.run([sys.executable, *command, '--out', str(out), '--count', '2', '--size', '40x32', '--seed', '1'],
                    cwd=str(tmp_path), check=True, capture_output=True)
     seqs = [d for d in os.listdir(out) if osp.isdir(out / d)]
     assert len(seqs) == 1

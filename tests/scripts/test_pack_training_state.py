@@ -1,16 +1,9 @@
 """Packed training states: everything a resume needs, in one file under a size limit."""
-import importlib.util
-import os.path as osp
-
 import pytest
 import torch
 
 from sdnet_plugin.models.sdnet_model import atomic_torch_save
-
-SCRIPT = osp.join(osp.dirname(__file__), '..', '..', 'scripts', 'pack_training_state.py')
-spec = importlib.util.spec_from_file_location('pack_training_state', SCRIPT)
-pack_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pack_script)
+from sdnet_plugin.tools import pack_training_state as pack_script
 
 
 def _experiment(folder, current_iter=30):
