@@ -3,7 +3,9 @@
 :func:`apply` runs once when ``sdnet_plugin`` is imported; :func:`prepare` holds the part that must run before
 ``basicsr`` itself is imported (the import hook ``sdnet_plugin_hook`` calls it first, then imports the plugin).
 Each fix is idempotent, touches only BasicSR, and can be removed once a BasicSR release includes the equivalent
-change (its master branch already fixes the first one).
+change (its master branch already fixes the first one). Fixes 4 and 5 concern a model's own methods, so they are not
+applied to BasicSR at all: :class:`~sdnet_plugin.models.SDNetModel` overrides the two methods with
+:func:`get_optimizer` and :func:`model_to_device`, and BasicSR's own models keep theirs.
 
 1. ``torchvision.transforms.functional_tensor`` was removed in torchvision 0.17, but
    ``basicsr/data/degradations.py`` imports ``rgb_to_grayscale`` from it, so ``import basicsr`` fails. We register an
@@ -18,12 +20,13 @@ change (its master branch already fixes the first one).
 3. ``basicsr.utils.dist_util._init_dist_pytorch`` always calls ``torch.cuda.set_device`` and uses NCCL, so
    ``torchrun ... --launcher pytorch`` cannot run without GPUs. Without CUDA we initialise a ``gloo`` group.
    Remove when: basicsr chooses the backend from the available devices.
-4. ``BaseModel.get_optimizer`` accepts only ``Adam``. We accept every optimizer in ``torch.optim`` (``AdamW``,
-   ``SGD``, ...), keeping the same ``optim_g: {type: ..., lr: ..., ...}`` option format.
+4. ``BaseModel.get_optimizer`` accepts only ``Adam``. ``SDNetModel`` accepts every optimizer in ``torch.optim``
+   (``AdamW``, ``SGD``, ...), keeping the same ``optim_g: {type: ..., lr: ..., ...}`` option format.
    Remove when: basicsr's ``get_optimizer`` covers AdamW (its master branch does).
 5. ``BaseModel.model_to_device`` passes ``device_ids=[torch.cuda.current_device()]`` to
-   ``DistributedDataParallel`` even for a CPU model, so distributed training without GPUs (fix 3) fails. We pass
-   ``device_ids=None`` for CPU models. Remove when: basicsr wraps CPU models without CUDA calls.
+   ``DistributedDataParallel`` even for a CPU model, so distributed training without GPUs (fix 3) fails.
+   ``SDNetModel`` passes ``device_ids=None`` for CPU models. Remove when: basicsr wraps CPU models without CUDA
+   calls.
 6. ``Registry.get`` raises a ``KeyError`` whose text is quoted, which the entry points cannot tell from a bug. A
    misspelt ``type:`` raises :class:`UnknownTypeError` (a ``ValueError``), naming the closest registered names.
    Remove when: basicsr reports unknown types as option errors.
@@ -42,6 +45,11 @@ import os
 import pickle
 import sys
 import types
+
+__all__ = [
+    'TRAINING_STATE_TYPES', 'UnknownTypeError', 'apply', 'prepare', 'load_resume_state', 'get_optimizer',
+    'model_to_device', 'registry_get', 'unknown_type_message'
+]
 
 _applied = False
 # What BasicSR's training states hold besides tensors and builtins (found by saving the states of every scheduler
@@ -162,7 +170,14 @@ def _init_dist_pytorch(backend, **kwargs):
 
 
 def get_optimizer(self, optim_type, params, lr, **kwargs):
-    """``BaseModel.get_optimizer`` for any ``torch.optim`` optimizer (fix 4)."""
+    """``BaseModel.get_optimizer`` for any ``torch.optim`` optimizer (fix 4; ``SDNetModel.get_optimizer``).
+
+    Args:
+        self (BaseModel | None): The model (unused; the signature is BasicSR's method's).
+        optim_type (str): Class name in ``torch.optim``.
+        params (list): Parameters or parameter groups.
+        lr (float): Learning rate.
+    """
     import torch
     optimizer_cls = getattr(torch.optim, optim_type, None)
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
@@ -173,7 +188,13 @@ def get_optimizer(self, optim_type, params, lr, **kwargs):
 
 
 def model_to_device(self, net):
-    """``BaseModel.model_to_device`` that also wraps CPU models for distributed training (fix 5)."""
+    """``BaseModel.model_to_device`` that also wraps CPU models for distributed training (fix 5;
+    ``SDNetModel.model_to_device``).
+
+    Args:
+        self (BaseModel): The model: its ``device`` and ``opt`` (``dist``, ``num_gpu``, ``find_unused_parameters``).
+        net (nn.Module): The network.
+    """
     import torch
     from torch.nn.parallel import DataParallel, DistributedDataParallel
     net = net.to(self.device)
@@ -212,7 +233,6 @@ def apply():
     import basicsr.train
     import basicsr.utils.dist_util
     import basicsr.utils.options
-    from basicsr.models.base_model import BaseModel
     from basicsr.utils.registry import Registry
     basicsr.train.load_resume_state = load_resume_state
     Registry.get = registry_get
@@ -220,6 +240,4 @@ def apply():
     for module in (basicsr.utils.options, basicsr.train, basicsr.test):
         module.parse_options = parse_options
     basicsr.utils.dist_util._init_dist_pytorch = _init_dist_pytorch
-    BaseModel.get_optimizer = get_optimizer
-    BaseModel.model_to_device = model_to_device
     _applied = True
