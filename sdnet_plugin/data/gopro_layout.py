@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sdnet_plugin.data.flow_io import decode_flow, quantize_flow
+from sdnet_plugin.image_io import read_unchanged
 
 __all__ = [
     'GOPRO_FOLDERS', 'LMDB_KINDS', 'FRAMES_PER_SEQUENCE', 'IMAGE_SUFFIX', 'sample_key', 'split_key', 'synthetic_key',
@@ -141,13 +142,6 @@ def crop_positions(length, crop_size, step, thresh_size=0):
     return starts
 
 
-def _read_unchanged(path):
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise IOError(f'unreadable or truncated image: {path}')
-    return img
-
-
 def _read_flow_stored(path):
     """A flow PNG checked by the reader training uses (16-bit, 4 channels), in its stored encoding."""
     with open(path, 'rb') as f:
@@ -256,7 +250,7 @@ def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_
     _remove_stale_builds(dst, prefix)
     build = tempfile.mkdtemp(prefix=osp.basename(_build_names(dst, prefix)[0]), dir=dst)
     paths = {k: osp.join(build, f'{k}.lmdb') for k in kinds}
-    readers = {'blur': _read_unchanged, 'sharp': _read_unchanged, 'flow': _read_flow_stored}
+    readers = {'blur': read_unchanged, 'sharp': read_unchanged, 'flow': _read_flow_stored}
     makers, keys, verified = {}, [], None
     try:
         for kind in kinds:

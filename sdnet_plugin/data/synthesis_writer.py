@@ -10,7 +10,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import shutil
 import zlib
 from os import path as osp
 
@@ -23,14 +22,15 @@ from sdnet_plugin.data.flow_utils import blur_extent
 from sdnet_plugin.data.gopro_layout import GOPRO_FOLDERS, image_path, split_key, synthetic_key
 from sdnet_plugin.data.scene_motion import sample_scene
 from sdnet_plugin.data.scene_rendering import render_scene, to_uint8_bgr
+from sdnet_plugin.file_safety import atomic_directory, is_temporary, remove_temporaries
+from sdnet_plugin.image_io import IMAGE_EXTENSIONS, read_image
 
 __all__ = [
-    'IMAGE_EXTENSIONS', 'DEFAULT_PHOTO_FILES', 'VAL_FRACTION', 'HIST_BIN_PX', 'HIST_BINS', 'MAX_BLUR_LIMIT',
+    'DEFAULT_PHOTO_FILES', 'VAL_FRACTION', 'HIST_BIN_PX', 'HIST_BINS', 'MAX_BLUR_LIMIT',
     'default_photo_paths', 'find_photos', 'split_photos', 'load_photo', 'SynthesisJob', 'SampleWriter',
     'check_replaceable', 'synthesize_dataset'
 ]
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
 # real photographs shipped inside scikit-image (CC0 / public domain), used when no photo folder is given
 DEFAULT_PHOTO_FILES = ('astronaut.png', 'brick.png', 'camera.png', 'chelsea.png', 'coffee.png', 'coins.png',
                        'grass.png', 'gravel.png', 'moon.png', 'motorcycle_left.png', 'motorcycle_right.png',
@@ -59,7 +59,7 @@ def find_photos(folder):
         raise FileNotFoundError(f'photo folder not found: {folder}')
     paths = sorted(
         osp.join(root, name) for root, _, names in os.walk(folder) for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS))
+        if name.lower().endswith(IMAGE_EXTENSIONS) and not is_temporary(name))
     if not paths:
         raise FileNotFoundError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) under {folder}')
     return paths
@@ -94,21 +94,12 @@ def split_photos(paths, split, root=None):
 
 
 def load_photo(path):
-    """Photo -> float32 RGB ``(H, W, 3)`` in ``[0, 1]`` (grey and alpha images are converted)."""
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise IOError(f'unreadable image: {path}')
-    if img.dtype == np.uint16:
-        img = (img / 257.0).astype(np.uint8)
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    else:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if min(img.shape[:2]) < 16:
+    """Photo -> float32 RGB ``(H, W, 3)`` in ``[0, 1]``, upright (grey images become RGB, alpha is dropped, 16-bit
+    photos keep their precision); see :func:`sdnet_plugin.image_io.read_image`."""
+    rgb = read_image(path).rgb
+    if min(rgb.shape[:2]) < 16:
         raise ValueError(f'photo too small (need at least 16x16): {path}')
-    return img.astype(np.float32) / 255.0
+    return rgb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +194,7 @@ def _encode_png(array, compress_level=1):
 
 
 def _write_bytes(path, data):
+    """Write a file of the build folder (the whole folder appears at once, see :func:`synthesize_dataset`)."""
     with open(path, 'wb') as f:
         f.write(data)
 
@@ -218,6 +210,49 @@ def _start_worker(job):
 
 def _write_in_worker(index):
     return _worker_writer(index)
+
+
+def _write_samples(job, count, workers=1, progress=True):
+    """Write samples ``0 .. count - 1`` of a job, in ``workers`` processes.
+
+    Returns:
+        dict: ``synthesis.json`` without the photo list: options, mean blur extent, histogram, sample records.
+    """
+    writer = SampleWriter(job)  # validates every photo before any work starts
+    records, histogram = [], np.zeros(HIST_BINS, np.int64)
+    bar = tqdm(total=count, unit='sample', desc='synthesize', disable=not progress)
+    if workers > 1:
+        context = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
+        # One OpenCV thread per worker (the processes already fill the cores). It is set in the parent before the
+        # fork: changing OpenCV's thread pool inside a forked child deadlocks on the parent's copied pool state.
+        opencv_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with context.Pool(workers, initializer=_start_worker, initargs=(job, )) as pool:
+                for record, hist in pool.imap(_write_in_worker, range(count), chunksize=max(1, count // (8 * workers))):
+                    records.append(record)
+                    histogram += hist
+                    bar.update(1)
+        finally:
+            cv2.setNumThreads(opencv_threads)
+    else:
+        for index in range(count):
+            record, hist = writer(index)
+            records.append(record)
+            histogram += hist
+            bar.update(1)
+    bar.close()
+    extents = np.array([r['blur_extent_mean'] for r in records])
+    return {
+        'options': {
+            'count': count, 'size': [job.width, job.height], 'seed': job.seed, 'split': job.split,
+            'blur_scale': job.blur_scale, 'max_blur': job.max_blur, 'realism': job.realism,
+            'without': list(job.without)
+        },
+        'blur_extent_mean_px': round(float(extents.mean()), 3),
+        'histogram': {'bin_px': HIST_BIN_PX, 'counts': histogram.tolist()},
+        'samples': records,
+    }
 
 
 def check_replaceable(out_dir, photo_dir=None):
@@ -255,8 +290,9 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
                        overwrite=False, blur_scale=1.0, max_blur=60.0, progress=True, realism='gopro', without=()):
     """Write ``count`` synthetic samples in GoPro layout ``out_dir/<SEQ>/{blur,blur_gamma,sharp,flow}/NNNNNN.png``.
 
-    The tree is written under ``<out_dir>.partial`` and renamed at the end, so an interrupted run never leaves a
-    tree that looks complete. ``out_dir/synthesis.json`` records the options, every sample's sub-frame count, layer
+    The tree is written in a hidden temporary folder next to ``out_dir`` and renamed at the end
+    (:func:`sdnet_plugin.file_safety.atomic_directory`), so an interrupted run never leaves a tree that looks
+    complete. ``out_dir/synthesis.json`` records the options, every sample's sub-frame count, layer
     count and blur extent, and the blur-extent histogram (1 px bins of the per-pixel trajectory length).
 
     Args:
@@ -298,51 +334,14 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
         check_replaceable(out_dir, photo_dir)
     all_paths = find_photos(photo_dir) if photo_dir else default_photo_paths()
     photo_paths = split_photos(all_paths, split, root=photo_dir)
-    job = SynthesisJob(out_dir + '.partial', tuple(photo_paths), seed, split, width, height, blur_scale, max_blur,
-                       realism, without)
-    writer = SampleWriter(job)  # validates every photo before any work starts
-
-    if osp.exists(job.out_dir):
-        shutil.rmtree(job.out_dir)
-    os.makedirs(job.out_dir)
-    records, histogram = [], np.zeros(HIST_BINS, np.int64)
-    bar = tqdm(total=count, unit='sample', desc='synthesize', disable=not progress)
-    if workers > 1:
-        context = multiprocessing.get_context('fork' if 'fork' in multiprocessing.get_all_start_methods() else None)
-        # One OpenCV thread per worker (the processes already fill the cores). It is set in the parent before the
-        # fork: changing OpenCV's thread pool inside a forked child deadlocks on the parent's copied pool state.
-        opencv_threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            with context.Pool(workers, initializer=_start_worker, initargs=(job, )) as pool:
-                for record, hist in pool.imap(_write_in_worker, range(count), chunksize=max(1, count // (8 * workers))):
-                    records.append(record)
-                    histogram += hist
-                    bar.update(1)
-        finally:
-            cv2.setNumThreads(opencv_threads)
-    else:
-        for index in range(count):
-            record, hist = writer(index)
-            records.append(record)
-            histogram += hist
-            bar.update(1)
-    bar.close()
-    extents = np.array([r['blur_extent_mean'] for r in records])
-    meta = {
-        'options': {
-            'count': count, 'size': [width, height], 'seed': seed, 'split': split, 'blur_scale': blur_scale,
-            'max_blur': max_blur, 'realism': realism, 'without': list(without),
-            'photos': [osp.relpath(p, photo_dir) if photo_dir else osp.basename(p) for p in photo_paths]
-        },
-        'blur_extent_mean_px': round(float(extents.mean()), 3),
-        'histogram': {'bin_px': HIST_BIN_PX, 'counts': histogram.tolist()},
-        'samples': records,
-    }
-    with open(osp.join(job.out_dir, 'synthesis.json'), 'w') as f:
-        json.dump(meta, f, indent=1)
-    if osp.lexists(out_dir):
-        check_replaceable(out_dir, photo_dir)  # again: the folder may have changed during the run
-        shutil.rmtree(out_dir)
-    os.replace(job.out_dir, out_dir)
+    remove_temporaries(osp.dirname(out_dir), osp.basename(out_dir))  # what killed runs left
+    with atomic_directory(out_dir, overwrite) as build_dir:
+        job = SynthesisJob(build_dir, tuple(photo_paths), seed, split, width, height, blur_scale, max_blur, realism,
+                           without)
+        meta = _write_samples(job, count, workers, progress)
+        meta['options']['photos'] = [osp.relpath(p, photo_dir) if photo_dir else osp.basename(p) for p in photo_paths]
+        with open(osp.join(build_dir, 'synthesis.json'), 'w') as f:
+            json.dump(meta, f, indent=1)
+        if osp.lexists(out_dir):
+            check_replaceable(out_dir, photo_dir)  # again: the folder may have changed during the run
     return meta

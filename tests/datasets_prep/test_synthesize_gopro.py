@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sdnet_plugin.data.flow_io import read_flow
+from sdnet_plugin.file_safety import is_temporary
 from sdnet_plugin.tools import synthesize_gopro
 
 WRAPPER = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'synthesize_gopro.py'))
@@ -82,7 +83,7 @@ def test_overwrite_replaces_only_a_previous_output(tmp_path, case):
     with pytest.raises(SystemExit, match=f'error: refusing to replace {out}'):
         synthesize_gopro.main(args + (['--photos', str(photos)] if photos else []))
     assert sorted(str(p.relative_to(out)) for p in out.rglob('*')) == before
-    assert not osp.exists(f'{out}.partial')
+    assert not [name for name in os.listdir(out.parent) if is_temporary(name)]
 
 
 def test_overwrite_replaces_a_previous_output(tmp_path):
