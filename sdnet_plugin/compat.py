@@ -15,8 +15,9 @@ applied to BasicSR at all: :class:`~sdnet_plugin.models.SDNetModel` overrides th
    a CPU-only machine. We load onto the CPU (optimizers move their state to the parameters' device when loading)
    with ``weights_only=True``: a training state made elsewhere can hold only tensors, numbers, strings, lists,
    dicts and the types in :data:`TRAINING_STATE_TYPES`, never code. With ``--auto_resume`` an unreadable newest
-   state (truncated copy, full disk) is skipped with a warning for the previous one. Remove when: basicsr maps
-   resume states to the model's device and loads them safely.
+   state (truncated copy, full disk) is skipped with a warning for the previous one, and the states are looked for
+   under ``opt['root_path']``, the root the pipeline was given (the working directory when unset). Remove when:
+   basicsr maps resume states to the model's device and loads them safely.
 3. ``basicsr.utils.dist_util._init_dist_pytorch`` always calls ``torch.cuda.set_device`` and uses NCCL, so
    ``torchrun ... --launcher pytorch`` cannot run without GPUs. Without CUDA we initialise a ``gloo`` group.
    Remove when: basicsr chooses the backend from the available devices.
@@ -55,8 +56,13 @@ _applied = False
 # What BasicSR's training states hold besides tensors and builtins (found by saving the states of every scheduler
 # BasicSR builds with Adam, AdamW, SGD, RMSprop, Adamax and Adagrad): MultiStepLR's milestones are a Counter.
 TRAINING_STATE_TYPES = (collections.Counter, collections.OrderedDict)
-REGISTRY_OPTIONS = {'arch': 'network_g.type', 'model': 'model_type', 'dataset': 'datasets.<phase>.type',
-                    'loss': 'train.<loss>_opt.type', 'metric': 'val.metrics.<name>.type'}
+REGISTRY_OPTIONS = {
+    'arch': 'network_g.type',
+    'model': 'model_type',
+    'dataset': 'datasets.<phase>.type',
+    'loss': 'train.<loss>_opt.type',
+    'metric': 'val.metrics.<name>.type'
+}
 
 
 class UnknownTypeError(KeyError, ValueError):
@@ -122,18 +128,21 @@ def _wrap_parse_options(parse_options):
 
 def load_resume_state(opt):
     """BasicSR's ``load_resume_state`` that also works on CPU (fix 2)."""
-    import torch
     from os import path as osp
 
+    import torch
     from basicsr.utils import check_resume, scandir
 
     from sdnet_plugin.utils import error_line
     candidates = []
     if opt['auto_resume']:
-        state_path = osp.join('experiments', opt['name'], 'training_states')
+        # under the root the pipeline gives BasicSR (BasicSR's own function looks under the working directory)
+        state_path = osp.join(opt.get('root_path', ''), 'experiments', opt['name'], 'training_states')
         if osp.isdir(state_path):
-            states = sorted((int(v.split('.state')[0]) for v in scandir(state_path, suffix='state', recursive=False)
-                             if v.split('.state')[0].isdigit()), reverse=True)
+            states = sorted(
+                (int(v.split('.state')[0])
+                 for v in scandir(state_path, suffix='state', recursive=False) if v.split('.state')[0].isdigit()),
+                reverse=True)
             candidates = [osp.join(state_path, f'{state}.state') for state in states]
     elif opt['path'].get('resume_state'):
         candidates = [opt['path']['resume_state']]
@@ -149,8 +158,9 @@ def load_resume_state(opt):
                 reason = 'it holds objects other than tensors and plain values (refused: loading would run code)'
             if index + 1 == len(candidates):
                 raise ValueError(f'cannot resume from {resume_state_path}: {reason}') from None
-            print(f'warning: cannot resume from {resume_state_path} ({reason}); trying {candidates[index + 1]}',
-                  file=sys.stderr)
+            print(
+                f'warning: cannot resume from {resume_state_path} ({reason}); trying {candidates[index + 1]}',
+                file=sys.stderr)
             continue
         opt['path']['resume_state'] = resume_state_path
         check_resume(opt, resume_state['iter'])
@@ -181,8 +191,10 @@ def get_optimizer(self, optim_type, params, lr, **kwargs):
     import torch
     optimizer_cls = getattr(torch.optim, optim_type, None)
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-        known = [k for k, v in vars(torch.optim).items()
-                 if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer]
+        known = [
+            k for k, v in vars(torch.optim).items()
+            if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer
+        ]
         raise ValueError(unknown_type_message('optimizer', optim_type, known, 'train.optim_g.type, from torch.optim'))
     return optimizer_cls(params, lr, **kwargs)
 
@@ -213,8 +225,8 @@ def registry_get(self, name, suffix='basicsr'):
     if found is None:
         found = self._obj_map.get(f'{name}_{suffix}')
     if found is None:
-        raise UnknownTypeError(unknown_type_message(self._name, name, self._obj_map.keys(),
-                                                    REGISTRY_OPTIONS.get(self._name, 'type')))
+        raise UnknownTypeError(
+            unknown_type_message(self._name, name, self._obj_map.keys(), REGISTRY_OPTIONS.get(self._name, 'type')))
     return found
 
 

@@ -24,8 +24,8 @@ from sdnet_plugin.image_io import read_unchanged
 
 __all__ = [
     'GOPRO_FOLDERS', 'LMDB_KINDS', 'FRAMES_PER_SEQUENCE', 'IMAGE_SUFFIX', 'sample_key', 'split_key', 'synthetic_key',
-    'sub_image_key', 'image_name', 'image_path', 'scan_gopro_split', 'lmdb_paths', 'read_meta_keys',
-    'crop_positions', 'create_gopro_lmdb', 'verify_gopro_lmdb'
+    'sub_image_key', 'image_name', 'image_path', 'scan_gopro_split', 'lmdb_paths', 'read_meta_keys', 'crop_positions',
+    'create_gopro_lmdb', 'verify_gopro_lmdb'
 ]
 
 GOPRO_FOLDERS = ('blur', 'blur_gamma', 'sharp', 'flow')  # the folders of a sequence, in GoPro's layout
@@ -105,8 +105,12 @@ def scan_gopro_split(dataroot, blur_folder='blur', sharp_folder='sharp', flow_fo
                 if not osp.isfile(flow):
                     raise FileNotFoundError(f'flow missing for {osp.join(blur_dir, name)}: {flow} '
                                             '(set use_flow: false for data without flows)')
-            samples.append({'key': sample_key(seq, stem), 'blur': osp.join(blur_dir, name), 'sharp': sharp,
-                            'flow': flow})
+            samples.append({
+                'key': sample_key(seq, stem),
+                'blur': osp.join(blur_dir, name),
+                'sharp': sharp,
+                'flow': flow
+            })
     if not samples:
         raise FileNotFoundError(f'no blurry images found in {dataroot}/<SEQ>/{blur_folder}/*.png')
     return samples
@@ -165,8 +169,11 @@ def _remove_stale_builds(dst, prefix):
     build_prefix, current = _build_names(dst, prefix)
     keep = osp.realpath(current) if osp.islink(current) else None
     stale = {current + '.new'} | {path + '.new' for path in lmdb_paths(dst, prefix).values()}
-    stale |= {osp.join(dst, f'.{name}') for name in [f'partial_{prefix}_{kind}.lmdb' for kind in LMDB_KINDS] +
-              [f'{prefix}.lmdb-legacy-{kind}' for kind in LMDB_KINDS]}
+    stale |= {
+        osp.join(dst, f'.{name}')
+        for name in [f'partial_{prefix}_{kind}.lmdb'
+                     for kind in LMDB_KINDS] + [f'{prefix}.lmdb-legacy-{kind}' for kind in LMDB_KINDS]
+    }
     for name in os.listdir(dst):
         path = osp.join(dst, name)
         if not (path in stale or path.startswith(build_prefix)) or osp.realpath(path) == keep:
@@ -207,8 +214,18 @@ def _switch_to_build(dst, prefix, build, kinds):
     _remove_stale_builds(dst, prefix)
 
 
-def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_size=None, step=256, thresh_size=0,
-                      compress_level=1, overwrite=False, progress=True, verify=False):
+def create_gopro_lmdb(src,
+                      dst,
+                      prefix,
+                      blur_folder='blur',
+                      use_flow=True,
+                      crop_size=None,
+                      step=256,
+                      thresh_size=0,
+                      compress_level=1,
+                      overwrite=False,
+                      progress=True,
+                      verify=False):
     """Write a GoPro-layout split into ``<dst>/<prefix>_{blur,sharp,flow}.lmdb`` (BasicSR LMDB format).
 
     The databases are built (and verified) in a hidden folder, then switched in all at once (see

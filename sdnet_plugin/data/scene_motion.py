@@ -20,7 +20,6 @@ SUBFRAME_CHOICES = (7, 9, 11, 13)
 REALISM_CHOICES = ('gopro', 'camera')
 CAMERA_FEATURES = ('dense', 'exposure', 'handshake', 'highlights', 'lights', 'noise', 'jpeg')
 
-
 # Matrices are 3x3 acting on (x, y, 1).
 
 
@@ -97,7 +96,14 @@ def _lognormal_extent(rng, median, sigma, limit):
     return float(min(limit, median * np.exp(sigma * rng.standard_normal())))
 
 
-def sample_motion(rng, width, height, centre, translation_median, max_extent, rotation_prob=0.5, zoom_prob=0.3,
+def sample_motion(rng,
+                  width,
+                  height,
+                  centre,
+                  translation_median,
+                  max_extent,
+                  rotation_prob=0.5,
+                  zoom_prob=0.3,
                   shake_prob=0.25):
     """Random smooth motion over the exposure, in pixels of an image of the given size.
 
@@ -171,7 +177,14 @@ def _random_shape(rng, width, height):
     return {'kind': 'polygon', 'points': points, 'feather': rng.uniform(0.6, 1.5), 'centre': centre}
 
 
-def sample_scene(rng, num_photos, width, height, blur_scale=1.0, max_blur=60.0, background=None, realism='gopro',
+def sample_scene(rng,
+                 num_photos,
+                 width,
+                 height,
+                 blur_scale=1.0,
+                 max_blur=60.0,
+                 background=None,
+                 realism='gopro',
                  without=()):
     """Random scene description (JSON-serialisable): photos, placement and motions of the background and layers.
 
@@ -198,8 +211,9 @@ def sample_scene(rng, num_photos, width, height, blur_scale=1.0, max_blur=60.0, 
     bg_index = int(rng.integers(num_photos)) if background is None else int(background)
     static_camera = rng.random() < 0.1
     camera = sample_motion(
-        rng, width, height, [rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height],
-        (0.5 if static_camera else 10.0) * blur_scale, max_blur)
+        rng, width, height,
+        [rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height], (0.5 if static_camera else 10.0) * blur_scale,
+        max_blur)
     if static_camera:
         camera.update(angular_velocity=0.0, angular_acceleration=0.0, zoom_rate=0.0, shake=[])
     num_layers = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.4, 0.3, 0.15]))
@@ -207,8 +221,16 @@ def sample_scene(rng, num_photos, width, height, blur_scale=1.0, max_blur=60.0, 
     others = [i for i in range(num_photos) if i != bg_index] or [bg_index]
     for _ in range(num_layers):
         shape = _random_shape(rng, width, height)
-        own = sample_motion(rng, width, height, shape['centre'], 14.0 * blur_scale, max_blur, rotation_prob=0.4,
-                            zoom_prob=0.2, shake_prob=0.1)
+        own = sample_motion(
+            rng,
+            width,
+            height,
+            shape['centre'],
+            14.0 * blur_scale,
+            max_blur,
+            rotation_prob=0.4,
+            zoom_prob=0.2,
+            shake_prob=0.1)
         layers.append({
             'photo': int(rng.choice(others)),
             'shape': shape,
@@ -271,8 +293,11 @@ def sample_camera(rng, scene, blur_scale=1.0, max_blur=60.0, static_camera=False
     motion = scene['background']['motion']
     if on['handshake'] and not static_camera and rng.random() < 0.7:
         extent = _lognormal_extent(rng, 10.0 * blur_scale, 0.6, max_blur)
-        motion.update(velocity=[0.0, 0.0], acceleration=[0.0, 0.0], shake=[],
-                      path=sample_handshake(rng, extent, 0.5 * np.hypot(width, height)))
+        motion.update(
+            velocity=[0.0, 0.0],
+            acceleration=[0.0, 0.0],
+            shake=[],
+            path=sample_handshake(rng, extent, 0.5 * np.hypot(width, height)))
     exposure = float(np.exp(rng.uniform(np.log(0.4), np.log(2.0)))) if on['exposure'] else 1.0
     corners = np.array([[0, 0, 1], [width, 0, 1], [0, height, 1], [width, height, 1]], np.float64).T
     surfaces = [[motion]] + [[motion, layer['motion']] for layer in scene['layers']]
@@ -292,14 +317,25 @@ def sample_camera(rng, scene, blur_scale=1.0, max_blur=60.0, static_camera=False
     if on['lights'] and rng.random() < 0.35:
         for _ in range(int(rng.integers(1, 7))):
             tint = 1 + rng.uniform(-0.3, 0.3, 3)
-            lights.append({'centre': [float(rng.uniform(0, width)), float(rng.uniform(0, height))],
-                           'sigma': float(rng.uniform(0.6, 2.0)),
-                           'rgb': (tint / tint.max() * np.exp(rng.uniform(np.log(2), np.log(40)))).tolist()})
+            lights.append({
+                'centre': [float(rng.uniform(0, width)), float(rng.uniform(0, height))],
+                'sigma': float(rng.uniform(0.6, 2.0)),
+                'rgb': (tint / tint.max() * np.exp(rng.uniform(np.log(2), np.log(40)))).tolist()
+            })
     noise = None
     if on['noise'] and rng.random() < 0.9:
         log_shot = rng.uniform(np.log(2e-4), np.log(5e-3))
-        noise = {'shot': float(np.exp(log_shot)), 'read': float(np.exp(2.18 * log_shot + 1.2 + 0.26 * rng.normal())),
-                 'seed': int(rng.integers(2**31))}
+        noise = {
+            'shot': float(np.exp(log_shot)),
+            'read': float(np.exp(2.18 * log_shot + 1.2 + 0.26 * rng.normal())),
+            'seed': int(rng.integers(2**31))
+        }
     quality = int(rng.integers(70, 96)) if on['jpeg'] and rng.random() < 0.8 else None
-    return {'dense': on['dense'], 'exposure': exposure, 'highlight_gain': gain, 'lights': lights, 'noise': noise,
-            'jpeg_quality': quality}
+    return {
+        'dense': on['dense'],
+        'exposure': exposure,
+        'highlight_gain': gain,
+        'lights': lights,
+        'noise': noise,
+        'jpeg_quality': quality
+    }

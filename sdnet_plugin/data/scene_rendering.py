@@ -62,7 +62,9 @@ def _shape_alpha(shape, width, height, margin):
 
 def _warp(image, dst_to_src, width, height):
     return cv2.warpAffine(
-        image, dst_to_src[:2].astype(np.float64), (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        image,
+        dst_to_src[:2].astype(np.float64), (width, height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REFLECT101)
 
 
@@ -156,15 +158,17 @@ def render_scene(scene, photos, return_subframes=False):
     bg = scene['background']
     own_motions = [layer['motion'] for layer in scene['layers']]
     if camera and camera['dense']:
+
         def layer_at(m):
             return lambda t: motion_matrix(bg['motion'], t) @ motion_matrix(m, t)
-        num = _dense_count([(lambda t: motion_matrix(bg['motion'], t), (width, height))] +
-                           [(layer_at(m), (width, height)) for m in own_motions], taus, num)
+
+        num = _dense_count([(lambda t: motion_matrix(bg['motion'], t),
+                             (width, height))] + [(layer_at(m), (width, height)) for m in own_motions], taus, num)
         taus = np.linspace(-exposure, exposure, num)
     bg_motions = [motion_matrix(bg['motion'], t) for t in taus]
     margin = int(np.ceil(max_displacement([np.linalg.inv(m) for m in bg_motions], width, height))) + 2
-    bg_texture, (ox, oy) = _prepare_texture(photos[bg['photo']], bg['hflip'], width + 2 * margin,
-                                            height + 2 * margin, bg['zoom_out'], bg['offset'])
+    bg_texture, (ox, oy) = _prepare_texture(photos[bg['photo']], bg['hflip'], width + 2 * margin, height + 2 * margin,
+                                            bg['zoom_out'], bg['offset'])
     # output p -> texture coordinates at rest; integer origin keeps the sharp frame free of resampling blur
     bg_base = _translation(round(ox) + margin, round(oy) + margin)
     if camera:

@@ -29,6 +29,6 @@ from sdnet_plugin.data.synthesis_writer import (IMAGE_EXTENSIONS, MAX_BLUR_LIMIT
 __all__ = [
     'CAMERA_FEATURES', 'DENSE_STEP_PX', 'GAMMA', 'IMAGE_EXTENSIONS', 'MAX_BLUR_LIMIT', 'MAX_SUBFRAMES',
     'REALISM_CHOICES', 'SUBFRAME_CHOICES', 'SampleWriter', 'SynthesisJob', 'check_replaceable', 'default_photo_paths',
-    'find_photos', 'load_photo', 'motion_matrix', 'render_scene', 'sample_camera', 'sample_handshake',
-    'sample_motion', 'sample_scene', 'split_photos', 'synthesize_dataset'
+    'find_photos', 'load_photo', 'motion_matrix', 'render_scene', 'sample_camera', 'sample_handshake', 'sample_motion',
+    'sample_scene', 'split_photos', 'synthesize_dataset'
 ]

@@ -26,9 +26,9 @@ from sdnet_plugin.file_safety import atomic_directory, is_temporary, remove_temp
 from sdnet_plugin.image_io import IMAGE_EXTENSIONS, read_image
 
 __all__ = [
-    'DEFAULT_PHOTO_FILES', 'VAL_FRACTION', 'HIST_BIN_PX', 'HIST_BINS', 'MAX_BLUR_LIMIT',
-    'default_photo_paths', 'find_photos', 'split_photos', 'load_photo', 'SynthesisJob', 'SampleWriter',
-    'check_replaceable', 'synthesize_dataset'
+    'DEFAULT_PHOTO_FILES', 'VAL_FRACTION', 'HIST_BIN_PX', 'HIST_BINS', 'MAX_BLUR_LIMIT', 'default_photo_paths',
+    'find_photos', 'split_photos', 'load_photo', 'SynthesisJob', 'SampleWriter', 'check_replaceable',
+    'synthesize_dataset'
 ]
 
 # real photographs shipped inside scikit-image (CC0 / public domain), used when no photo folder is given
@@ -157,8 +157,15 @@ class SampleWriter:
             (``HIST_BINS`` counts of ``HIST_BIN_PX`` bins).
         """
         job = self.job
-        scene = sample_scene(job.rng(index), len(self.photos), job.width, job.height, job.blur_scale, job.max_blur,
-                             realism=job.realism, without=job.without)
+        scene = sample_scene(
+            job.rng(index),
+            len(self.photos),
+            job.width,
+            job.height,
+            job.blur_scale,
+            job.max_blur,
+            realism=job.realism,
+            without=job.without)
         sample = render_scene(scene, self.photos)
         flow = np.clip(sample['flow'], FLOW_MIN, FLOW_MAX)  # max_blur keeps flows far inside; never wrap around
         key = job.key(index)
@@ -180,9 +187,12 @@ class SampleWriter:
         if 'camera' in scene:
             camera = scene['camera']
             record.update(
-                exposure=round(camera['exposure'], 3), handshake='path' in scene['background']['motion'],
-                highlight_gain=round(camera['highlight_gain'], 3), lights=len(camera['lights']),
-                shot_noise=camera['noise'] and round(camera['noise']['shot'], 6), jpeg_quality=camera['jpeg_quality'])
+                exposure=round(camera['exposure'], 3),
+                handshake='path' in scene['background']['motion'],
+                highlight_gain=round(camera['highlight_gain'], 3),
+                lights=len(camera['lights']),
+                shot_noise=camera['noise'] and round(camera['noise']['shot'], 6),
+                jpeg_quality=camera['jpeg_quality'])
         return record, hist
 
 
@@ -245,12 +255,20 @@ def _write_samples(job, count, workers=1, progress=True):
     extents = np.array([r['blur_extent_mean'] for r in records])
     return {
         'options': {
-            'count': count, 'size': [job.width, job.height], 'seed': job.seed, 'split': job.split,
-            'blur_scale': job.blur_scale, 'max_blur': job.max_blur, 'realism': job.realism,
+            'count': count,
+            'size': [job.width, job.height],
+            'seed': job.seed,
+            'split': job.split,
+            'blur_scale': job.blur_scale,
+            'max_blur': job.max_blur,
+            'realism': job.realism,
             'without': list(job.without)
         },
         'blur_extent_mean_px': round(float(extents.mean()), 3),
-        'histogram': {'bin_px': HIST_BIN_PX, 'counts': histogram.tolist()},
+        'histogram': {
+            'bin_px': HIST_BIN_PX,
+            'counts': histogram.tolist()
+        },
         'samples': records,
     }
 
@@ -277,8 +295,8 @@ def check_replaceable(out_dir, photo_dir=None):
 
     def written(name):
         path = osp.join(out_dir, name)
-        return name == 'synthesis.json' or (name in sequences and osp.isdir(path) and not osp.islink(path) and
-                                            set(os.listdir(path)) <= set(GOPRO_FOLDERS))
+        return name == 'synthesis.json' or (name in sequences and osp.isdir(path) and not osp.islink(path)
+                                            and set(os.listdir(path)) <= set(GOPRO_FOLDERS))
 
     others = sorted(name for name in os.listdir(out_dir) if not written(name))
     if others:
@@ -286,8 +304,19 @@ def check_replaceable(out_dir, photo_dir=None):
                               f'({", ".join(others[:3])}{", ..." if len(others) > 3 else ""})')
 
 
-def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, workers=1, split='all',
-                       overwrite=False, blur_scale=1.0, max_blur=60.0, progress=True, realism='gopro', without=()):
+def synthesize_dataset(out_dir,
+                       count,
+                       photo_dir=None,
+                       size=(256, 256),
+                       seed=0,
+                       workers=1,
+                       split='all',
+                       overwrite=False,
+                       blur_scale=1.0,
+                       max_blur=60.0,
+                       progress=True,
+                       realism='gopro',
+                       without=()):
     """Write ``count`` synthetic samples in GoPro layout ``out_dir/<SEQ>/{blur,blur_gamma,sharp,flow}/NNNNNN.png``.
 
     The tree is written in a hidden temporary folder next to ``out_dir`` and renamed at the end

