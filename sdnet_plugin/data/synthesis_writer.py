@@ -133,6 +133,12 @@ class SynthesisJob:
         """The random generator of sample ``index``: seeded by the seed, the split and the index only."""
         return np.random.default_rng([int(self.seed), zlib.crc32(self.split.encode()), int(index)])
 
+    def scene(self, index, num_photos):
+        """The scene description of sample ``index`` (:func:`~sdnet_plugin.data.scene_motion.sample_scene`)."""
+        camera = {'realism': self.realism, 'without': self.without}
+        return sample_scene(
+            self.rng(index), num_photos, self.width, self.height, self.blur_scale, self.max_blur, **camera)
+
     def key(self, index):
         """GoPro-layout key ``<SEQ>/<NNNNNN>`` of sample ``index``."""
         return synthetic_key(self.split, index)
@@ -157,15 +163,7 @@ class SampleWriter:
             (``HIST_BINS`` counts of ``HIST_BIN_PX`` bins).
         """
         job = self.job
-        scene = sample_scene(
-            job.rng(index),
-            len(self.photos),
-            job.width,
-            job.height,
-            job.blur_scale,
-            job.max_blur,
-            realism=job.realism,
-            without=job.without)
+        scene = job.scene(index, len(self.photos))
         sample = render_scene(scene, self.photos)
         flow = np.clip(sample['flow'], FLOW_MIN, FLOW_MAX)  # max_blur keeps flows far inside; never wrap around
         key = job.key(index)

@@ -63,19 +63,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     start = time.time()
     try:
-        meta = synthesize_dataset(
-            args.out,
-            args.count,
-            args.photos,
-            args.size,
-            args.seed,
-            args.workers,
-            args.split,
-            args.overwrite,
-            args.blur_scale,
-            args.max_blur,
-            realism=args.realism,
-            without=args.without)
+        scene = {
+            'blur_scale': args.blur_scale,
+            'max_blur': args.max_blur,
+            'realism': args.realism,
+            'without': args.without
+        }
+        meta = synthesize_dataset(args.out, args.count, args.photos, args.size, args.seed, args.workers, args.split,
+                                  args.overwrite, **scene)
     except (FileExistsError, FileNotFoundError, ValueError, IOError) as error:
         sys.exit(f'error: {error}')
     elapsed = time.time() - start
