@@ -91,6 +91,7 @@ class PhotoSource:
 
 
 STELLARIUM = 'usr/share/stellarium/landscapes'
+SKLEARN_IMAGES = ['sklearn/datasets/images/china.jpg', 'sklearn/datasets/images/flower.jpg']
 SOURCES = [
     PhotoSource(
         'skimage',
@@ -120,12 +121,7 @@ SOURCES = [
         ],
         license='BSD-3-Clause (libjxl); wesaturate photos: CC0-1.0'),
     PhotoSource('mate', 'deb', 'mate-backgrounds', files=['usr/share/backgrounds/mate/nature/*.jpg']),
-    PhotoSource(
-        'sklearn',
-        'wheel',
-        'scikit-learn',
-        files=['sklearn/datasets/images/china.jpg', 'sklearn/datasets/images/flower.jpg'],
-        license='CC-BY-2.0'),
+    PhotoSource('sklearn', 'wheel', 'scikit-learn', files=SKLEARN_IMAGES, license='CC-BY-2.0'),
     PhotoSource('palapeli', 'deb', 'palapeli-data', files=['usr/share/palapeli/collection/*.jpg']),
     PhotoSource(
         'stellarium',
@@ -573,11 +569,8 @@ def main(argv=None):
         help='download cache (default: datasets/.photo_packages)')
     parser.add_argument('--max-side', type=int, default=1600, help='long side limit (default: 1600)')
     parser.add_argument('--min-side', type=int, default=256, help='skip photos with a shorter side (default: 256)')
-    parser.add_argument(
-        '--val-fraction',
-        type=float,
-        default=0.1,
-        help='share of training photos held out for validation (default: 0.1)')
+    held_out = 'share of training photos held out for validation (default: 0.1)'
+    parser.add_argument('--val-fraction', type=float, default=0.1, help=held_out)
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
     args = parser.parse_args(argv)
     try:

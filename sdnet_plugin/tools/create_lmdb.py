@@ -29,11 +29,8 @@ def main(argv=None):
     parser.add_argument('--no-flow', action='store_true', help='store only blurry and sharp images')
     parser.add_argument('--crop-size', type=int, default=None, help='crop into sub-images of this size first')
     parser.add_argument('--step', type=int, default=256, help='step between sub-images (default 256)')
-    parser.add_argument(
-        '--thresh-size',
-        type=int,
-        default=0,
-        help='add an edge-aligned sub-image when more than this many pixels remain (default 0)')
+    edge = 'add an edge-aligned sub-image when more than this many pixels remain (default 0)'
+    parser.add_argument('--thresh-size', type=int, default=0, help=edge)
     parser.add_argument('--compress-level', type=int, default=1, help='PNG compression level (default 1)')
     parser.add_argument(
         '--verify',
