@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sdnet-installed
 PIP := $(PY) -m pip install --progress-bar off
 
-.PHONY: install test demo mmcv bench clean
+.PHONY: install lint test demo mmcv bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,15 @@ $(STAMP): setup.py
 	$(PY) -m sdnet_plugin.ops.fused_cpu
 	touch $@
 
-test: $(STAMP)
+# Style checks in BasicSR's manner (settings in setup.cfg); also run by pre-commit (.pre-commit-config.yaml).
+LINT_PATHS := sdnet_plugin tests benchmarks datasets_prep scripts setup.py sdnet_plugin_hook.py
+
+lint: $(STAMP)
+	$(PY) -m flake8 $(LINT_PATHS)
+	$(PY) -m isort --check-only --diff $(LINT_PATHS)
+	$(PY) -m yapf --diff -r $(LINT_PATHS)
+
+test: lint
 	$(PY) -m pytest -q tests
 
 # Synthetic data -> LMDB -> train (fine-tunes weights/sdnet_base_synthetic.pth when present) -> test -> pictures.

@@ -1,5 +1,4 @@
 import os
-
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
@@ -40,7 +39,7 @@ setup(
         'tqdm'
     ],
     extras_require={
-        'test': ['pytest'],
+        'test': ['pytest>=7', 'flake8', 'isort', 'yapf'],  # make test runs make lint first
         'mmcv': ['mmengine==0.10.7', 'ninja'],
         'onnx': ['onnx>=1.16', 'onnxruntime>=1.17'],
     },

@@ -7,15 +7,12 @@ Re-blur consistency: PSNR between the stored blurry image and the sharp image re
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 from os import path as osp
 
 import cv2
 import numpy as np
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from sdnet_plugin.data.flow_io import read_flow  # noqa: E402
 from sdnet_plugin.data.flow_utils import reblur  # noqa: E402

@@ -53,9 +53,6 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
-for _path in (ROOT, osp.join(ROOT, 'scripts'), osp.dirname(osp.abspath(__file__))):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
 import sdnet_plugin  # noqa: E402,F401  (BasicSR fixes and registries)
 from basicsr.losses.basic_loss import CharbonnierLoss, L1Loss  # noqa: E402

@@ -28,15 +28,12 @@ import onnxruntime
 import torch
 from tqdm import tqdm
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]  # benchmarks/speed.py and the repository's sdnet_plugin
 from sdnet_plugin import precision  # noqa: E402
 from sdnet_plugin.export import DEFORM_OPS, OnnxNetwork, export_onnx  # noqa: E402
 from sdnet_plugin.inference import find_default_weights, load_network  # noqa: E402
 from sdnet_plugin.ops import ModulatedDeformConv2d, select_backend  # noqa: E402
 from speed import median_time, parse_size  # noqa: E402
 
-sys.path.insert(0, str(HERE.parent / 'scripts'))
 import eval_heldout  # noqa: E402
 from basicsr.utils import img2tensor, tensor2img  # noqa: E402
 

@@ -33,16 +33,7 @@ from sdnet_plugin.archs.sdnet_arch import SDNET_PRESETS, SDNet
 from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss
 from sdnet_plugin.ops import BACKENDS, available_backends, modulated_deform_conv2d, select_backend
 from sdnet_plugin.ops import modulated_deform_conv as dcn_ops
-
-
-def parse_size(text):
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'size must be WIDTHxHEIGHT, e.g. 1280x720, got {text!r}') from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f'size must be positive, got {text!r}')
-    return width, height
+from sdnet_plugin.utils import parse_size
 
 
 def parse_args(argv=None):

@@ -1,75 +1,10 @@
 """Synthesise GoPro-style (blurry, sharp, exact flow) triplets from real photographs.
 
-Example (from anywhere)::
-
-    python datasets_prep/synthesize_gopro.py --out datasets/synthetic/train --count 150 --split train --workers 2
-    python datasets_prep/synthesize_gopro.py --out datasets/synthetic/val --count 20 --split val --size 320x240
-    python datasets_prep/synthesize_gopro.py --out datasets/synthetic/cam --count 150 --realism camera --without jpeg
-
-Writes ``OUT/<SEQ>/{blur,blur_gamma,sharp,flow}/NNNNNN.png`` plus ``OUT/synthesis.json``; see docs/data.md.
+The same as ``python -m sdnet_plugin.tools.synthesize_gopro``, whose module documents the arguments.
 """
-import argparse
-import os
-import sys
-import time
+from sdnet_plugin.tools.synthesize_gopro import main
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sdnet_plugin.data.synthesis import (CAMERA_FEATURES, REALISM_CHOICES, plot_blur_histogram,  # noqa: E402
-                                         synthesize_dataset)
-
-
-def parse_size(text):
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'size must look like 256x256, got {text!r}')
-    return width, height
-
-
-def parse_features(text):
-    names = tuple(n.strip() for n in text.split(',') if n.strip())
-    unknown = [n for n in names if n not in CAMERA_FEATURES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f'unknown feature {unknown[0]!r}; choose from {", ".join(CAMERA_FEATURES)}')
-    return names
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--out', required=True, help='output folder (GoPro layout)')
-    parser.add_argument('--count', type=int, required=True, help='number of samples')
-    parser.add_argument('--photos', default=None, help="folder of photographs (recursive); default: scikit-image's")
-    parser.add_argument('--size', type=parse_size, default=(256, 256), help='WxH of every sample (default 256x256)')
-    parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    parser.add_argument('--workers', type=int, default=1, help='worker processes (default 1)')
-    parser.add_argument('--split', choices=('train', 'val', 'all'), default='all',
-                        help='disjoint photo partition to draw from (default all)')
-    parser.add_argument('--blur-scale', type=float, default=1.0, help='multiplies every motion (default 1.0)')
-    parser.add_argument('--max-blur', type=float, default=60.0,
-                        help='cap of each surface\'s first-to-last translation in pixels (default 60)')
-    parser.add_argument('--realism', choices=REALISM_CHOICES, default='gopro',
-                        help='gopro: sub-frames averaged as GoPro does (default); camera: a handheld camera (linear '
-                        'light with streaking highlights, hand shake, mixed exposures, sensor noise, JPEG)')
-    parser.add_argument('--without', type=parse_features, default=(),
-                        help=f'camera features to switch off, comma-separated: {",".join(CAMERA_FEATURES)}')
-    parser.add_argument('--histogram', default=None, help='also save the blur-extent histogram image here')
-    parser.add_argument('--overwrite', action='store_true', help='replace OUT if it exists')
-    args = parser.parse_args(argv)
-    start = time.time()
-    try:
-        meta = synthesize_dataset(args.out, args.count, args.photos, args.size, args.seed, args.workers, args.split,
-                                  args.overwrite, args.blur_scale, args.max_blur, realism=args.realism,
-                                  without=args.without)
-    except (FileExistsError, FileNotFoundError, ValueError, IOError) as error:
-        sys.exit(f'error: {error}')
-    elapsed = time.time() - start
-    if args.histogram:
-        plot_blur_histogram(meta, args.histogram, f'Synthetic blur extent ({args.count} samples, '
-                            f'{args.size[0]}x{args.size[1]})')
-    print(f'wrote {args.count} samples to {args.out} in {elapsed:.1f} s ({args.count / elapsed:.1f} samples/s); '
-          f'mean blur extent {meta["blur_extent_mean_px"]:.1f} px')
-
+__all__ = ['main']
 
 if __name__ == '__main__':
     main()

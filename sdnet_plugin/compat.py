@@ -3,7 +3,9 @@
 :func:`apply` runs once when ``sdnet_plugin`` is imported; :func:`prepare` holds the part that must run before
 ``basicsr`` itself is imported (the import hook ``sdnet_plugin_hook`` calls it first, then imports the plugin).
 Each fix is idempotent, touches only BasicSR, and can be removed once a BasicSR release includes the equivalent
-change (its master branch already fixes the first one).
+change (its master branch already fixes the first one). Fixes 4 and 5 concern a model's own methods, so they are not
+applied to BasicSR at all: :class:`~sdnet_plugin.models.SDNetModel` overrides the two methods with
+:func:`get_optimizer` and :func:`model_to_device`, and BasicSR's own models keep theirs.
 
 1. ``torchvision.transforms.functional_tensor`` was removed in torchvision 0.17, but
    ``basicsr/data/degradations.py`` imports ``rgb_to_grayscale`` from it, so ``import basicsr`` fails. We register an
@@ -13,17 +15,19 @@ change (its master branch already fixes the first one).
    a CPU-only machine. We load onto the CPU (optimizers move their state to the parameters' device when loading)
    with ``weights_only=True``: a training state made elsewhere can hold only tensors, numbers, strings, lists,
    dicts and the types in :data:`TRAINING_STATE_TYPES`, never code. With ``--auto_resume`` an unreadable newest
-   state (truncated copy, full disk) is skipped with a warning for the previous one. Remove when: basicsr maps
-   resume states to the model's device and loads them safely.
+   state (truncated copy, full disk) is skipped with a warning for the previous one, and the states are looked for
+   under ``opt['root_path']``, the root the pipeline was given (the working directory when unset). Remove when:
+   basicsr maps resume states to the model's device and loads them safely.
 3. ``basicsr.utils.dist_util._init_dist_pytorch`` always calls ``torch.cuda.set_device`` and uses NCCL, so
    ``torchrun ... --launcher pytorch`` cannot run without GPUs. Without CUDA we initialise a ``gloo`` group.
    Remove when: basicsr chooses the backend from the available devices.
-4. ``BaseModel.get_optimizer`` accepts only ``Adam``. We accept every optimizer in ``torch.optim`` (``AdamW``,
-   ``SGD``, ...), keeping the same ``optim_g: {type: ..., lr: ..., ...}`` option format.
+4. ``BaseModel.get_optimizer`` accepts only ``Adam``. ``SDNetModel`` accepts every optimizer in ``torch.optim``
+   (``AdamW``, ``SGD``, ...), keeping the same ``optim_g: {type: ..., lr: ..., ...}`` option format.
    Remove when: basicsr's ``get_optimizer`` covers AdamW (its master branch does).
 5. ``BaseModel.model_to_device`` passes ``device_ids=[torch.cuda.current_device()]`` to
-   ``DistributedDataParallel`` even for a CPU model, so distributed training without GPUs (fix 3) fails. We pass
-   ``device_ids=None`` for CPU models. Remove when: basicsr wraps CPU models without CUDA calls.
+   ``DistributedDataParallel`` even for a CPU model, so distributed training without GPUs (fix 3) fails.
+   ``SDNetModel`` passes ``device_ids=None`` for CPU models. Remove when: basicsr wraps CPU models without CUDA
+   calls.
 6. ``Registry.get`` raises a ``KeyError`` whose text is quoted, which the entry points cannot tell from a bug. A
    misspelt ``type:`` raises :class:`UnknownTypeError` (a ``ValueError``), naming the closest registered names.
    Remove when: basicsr reports unknown types as option errors.
@@ -43,12 +47,22 @@ import pickle
 import sys
 import types
 
+__all__ = [
+    'TRAINING_STATE_TYPES', 'UnknownTypeError', 'apply', 'prepare', 'load_resume_state', 'get_optimizer',
+    'model_to_device', 'registry_get', 'unknown_type_message'
+]
+
 _applied = False
 # What BasicSR's training states hold besides tensors and builtins (found by saving the states of every scheduler
 # BasicSR builds with Adam, AdamW, SGD, RMSprop, Adamax and Adagrad): MultiStepLR's milestones are a Counter.
 TRAINING_STATE_TYPES = (collections.Counter, collections.OrderedDict)
-REGISTRY_OPTIONS = {'arch': 'network_g.type', 'model': 'model_type', 'dataset': 'datasets.<phase>.type',
-                    'loss': 'train.<loss>_opt.type', 'metric': 'val.metrics.<name>.type'}
+REGISTRY_OPTIONS = {
+    'arch': 'network_g.type',
+    'model': 'model_type',
+    'dataset': 'datasets.<phase>.type',
+    'loss': 'train.<loss>_opt.type',
+    'metric': 'val.metrics.<name>.type'
+}
 
 
 class UnknownTypeError(KeyError, ValueError):
@@ -114,18 +128,21 @@ def _wrap_parse_options(parse_options):
 
 def load_resume_state(opt):
     """BasicSR's ``load_resume_state`` that also works on CPU (fix 2)."""
-    import torch
     from os import path as osp
 
+    import torch
     from basicsr.utils import check_resume, scandir
 
     from sdnet_plugin.utils import error_line
     candidates = []
     if opt['auto_resume']:
-        state_path = osp.join('experiments', opt['name'], 'training_states')
+        # under the root the pipeline gives BasicSR (BasicSR's own function looks under the working directory)
+        state_path = osp.join(opt.get('root_path', ''), 'experiments', opt['name'], 'training_states')
         if osp.isdir(state_path):
-            states = sorted((int(v.split('.state')[0]) for v in scandir(state_path, suffix='state', recursive=False)
-                             if v.split('.state')[0].isdigit()), reverse=True)
+            states = sorted(
+                (int(v.split('.state')[0])
+                 for v in scandir(state_path, suffix='state', recursive=False) if v.split('.state')[0].isdigit()),
+                reverse=True)
             candidates = [osp.join(state_path, f'{state}.state') for state in states]
     elif opt['path'].get('resume_state'):
         candidates = [opt['path']['resume_state']]
@@ -141,8 +158,9 @@ def load_resume_state(opt):
                 reason = 'it holds objects other than tensors and plain values (refused: loading would run code)'
             if index + 1 == len(candidates):
                 raise ValueError(f'cannot resume from {resume_state_path}: {reason}') from None
-            print(f'warning: cannot resume from {resume_state_path} ({reason}); trying {candidates[index + 1]}',
-                  file=sys.stderr)
+            print(
+                f'warning: cannot resume from {resume_state_path} ({reason}); trying {candidates[index + 1]}',
+                file=sys.stderr)
             continue
         opt['path']['resume_state'] = resume_state_path
         check_resume(opt, resume_state['iter'])
@@ -162,18 +180,33 @@ def _init_dist_pytorch(backend, **kwargs):
 
 
 def get_optimizer(self, optim_type, params, lr, **kwargs):
-    """``BaseModel.get_optimizer`` for any ``torch.optim`` optimizer (fix 4)."""
+    """``BaseModel.get_optimizer`` for any ``torch.optim`` optimizer (fix 4; ``SDNetModel.get_optimizer``).
+
+    Args:
+        self (BaseModel | None): The model (unused; the signature is BasicSR's method's).
+        optim_type (str): Class name in ``torch.optim``.
+        params (list): Parameters or parameter groups.
+        lr (float): Learning rate.
+    """
     import torch
     optimizer_cls = getattr(torch.optim, optim_type, None)
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-        known = [k for k, v in vars(torch.optim).items()
-                 if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer]
+        known = [
+            k for k, v in vars(torch.optim).items()
+            if isinstance(v, type) and issubclass(v, torch.optim.Optimizer) and v is not torch.optim.Optimizer
+        ]
         raise ValueError(unknown_type_message('optimizer', optim_type, known, 'train.optim_g.type, from torch.optim'))
     return optimizer_cls(params, lr, **kwargs)
 
 
 def model_to_device(self, net):
-    """``BaseModel.model_to_device`` that also wraps CPU models for distributed training (fix 5)."""
+    """``BaseModel.model_to_device`` that also wraps CPU models for distributed training (fix 5;
+    ``SDNetModel.model_to_device``).
+
+    Args:
+        self (BaseModel): The model: its ``device`` and ``opt`` (``dist``, ``num_gpu``, ``find_unused_parameters``).
+        net (nn.Module): The network.
+    """
     import torch
     from torch.nn.parallel import DataParallel, DistributedDataParallel
     net = net.to(self.device)
@@ -192,8 +225,8 @@ def registry_get(self, name, suffix='basicsr'):
     if found is None:
         found = self._obj_map.get(f'{name}_{suffix}')
     if found is None:
-        raise UnknownTypeError(unknown_type_message(self._name, name, self._obj_map.keys(),
-                                                    REGISTRY_OPTIONS.get(self._name, 'type')))
+        raise UnknownTypeError(
+            unknown_type_message(self._name, name, self._obj_map.keys(), REGISTRY_OPTIONS.get(self._name, 'type')))
     return found
 
 
@@ -212,7 +245,6 @@ def apply():
     import basicsr.train
     import basicsr.utils.dist_util
     import basicsr.utils.options
-    from basicsr.models.base_model import BaseModel
     from basicsr.utils.registry import Registry
     basicsr.train.load_resume_state = load_resume_state
     Registry.get = registry_get
@@ -220,6 +252,4 @@ def apply():
     for module in (basicsr.utils.options, basicsr.train, basicsr.test):
         module.parse_options = parse_options
     basicsr.utils.dist_util._init_dist_pytorch = _init_dist_pytorch
-    BaseModel.get_optimizer = get_optimizer
-    BaseModel.model_to_device = model_to_device
     _applied = True

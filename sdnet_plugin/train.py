@@ -1,8 +1,11 @@
 """Train with BasicSR's pipeline and the plugin's registries: ``python sdnet_plugin/train.py -opt OPTIONS.yml``.
 
 Accepts BasicSR's arguments (``--auto_resume``, ``--launcher pytorch`` under ``torchrun``, ``--debug``,
-``--force_yml``) plus ``--max-minutes N``. Works from any working directory: experiments, logs and relative paths
-inside the option file (datasets, weights) are taken from the repository root.
+``--force_yml``) plus ``--max-minutes N``; ``python -m sdnet_plugin.train`` is the same. Works from any working
+directory: experiments, logs and relative paths inside the option file (datasets, weights) are taken from the
+repository root (:func:`root_path`; the working directory for an installed package), which is given to BasicSR as
+its root and joined to the relative paths explicitly (:func:`resolve_option_paths`); the working directory itself
+is never changed.
 
 Preemption-safe: SIGTERM or SIGUSR1 (what schedulers such as SLURM send before they stop a job), or the wall-clock
 budget of ``--max-minutes`` running out, lets the current training step finish, saves the network checkpoint and the
@@ -19,19 +22,61 @@ from functools import partial
 from os import path as osp
 
 ROOT_PATH = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
-if __name__ == '__main__' and sys.path and osp.abspath(sys.path[0] or '.') == osp.dirname(osp.abspath(__file__)):
-    # run as a script: import the package from the repository, not this folder's modules as top-level ones
-    sys.path[0] = ROOT_PATH
+
+
+def root_path():
+    """The folder experiments, results and relative option paths are taken from: the repository root when the
+    package runs from a checkout, else (an installed package, whose parent folder is ``site-packages``) the working
+    directory."""
+    return ROOT_PATH if osp.isfile(osp.join(ROOT_PATH, 'setup.py')) else os.getcwd()
 
 
 def prepare_argv(argv):
-    """Make the ``-opt`` path absolute, then work from the repository root (BasicSR resolves paths from there)."""
+    """Make the ``-opt`` path absolute (taken from the working directory, as given on the command line)."""
     argv = list(argv)
     for i, arg in enumerate(argv[:-1]):
         if arg == '-opt':
             argv[i + 1] = osp.abspath(argv[i + 1])
-    os.chdir(ROOT_PATH)
     return argv
+
+
+def _is_path_option(section, key):
+    if section == 'path':
+        return key.startswith('pretrain_network') or key == 'resume_state'
+    return key.startswith('dataroot') or key == 'meta_info_file'
+
+
+def resolve_option_paths(opt, root):
+    """Join the relative file paths of parsed options to ``root``, in place: the datasets' ``dataroot_*`` and
+    ``meta_info_file``, and ``path.pretrain_network_*`` and ``path.resume_state``. (The folders BasicSR derives,
+    ``experiments/<name>``, ``results/<name>`` and ``tb_logger/<name>``, already start at its root.)
+
+    Returns:
+        dict: ``opt``.
+    """
+    sections = [('path', opt.get('path') or {})]
+    sections += [('datasets', dataset) for dataset in (opt.get('datasets') or {}).values() if isinstance(dataset, dict)]
+    for section, values in sections:
+        for key, value in values.items():
+            if _is_path_option(section, key) and isinstance(value, str) and value and not osp.isabs(value):
+                values[key] = osp.join(root, value)
+    return opt
+
+
+@contextmanager
+def options_from_root(pipeline_module, root):
+    """While active, the options ``pipeline_module`` parses have their relative paths joined to ``root``."""
+    parse_options = pipeline_module.parse_options
+
+    def parse_from_root(root_path, is_train=True):
+        opt, args = parse_options(root_path, is_train)
+        return resolve_option_paths(opt, root), args
+
+    pipeline_module.parse_options = parse_from_root
+    try:
+        yield
+    finally:
+        pipeline_module.parse_options = parse_options
 
 
 def pop_max_minutes(argv):
@@ -86,6 +131,7 @@ class StopRequest:
             return local
         import torch
         import torch.distributed as dist
+
         # 0 go on, 1 budget, 2 signal: every rank takes the strongest reason any rank has
         code = torch.tensor(0.0 if local is None else (1.0 if local == 'time budget' else 2.0), device=device)
         dist.all_reduce(code, op=dist.ReduceOp.MAX)
@@ -193,13 +239,15 @@ def run_pipeline(name):
     import sdnet_plugin  # noqa: F401  (applies the BasicSR fixes and registers the plugin)
     from sdnet_plugin.models.sdnet_model import NonFiniteStop
     from sdnet_plugin.utils import error_line
-    pipeline = getattr(importlib.import_module(f'basicsr.{name}'), f'{name}_pipeline')
+    module = importlib.import_module(f'basicsr.{name}')
+    pipeline, root = getattr(module, f'{name}_pipeline'), root_path()
     try:
-        if name == 'train':
-            with graceful_stop(max_minutes, start):
-                pipeline(ROOT_PATH)
-        else:
-            pipeline(ROOT_PATH)
+        with options_from_root(module, root):
+            if name == 'train':
+                with graceful_stop(max_minutes, start):
+                    pipeline(root)
+            else:
+                pipeline(root)
     except (ValueError, OSError, NonFiniteStop) as error:
         sys.exit(f'error: {error_line(error)}')
     end_process_group()

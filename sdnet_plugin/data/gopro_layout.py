@@ -1,5 +1,9 @@
 """GoPro-layout trees (``<split>/<SEQ>/{blur,blur_gamma,sharp,flow}/NNNNNN.png``) and their LMDB form.
 
+The layout itself is defined here once: the folder names (:data:`GOPRO_FOLDERS`), sample keys ``<SEQ>/<NNNNNN>``
+(:func:`sample_key`, :func:`synthetic_key`, :func:`sub_image_key`) and where a key's image lies
+(:func:`image_path`).
+
 :func:`scan_gopro_split` lists and checks the (blurry, sharp, flow) triplets of a split; :func:`create_gopro_lmdb`
 writes them into three BasicSR LMDB databases (``<prefix>_blur.lmdb``, ``<prefix>_sharp.lmdb``,
 ``<prefix>_flow.lmdb``) with BasicSR's :class:`~basicsr.utils.lmdb_util.LmdbMaker`, keys ``<SEQ>/<NNNNNN>`` (plus
@@ -16,8 +20,51 @@ import numpy as np
 from tqdm import tqdm
 
 from sdnet_plugin.data.flow_io import decode_flow, quantize_flow
+from sdnet_plugin.image_io import read_unchanged
 
+__all__ = [
+    'GOPRO_FOLDERS', 'LMDB_KINDS', 'FRAMES_PER_SEQUENCE', 'IMAGE_SUFFIX', 'sample_key', 'split_key', 'synthetic_key',
+    'sub_image_key', 'image_name', 'image_path', 'scan_gopro_split', 'lmdb_paths', 'read_meta_keys', 'crop_positions',
+    'create_gopro_lmdb', 'verify_gopro_lmdb'
+]
+
+GOPRO_FOLDERS = ('blur', 'blur_gamma', 'sharp', 'flow')  # the folders of a sequence, in GoPro's layout
 LMDB_KINDS = ('blur', 'sharp', 'flow')
+FRAMES_PER_SEQUENCE = 20  # synthetic samples per sequence folder
+IMAGE_SUFFIX = '.png'
+
+
+def sample_key(sequence, stem):
+    """Key ``<SEQ>/<NNNNNN>`` of the image ``<stem>.png`` of a sequence (the LMDB key, the sample's name)."""
+    return f'{sequence}/{stem}'
+
+
+def split_key(key):
+    """``'<SEQ>/<NNNNNN>'`` -> ``(sequence, stem)``."""
+    sequence, stem = key.split('/')
+    return sequence, stem
+
+
+def synthetic_key(split, index):
+    """Key of synthetic sample ``index`` of a split: ``SYN_<split>_<SSSS>/<NNNNNN>``, ``FRAMES_PER_SEQUENCE`` samples
+    per sequence (no dots, usable as an LMDB key)."""
+    return sample_key(f'SYN_{split}_{index // FRAMES_PER_SEQUENCE:04d}', f'{index % FRAMES_PER_SEQUENCE:06d}')
+
+
+def sub_image_key(key, index):
+    """Key of sub-image ``index`` of a sample cropped into sub-images: ``<SEQ>/<NNNNNN>_sXXX``."""
+    return f'{key}_s{index:03d}'
+
+
+def image_name(key):
+    """File name of a key's images inside their folder: ``NNNNNN.png``."""
+    return split_key(key)[1] + IMAGE_SUFFIX
+
+
+def image_path(root, key, folder):
+    """Path of a key's image in one of the ``GOPRO_FOLDERS`` of the split folder ``root``."""
+    sequence, _ = split_key(key)
+    return osp.join(root, sequence, folder, image_name(key))
 
 
 def scan_gopro_split(dataroot, blur_folder='blur', sharp_folder='sharp', flow_folder='flow', use_flow=True):
@@ -45,7 +92,7 @@ def scan_gopro_split(dataroot, blur_folder='blur', sharp_folder='sharp', flow_fo
             continue
         for name in sorted(os.listdir(blur_dir)):
             stem, ext = osp.splitext(name)
-            if ext.lower() != '.png' or name.startswith('.'):
+            if ext.lower() != IMAGE_SUFFIX or name.startswith('.'):
                 continue
             if '.' in stem or '.' in seq:
                 raise ValueError(f'names must not contain dots (they become LMDB keys): {osp.join(blur_dir, name)}')
@@ -58,7 +105,12 @@ def scan_gopro_split(dataroot, blur_folder='blur', sharp_folder='sharp', flow_fo
                 if not osp.isfile(flow):
                     raise FileNotFoundError(f'flow missing for {osp.join(blur_dir, name)}: {flow} '
                                             '(set use_flow: false for data without flows)')
-            samples.append({'key': f'{seq}/{stem}', 'blur': osp.join(blur_dir, name), 'sharp': sharp, 'flow': flow})
+            samples.append({
+                'key': sample_key(seq, stem),
+                'blur': osp.join(blur_dir, name),
+                'sharp': sharp,
+                'flow': flow
+            })
     if not samples:
         raise FileNotFoundError(f'no blurry images found in {dataroot}/<SEQ>/{blur_folder}/*.png')
     return samples
@@ -94,13 +146,6 @@ def crop_positions(length, crop_size, step, thresh_size=0):
     return starts
 
 
-def _read_unchanged(path):
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise IOError(f'unreadable or truncated image: {path}')
-    return img
-
-
 def _read_flow_stored(path):
     """A flow PNG checked by the reader training uses (16-bit, 4 channels), in its stored encoding."""
     with open(path, 'rb') as f:
@@ -124,8 +169,11 @@ def _remove_stale_builds(dst, prefix):
     build_prefix, current = _build_names(dst, prefix)
     keep = osp.realpath(current) if osp.islink(current) else None
     stale = {current + '.new'} | {path + '.new' for path in lmdb_paths(dst, prefix).values()}
-    stale |= {osp.join(dst, f'.{name}') for name in [f'partial_{prefix}_{kind}.lmdb' for kind in LMDB_KINDS] +
-              [f'{prefix}.lmdb-legacy-{kind}' for kind in LMDB_KINDS]}
+    stale |= {
+        osp.join(dst, f'.{name}')
+        for name in [f'partial_{prefix}_{kind}.lmdb'
+                     for kind in LMDB_KINDS] + [f'{prefix}.lmdb-legacy-{kind}' for kind in LMDB_KINDS]
+    }
     for name in os.listdir(dst):
         path = osp.join(dst, name)
         if not (path in stale or path.startswith(build_prefix)) or osp.realpath(path) == keep:
@@ -166,8 +214,18 @@ def _switch_to_build(dst, prefix, build, kinds):
     _remove_stale_builds(dst, prefix)
 
 
-def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_size=None, step=256, thresh_size=0,
-                      compress_level=1, overwrite=False, progress=True, verify=False):
+def create_gopro_lmdb(src,
+                      dst,
+                      prefix,
+                      blur_folder='blur',
+                      use_flow=True,
+                      crop_size=None,
+                      step=256,
+                      thresh_size=0,
+                      compress_level=1,
+                      overwrite=False,
+                      progress=True,
+                      verify=False):
     """Write a GoPro-layout split into ``<dst>/<prefix>_{blur,sharp,flow}.lmdb`` (BasicSR LMDB format).
 
     The databases are built (and verified) in a hidden folder, then switched in all at once (see
@@ -209,7 +267,7 @@ def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_
     _remove_stale_builds(dst, prefix)
     build = tempfile.mkdtemp(prefix=osp.basename(_build_names(dst, prefix)[0]), dir=dst)
     paths = {k: osp.join(build, f'{k}.lmdb') for k in kinds}
-    readers = {'blur': _read_unchanged, 'sharp': _read_unchanged, 'flow': _read_flow_stored}
+    readers = {'blur': read_unchanged, 'sharp': read_unchanged, 'flow': _read_flow_stored}
     makers, keys, verified = {}, [], None
     try:
         for kind in kinds:
@@ -226,7 +284,7 @@ def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_
             index = 0
             for top in tops:
                 for left in lefts:
-                    key = sample['key'] if crop_size is None else f'{sample["key"]}_s{index:03d}'
+                    key = sample['key'] if crop_size is None else sub_image_key(sample['key'], index)
                     index += 1
                     for kind, img in images.items():
                         patch = img if crop_size is None else img[top:top + crop_size, left:left + crop_size]

@@ -37,7 +37,7 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
-from sdnet_plugin import inference, precision
+from sdnet_plugin import compat, inference, precision
 from sdnet_plugin.utils import error_line
 
 OFFSET_WEIGHT_SCHEDULES = ('constant', 'linear')
@@ -150,7 +150,11 @@ class SDNetModel(SRModel):
         """BasicSR's ``model_to_device``, in channels-last memory when configured (before any DDP wrapping)."""
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        return super().model_to_device(net)
+        return compat.model_to_device(self, net)  # BasicSR's, with CPU models under torchrun too
+
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        """BasicSR's ``get_optimizer`` for every optimizer in ``torch.optim`` (``Adam``, ``AdamW``, ``SGD``, ...)."""
+        return compat.get_optimizer(self, optim_type, params, lr, **kwargs)
 
     # ------------------------------------------------------------------ training set-up
     def init_training_settings(self):

@@ -4,6 +4,7 @@ import pytest
 
 from sdnet_plugin.data import synthesis
 from sdnet_plugin.data.flow_utils import backward_warp, reblur
+from sdnet_plugin.file_safety import is_temporary
 
 
 def _psnr(a, b, mask=None):
@@ -110,17 +111,19 @@ def test_synthesize_dataset_layout_and_determinism(tmp_path):
         synthesis.synthesize_dataset(str(tmp_path / 'a'), 1, **kwargs)
     synthesis.synthesize_dataset(str(tmp_path / 'a'), 1, overwrite=True, **kwargs)
     assert len(list((tmp_path / 'a').glob('*/sharp/*.png'))) == 1
-    assert not (tmp_path / 'a.partial').exists()
+    assert not [path for path in tmp_path.iterdir() if is_temporary(path.name)]
 
 
 def _camera_scenes(num_photos, count=6, size=(80, 64), without=()):
-    return [synthesis.sample_scene(np.random.default_rng(i), num_photos, *size, realism='camera', without=without)
-            for i in range(count)]
+    return [
+        synthesis.sample_scene(np.random.default_rng(i), num_photos, *size, realism='camera', without=without)
+        for i in range(count)
+    ]
 
 
 def test_camera_realism_keeps_flows_exact(smooth_photos):
     # light sources are sharp points that bilinear resampling cannot follow exactly: left out of this check
-    for scene in _camera_scenes(len(smooth_photos), count=4, without=('lights',)):
+    for scene in _camera_scenes(len(smooth_photos), count=4, without=('lights', )):
         sample = synthesis.render_scene(scene, smooth_photos, return_subframes=True)
         assert sample['subframes'].shape[0] == sample['num_subframes'] >= scene['num_subframes']
         assert np.array_equal(sample['sharp'], sample['subframes'][sample['num_subframes'] // 2])
@@ -131,7 +134,7 @@ def test_camera_realism_keeps_flows_exact(smooth_photos):
 
 
 def test_camera_dense_subframes_move_at_most_a_pixel(photos):
-    scene = _camera_scenes(len(photos), count=1, without=('exposure',))[0]
+    scene = _camera_scenes(len(photos), count=1, without=('exposure', ))[0]
     scene['background']['motion'].update(velocity=[20.0, 0.0], acceleration=[0.0, 0.0], shake=[], path=None)
     sample = synthesis.render_scene(scene, photos)
     assert sample['num_subframes'] >= 41 and sample['num_subframes'] % 2 == 1
@@ -143,8 +146,8 @@ def test_camera_dense_subframes_move_at_most_a_pixel(photos):
 def test_camera_highlights_streak_after_clipping(photos):
     scene = _camera_scenes(len(photos), count=1, without=('noise', 'jpeg', 'handshake', 'exposure'))[0]
     scene['layers'] = []
-    scene['background']['motion'].update(velocity=[8.0, 0.0], acceleration=[0.0, 0.0], shake=[], angular_velocity=0.0,
-                                         zoom_rate=0.0)
+    scene['background']['motion'].update(
+        velocity=[8.0, 0.0], acceleration=[0.0, 0.0], shake=[], angular_velocity=0.0, zoom_rate=0.0)
     scene['camera'].update(lights=[{'centre': [40.0, 32.0], 'sigma': 1.0, 'rgb': [30.0, 30.0, 30.0]}])
     sample = synthesis.render_scene(scene, photos, return_subframes=True)
     assert sample['sharp'][32, 40].min() == 1.0  # saturated in the sharp frame
@@ -154,12 +157,11 @@ def test_camera_highlights_streak_after_clipping(photos):
     assert np.allclose(sample['blur'], sample['blur_gamma'])  # noise and JPEG off
     scene['camera'].update(lights=[], highlight_gain=1.0)  # nothing above white: clipping order no longer matters
     sample = synthesis.render_scene(scene, photos, return_subframes=True)
-    assert np.allclose(sample['blur'], (sample['subframes']**synthesis.GAMMA).mean(0)**(1 / synthesis.GAMMA),
-                       atol=2e-3)
+    assert np.allclose(sample['blur'], (sample['subframes']**synthesis.GAMMA).mean(0)**(1 / synthesis.GAMMA), atol=2e-3)
 
 
 def test_camera_noise_is_signal_dependent_and_jpeg_quantizes(photos):
-    scene = _camera_scenes(len(photos), count=1, without=('jpeg',), size=(160, 128))[0]
+    scene = _camera_scenes(len(photos), count=1, without=('jpeg', ), size=(160, 128))[0]
     scene['camera']['noise'] = {'shot': 4e-3, 'read': 1e-5, 'seed': 7}
     sample = synthesis.render_scene(scene, photos)
     clean = sample['blur_gamma']**synthesis.GAMMA
@@ -194,9 +196,9 @@ def test_camera_handshake_paths_curve_and_exposures_mix(photos):
     assert min(exposures) < 0.7 and max(exposures) > 1.3
     assert {bool(s['camera']['noise']) for s in scenes} == {True, False}
     assert len({s['camera']['jpeg_quality'] for s in scenes}) > 5
-    assert all(s['camera']['exposure'] == 1.0 for s in _camera_scenes(len(photos), count=5, without=('exposure',)))
+    assert all(s['camera']['exposure'] == 1.0 for s in _camera_scenes(len(photos), count=5, without=('exposure', )))
     with pytest.raises(ValueError, match='unknown camera features'):
-        synthesis.sample_scene(np.random.default_rng(0), 3, 64, 64, realism='camera', without=('blur',))
+        synthesis.sample_scene(np.random.default_rng(0), 3, 64, 64, realism='camera', without=('blur', ))
 
 
 def test_camera_dataset_is_deterministic_for_any_workers(tmp_path):

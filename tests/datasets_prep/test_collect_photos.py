@@ -1,14 +1,8 @@
-import importlib.util
-import os.path as osp
-
 import cv2
 import numpy as np
 import pytest
 
-SCRIPT = osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'collect_photos.py')
-spec = importlib.util.spec_from_file_location('collect_photos', SCRIPT)
-collect_photos = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(collect_photos)
+from sdnet_plugin.tools import collect_photos
 
 
 def textured(seed, height=48, width=64):
@@ -81,13 +75,15 @@ def test_collect_writes_splits_and_sources_and_refuses_eval_packages_for_trainin
         if source is missing:
             raise RuntimeError('E: Unable to locate package no-such-package')
         entries = [entry for entry, _ in collect_photos.entries_with_groups(source)]
-        return [collect_photos.Photo(source, entry, f'{source.name}/{entry}', textured(seed, 320, 400), '1.0', 'CC0')
-                for seed, entry in enumerate(entries, start=100 * len(source.name))]
+        return [
+            collect_photos.Photo(source, entry, f'{source.name}/{entry}', textured(seed, 320, 400), '1.0', 'CC0')
+            for seed, entry in enumerate(entries, start=100 * len(source.name))
+        ]
 
     monkeypatch.setattr(collect_photos, 'load_source', fake_load)
     out = tmp_path / 'photos'
-    counts = collect_photos.collect(str(out), str(tmp_path / 'cache'), max_side=200, min_side=100,
-                                    sources=[train_source, eval_source, missing])
+    counts = collect_photos.collect(
+        str(out), str(tmp_path / 'cache'), max_side=200, min_side=100, sources=[train_source, eval_source, missing])
     assert counts == {'train': {'train': 9, 'val': 1}, 'held': {'eval': 1}}
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob('*.png'))
     assert len(written) == 11 and 'eval/held_e0.png' in written

@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import os.path as osp
 
@@ -9,11 +8,7 @@ import pytest
 
 from sdnet_plugin.data import gopro_layout
 from sdnet_plugin.data.flow_io import decode_flow, read_flow
-
-SCRIPT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'create_lmdb.py'))
-spec = importlib.util.spec_from_file_location('create_lmdb', SCRIPT)
-create_lmdb = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(create_lmdb)
+from sdnet_plugin.tools import create_lmdb
 
 
 def _get(db_path, key):
@@ -136,8 +131,13 @@ def test_switch_to_new_databases_is_all_or_nothing(make_synthetic_gopro, tmp_pat
     new = make_synthetic_gopro(count=2, seed=2, lmdb=False)  # same keys, other content
     key = old['keys'][0]
     seq, name = key.split('/')
-    sources = {kind: {label: cv2.imread(osp.join(tree['root'], seq, kind, f'{name}.png'), cv2.IMREAD_UNCHANGED)
-                      for label, tree in (('old', old), ('new', new))} for kind in ('blur', 'sharp', 'flow')}
+    sources = {
+        kind: {
+            label: cv2.imread(osp.join(tree['root'], seq, kind, f'{name}.png'), cv2.IMREAD_UNCHANGED)
+            for label, tree in (('old', old), ('new', new))
+        }
+        for kind in ('blur', 'sharp', 'flow')
+    }
     real_replace, real_rmtree = os.replace, gopro_layout.shutil.rmtree
     for kill_at in range(1, 12):
         dst = str(tmp_path / f'lmdb{kill_at}')
@@ -164,8 +164,9 @@ def test_switch_to_new_databases_is_all_or_nothing(make_synthetic_gopro, tmp_pat
         assert {_identity(paths[kind], key, sources[kind]) for kind in paths} == {'new'}
         assert gopro_layout.verify_gopro_lmdb(dst, 'train', progress=False) == 6
         current = os.readlink(osp.join(dst, '.train.lmdb-current'))
-        assert sorted(os.listdir(dst)) == sorted(['.train.lmdb-current', current, 'train_blur.lmdb',
-                                                  'train_flow.lmdb', 'train_sharp.lmdb'])  # nothing left over
+        assert sorted(os.listdir(dst)) == sorted(
+            ['.train.lmdb-current', current, 'train_blur.lmdb', 'train_flow.lmdb',
+             'train_sharp.lmdb'])  # nothing left over
 
 
 def test_names_with_spaces_are_refused(make_synthetic_gopro, tmp_path):
@@ -213,3 +214,15 @@ def test_databases_of_the_earlier_layout_are_replaced(make_synthetic_gopro, tmp_
     assert gopro_layout.verify_gopro_lmdb(dst, 'train', progress=False) == 6
     assert sorted(n for n in os.listdir(dst) if n.startswith('.')) == sorted(
         ['.train.lmdb-current', os.readlink(os.path.join(dst, '.train.lmdb-current'))])  # the old folders are gone
+
+
+def test_layout_keys_and_paths_agree_with_the_scanned_tree(synthetic_gopro):
+    samples = gopro_layout.scan_gopro_split(synthetic_gopro['root'])
+    assert [s['key'] for s in samples] == [gopro_layout.synthetic_key('all', i) for i in range(len(samples))]
+    for sample in samples:
+        sequence, stem = gopro_layout.split_key(sample['key'])
+        assert gopro_layout.sample_key(sequence, stem) == sample['key'] and '.' not in sample['key']
+        for kind in gopro_layout.LMDB_KINDS:
+            assert gopro_layout.image_path(synthetic_gopro['root'], sample['key'], kind) == sample[kind]
+    assert gopro_layout.synthetic_key('val', gopro_layout.FRAMES_PER_SEQUENCE) == 'SYN_val_0001/000000'
+    assert gopro_layout.sub_image_key('SEQ/000001', 7) == 'SEQ/000001_s007'

@@ -1,20 +1,13 @@
-import importlib.util
 import json
 import os
 import os.path as osp
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
 from sdnet_plugin.data.flow_io import read_flow
-
-SCRIPT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'gopro_flows.py'))
-spec = importlib.util.spec_from_file_location('gopro_flows', SCRIPT)
-gopro_flows = importlib.util.module_from_spec(spec)
-sys.modules['gopro_flows'] = gopro_flows  # worker processes look the flow function up by module name
-spec.loader.exec_module(gopro_flows)
+from sdnet_plugin.tools import gopro_flows
 
 VELOCITY = (0.8, -0.5)  # pixels per 240 fps frame
 SIZE = (96, 72)
@@ -75,8 +68,11 @@ def test_window_arithmetic_matches_the_documented_example():
 @pytest.mark.parametrize('estimator', ['dis', 'farneback'])
 def test_exact_mode_flows(tmp_path, estimator):
     _fake_gopro(str(tmp_path), blurs=2)
-    gopro_flows.main(['--gopro', str(tmp_path / 'GOPRO_Large'), '--gopro-all', str(tmp_path / 'GOPRO_Large_all'),
-                      '--splits', 'train', '--estimator', estimator])
+    gopro_flows.main([
+        '--gopro',
+        str(tmp_path / 'GOPRO_Large'), '--gopro-all',
+        str(tmp_path / 'GOPRO_Large_all'), '--splits', 'train', '--estimator', estimator
+    ])
     report = json.loads((tmp_path / 'GOPRO_Large' / 'train' / 'flow_report.json').read_text())
     assert report['sequences']['GOPR0001_07_00']['matched'] == 2
     for n in (1, 2):

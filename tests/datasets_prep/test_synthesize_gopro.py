@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -10,17 +9,21 @@ import numpy as np
 import pytest
 
 from sdnet_plugin.data.flow_io import read_flow
+from sdnet_plugin.file_safety import is_temporary
+from sdnet_plugin.tools import synthesize_gopro
 
-SCRIPT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'synthesize_gopro.py'))
-spec = importlib.util.spec_from_file_location('synthesize_gopro', SCRIPT)
-synthesize_gopro = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(synthesize_gopro)
+WRAPPER = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'synthesize_gopro.py'))
 
 
-def test_script_runs_from_another_folder(tmp_path):
+@pytest.mark.parametrize(
+    'command', [[WRAPPER], ['-m', 'sdnet_plugin.tools.synthesize_gopro']], ids=['datasets_prep', 'module'])
+def test_script_runs_from_another_folder(tmp_path, command):
     out = tmp_path / 'syn'
-    subprocess.run([sys.executable, SCRIPT, '--out', str(out), '--count', '2', '--size', '40x32', '--seed', '1'],
-                   cwd=str(tmp_path), check=True, capture_output=True)
+    subprocess.run([sys.executable, *command, '--out',
+                    str(out), '--count', '2', '--size', '40x32', '--seed', '1'],
+                   cwd=str(tmp_path),
+                   check=True,
+                   capture_output=True)
     seqs = [d for d in os.listdir(out) if osp.isdir(out / d)]
     assert len(seqs) == 1
     for folder in ('blur', 'blur_gamma', 'sharp', 'flow'):
@@ -83,7 +86,7 @@ def test_overwrite_replaces_only_a_previous_output(tmp_path, case):
     with pytest.raises(SystemExit, match=f'error: refusing to replace {out}'):
         synthesize_gopro.main(args + (['--photos', str(photos)] if photos else []))
     assert sorted(str(p.relative_to(out)) for p in out.rglob('*')) == before
-    assert not osp.exists(f'{out}.partial')
+    assert not [name for name in os.listdir(out.parent) if is_temporary(name)]
 
 
 def test_overwrite_replaces_a_previous_output(tmp_path):
@@ -106,8 +109,9 @@ def test_bad_blur_options_are_one_line_errors(tmp_path, option, value, message):
 
 def test_camera_realism_options(tmp_path, capsys):
     out = tmp_path / 'cam'
-    synthesize_gopro.main(['--out', str(out), '--count', '2', '--size', '40x32', '--realism', 'camera',
-                           '--without', 'jpeg,noise'])
+    synthesize_gopro.main(
+        ['--out',
+         str(out), '--count', '2', '--size', '40x32', '--realism', 'camera', '--without', 'jpeg,noise'])
     meta = json.loads((out / 'synthesis.json').read_text())
     assert meta['options']['realism'] == 'camera' and meta['options']['without'] == ['jpeg', 'noise']
     assert all(s['jpeg_quality'] is None and s['shot_noise'] is None for s in meta['samples'])

@@ -1,16 +1,9 @@
 """Packed training states: everything a resume needs, in one file under a size limit."""
-import importlib.util
-import os.path as osp
-
 import pytest
 import torch
 
 from sdnet_plugin.models.sdnet_model import atomic_torch_save
-
-SCRIPT = osp.join(osp.dirname(__file__), '..', '..', 'scripts', 'pack_training_state.py')
-spec = importlib.util.spec_from_file_location('pack_training_state', SCRIPT)
-pack_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pack_script)
+from sdnet_plugin.tools import pack_training_state as pack_script
 
 
 def _experiment(folder, current_iter=30):
@@ -24,10 +17,22 @@ def _experiment(folder, current_iter=30):
         scheduler.step()
     (folder / 'models').mkdir(parents=True)
     (folder / 'training_states').mkdir()
-    atomic_torch_save({'params': net.state_dict(), 'params_ema': ema.state_dict(), 'network_g': {'type': 'X'}},
-                      str(folder / 'models' / f'net_g_{current_iter}.pth'))
-    state = {'epoch': 2, 'iter': current_iter, 'optimizers': [optimizer.state_dict()],
-             'schedulers': [scheduler.state_dict()], 'grad_scaler': {'scale': 1024.0}}
+    atomic_torch_save({
+        'params': net.state_dict(),
+        'params_ema': ema.state_dict(),
+        'network_g': {
+            'type': 'X'
+        }
+    }, str(folder / 'models' / f'net_g_{current_iter}.pth'))
+    state = {
+        'epoch': 2,
+        'iter': current_iter,
+        'optimizers': [optimizer.state_dict()],
+        'schedulers': [scheduler.state_dict()],
+        'grad_scaler': {
+            'scale': 1024.0
+        }
+    }
     older = folder / 'training_states' / f'{current_iter - 10}.state'
     atomic_torch_save(dict(state, iter=current_iter - 10), str(older))
     atomic_torch_save(state, str(folder / 'training_states' / f'{current_iter}.state'))
@@ -51,8 +56,8 @@ def test_pack_keeps_float32_when_it_fits_and_unpacks_exactly(tmp_path, capsys):
     restored_net = torch.load(tmp_path / 'resumed' / 'models' / 'net_g_30.pth', weights_only=True)
     for key in ('params', 'params_ema'):
         assert all(torch.equal(restored_net[key][k], v) for k, v in network[key].items())
-    assert sorted(p.name for p in (tmp_path / 'resumed').rglob('*')) == ['30.state', 'models', 'net_g_30.pth',
-                                                                         'training_states']
+    assert sorted(
+        p.name for p in (tmp_path / 'resumed').rglob('*')) == ['30.state', 'models', 'net_g_30.pth', 'training_states']
 
 
 def test_pack_lowers_the_precision_of_what_does_not_steer_training_first(tmp_path):
