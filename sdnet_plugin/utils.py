@@ -1,10 +1,10 @@
-"""Small helpers shared by the plugin's sub-packages."""
+"""Small helpers shared by the plugin's sub-packages and command-line tools."""
+import argparse
 import importlib
-import io
 from os import path as osp
 from pathlib import Path
 
-import numpy as np
+__all__ = ['error_line', 'import_modules_with_suffix', 'parse_size', 'pick_device', 'preset_names']
 
 
 def import_modules_with_suffix(package_name, package_file, suffix):
@@ -27,32 +27,71 @@ def error_line(error):
     return text.splitlines()[0] if text else type(error).__name__
 
 
-# EXIF orientation -> how to turn the stored pixels upright (PIL's ImageOps.exif_transpose table, on arrays)
-_ORIENTATIONS = {
-    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
-    6: lambda a: np.rot90(a, -1), 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)
-}
-
-
-def decode_upright(data):
-    """Decode an encoded image as stored (bit depth, channels: ``cv2.IMREAD_UNCHANGED``) and turn it upright by its
-    EXIF orientation, as viewers show it (phones store portrait photos sideways with an orientation tag).
+def parse_size(text):
+    """``'WIDTHxHEIGHT'`` -> ``(width, height)``, for argparse's ``type=``.
 
     Args:
-        data (bytes): The encoded file.
+        text (str): E.g. ``'1280x720'`` (``X`` works too).
 
     Returns:
-        ndarray | None: ``(H, W)`` or ``(H, W, C)`` in OpenCV's channel order, None when OpenCV cannot decode it.
+        tuple[int, int]: ``(width, height)``, both positive.
+
+    Raises:
+        argparse.ArgumentTypeError: Not two integers separated by ``x``, or not positive.
     """
-    import cv2
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        return image
     try:
-        from PIL import Image
-        with Image.open(io.BytesIO(data)) as pil_image:
-            orientation = pil_image.getexif().get(0x0112, 1)
-    except Exception:  # no EXIF reader for this format, or no EXIF
-        orientation = 1
-    turn = _ORIENTATIONS.get(orientation)
-    return image if turn is None else np.ascontiguousarray(turn(image))
+        width, height = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'size must be WIDTHxHEIGHT, e.g. 1280x720, got {text!r}') from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f'size must be positive, got {text!r}')
+    return width, height
+
+
+def pick_device(name='auto'):
+    """The torch device a command-line ``--device`` names.
+
+    Args:
+        name (str | torch.device): ``'auto'`` (CUDA when available, else the CPU), ``'cpu'``, ``'cuda'`` or
+            ``'cuda:N'``. Default: ``'auto'``.
+
+    Returns:
+        torch.device: The device.
+
+    Raises:
+        ValueError: Another device name, or a CUDA device that is not there; one line that begins with
+            ``device``, so that commands report it as ``--device ...``.
+    """
+    import torch
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda'):
+        raise ValueError(f"device {str(name)!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('device cuda requested but CUDA is not available')
+    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f'device {name}: there are {torch.cuda.device_count()} CUDA devices')
+    return device
+
+
+def preset_names():
+    """Names of the SDNet presets, from the architecture's own table (``SDNET_PRESET_VERSIONS``), for argparse's
+    ``choices=``.
+
+    Returns:
+        tuple[str]: The preset names, in the table's order.
+    """
+    from sdnet_plugin.archs.sdnet_arch import SDNET_PRESET_VERSIONS
+    return tuple(SDNET_PRESET_VERSIONS)
+
+
+def __getattr__(name):
+    """``decode_upright`` lives in :mod:`sdnet_plugin.image_io`; this old import path still finds it."""
+    if name == 'decode_upright':
+        from sdnet_plugin.image_io import decode_upright
+        return decode_upright
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
