@@ -28,7 +28,7 @@ from sdnet_plugin.inference import (DEFAULT_WEIGHTS_NAME, SDNetRestorer, find_de
                                     missing_weights_message)
 from sdnet_plugin.media import VIDEO_CODECS, InputError, collect_inputs
 from sdnet_plugin.outputs import output_paths, write_image_outputs, write_video_outputs
-from sdnet_plugin.utils import error_line
+from sdnet_plugin.utils import error_line, pick_device, preset_names
 
 __all__ = ['main', 'parse_args']
 
@@ -44,7 +44,7 @@ def parse_args(argv=None):
                         help=f'weights file or BasicSR checkpoint (default: shipped {DEFAULT_WEIGHTS_NAME})')
     parser.add_argument('--onnx', default=None, metavar='MODEL',
                         help='run an ONNX model written by sdnet-export in onnxruntime instead of the weights')
-    parser.add_argument('--preset', default='base', choices=('tiny', 'small', 'base'),
+    parser.add_argument('--preset', default='base', choices=preset_names(),
                         help='SDNet preset, used only when the weights do not record their network (default: base)')
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--precision', default='auto', choices=('auto', 'bf16', 'fp16', 'fp32'),
@@ -72,22 +72,6 @@ def parse_args(argv=None):
     return args
 
 
-def select_device(name):
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ('cpu', 'cuda'):
-        raise SystemExit(f"sdnet-deblur: error: --device {name!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit('sdnet-deblur: error: --device cuda requested but CUDA is not available')
-    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
-        raise SystemExit(f'sdnet-deblur: error: --device {name}: there are {torch.cuda.device_count()} CUDA devices')
-    return device
-
-
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 some input failed, 2 usage error)."""
     args = parse_args(argv)
@@ -99,7 +83,10 @@ def main(argv=None):
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except ValueError as error:
+        raise SystemExit(f'sdnet-deblur: error: --{error}') from None
     try:
         dtype = torch.float32 if args.onnx else inference_dtype('fp32' if args.no_half else args.precision, device)
         source = {'onnx': args.onnx} if args.onnx else {'weights': weights, 'preset': args.preset}

@@ -16,12 +16,10 @@ Images run through :class:`sdnet_plugin.inference.SDNetRestorer`. The command li
 """
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 import time
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -29,17 +27,18 @@ from tqdm import tqdm
 import sdnet_plugin  # noqa: F401  (BasicSR fixes and registries; before any basicsr import)
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
-from sdnet_plugin import precision
+from sdnet_plugin import image_io, precision
 from sdnet_plugin.data.flow_io import read_flow
 from sdnet_plugin.data.gopro_layout import gopro_pairs
+from sdnet_plugin.file_safety import write_text
 from sdnet_plugin.inference import DEFAULT_WEIGHTS, SDNetRestorer, load_network
 from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss
+from sdnet_plugin.utils import pick_device, preset_names
 
 __all__ = [
     'evaluate', 'find_pairs', 'format_table', 'image_metrics', 'main', 'mean_scores', 'offset_errors', 'read_image',
     'restore', 'score_pair'
 ]
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def find_pairs(data_root, blur_folder='blur', sharp_folder='sharp'):
@@ -57,7 +56,7 @@ def find_pairs(data_root, blur_folder='blur', sharp_folder='sharp'):
     Raises:
         FileNotFoundError: No blurry images, or a blurry image without its sharp counterpart.
     """
-    pairs = gopro_pairs(data_root, blur_folder, sharp_folder, IMAGE_EXTENSIONS)
+    pairs = gopro_pairs(data_root, blur_folder, sharp_folder, image_io.IMAGE_EXTENSIONS)
     if not pairs:
         raise FileNotFoundError(f'no images in {osp.join(data_root, "*", blur_folder)} (expected GoPro layout)')
     for _, blur_path, sharp_path in pairs:
@@ -67,13 +66,10 @@ def find_pairs(data_root, blur_folder='blur', sharp_folder='sharp'):
 
 
 def read_image(path):
-    """Read an image as HxWx3 uint8 BGR (8-bit); 16-bit inputs are rounded to 8 bits, alpha is dropped."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-    if image is None:
-        raise ValueError(f'cannot read image {path}')
-    if image.dtype == np.uint16:
-        image = np.round(image / 257.0).astype(np.uint8)
-    return image
+    """Read an image (:func:`sdnet_plugin.image_io.read_image`) as HxWx3 uint8 BGR: 16-bit and float inputs are
+    rounded to 8 bits, alpha is dropped, grey is repeated."""
+    rgb = image_io.read_image(path).rgb
+    return np.round(rgb[..., ::-1] * np.float32(255)).astype(np.uint8)
 
 
 def restore(restorer, image_bgr, return_offsets=False):
@@ -236,18 +232,12 @@ def format_table(result):
     return '\n'.join(lines)
 
 
-def pick_device(name):
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(name)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--weights', default=str(DEFAULT_WEIGHTS),
                         help='weights or BasicSR checkpoint (default: weights/sdnet_base_synthetic.pth)')
     parser.add_argument('--data', required=True, help='GoPro-layout folder: <data>/<SEQ>/{blur,sharp}/*.png')
-    parser.add_argument('--preset', default='base', choices=('tiny', 'small', 'base'),
+    parser.add_argument('--preset', default='base', choices=preset_names(),
                         help='SDNet preset when the weights store no network options (default: base)')
     parser.add_argument('--blur-folder', default='blur', help='blurry sub-folder: blur or blur_gamma (default: blur)')
     parser.add_argument('--sharp-folder', default='sharp', help='sharp sub-folder (default: sharp)')
@@ -289,10 +279,7 @@ def main(argv=None):
         if args.json == '-':
             print(text)
         else:
-            tmp_path = f'{args.json}.tmp{os.getpid()}'
-            with open(tmp_path, 'w', encoding='utf-8') as f:
-                f.write(text + '\n')
-            os.replace(tmp_path, args.json)
+            write_text(args.json, text + '\n')
 
 
 if __name__ == '__main__':

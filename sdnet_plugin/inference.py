@@ -7,7 +7,6 @@ options under ``network_g`` (``{'type': 'SDNet', 'preset': 'base', ...}``) so th
 import io
 import math
 import os
-import tempfile
 from copy import deepcopy
 from pathlib import Path
 
@@ -18,6 +17,9 @@ from tqdm import tqdm
 
 from sdnet_plugin import precision
 from sdnet_plugin.archs.sdnet_arch import pin_preset_version
+# the atomic writers under their earlier names here
+from sdnet_plugin.file_safety import temp_path as make_temp_path
+from sdnet_plugin.file_safety import write_bytes as write_atomically
 from sdnet_plugin.utils import error_line
 
 __all__ = [
@@ -52,52 +54,8 @@ TILE_ALIGN = 4
 # Peak inference memory per input pixel and feature channel at full resolution, in elements (measured on CPU for
 # the SDNet presets with the torchvision DCN backend: about 3.9 KB per pixel for 32 float32 channels).
 ELEMENTS_PER_PIXEL_PER_FEATURE = 32
-NAME_MAX = 255  # bytes in a file name (Linux file systems)
 # Side of the image that checks that a network keeps the image size (restoration, not super-resolution).
 PROBE_SIZE = 32
-
-
-def make_temp_path(path, keep_suffix=True):
-    """Create an empty hidden temporary file next to ``path`` (normal file permissions).
-
-    Args:
-        path (str | Path): The final file.
-        keep_suffix (bool): End the temporary name with ``path``'s extension (image and video writers choose their
-            encoder by it). Without it the name ends in ``.partial``, so scans for finished files (BasicSR's resume
-            looks for ``*.state``) never pick it up. Default: True.
-
-    Returns:
-        str: Its path; rename it onto ``path`` when complete, or remove it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = f'.partial{path.suffix}' if keep_suffix else '.partial'
-    # file names have at most NAME_MAX (255) bytes: shorten the stem so that '.' + stem + '.' + 8 random
-    # characters + suffix still fit
-    room = NAME_MAX - len(f'..{"x" * 8}{suffix}'.encode())
-    stem = path.stem.encode()[:max(room, 0)].decode(errors='ignore')
-    fd, tmp_path = tempfile.mkstemp(prefix=f'.{stem}.', suffix=suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates owner-only files
-    return tmp_path
-
-
-def write_atomically(path, data):
-    """Write ``data`` (bytes) to ``path`` through a temporary file in the same folder, then rename it into place.
-
-    An interrupted write never leaves a partial file under ``path``.
-    """
-    tmp_path = make_temp_path(path)
-    try:
-        with open(tmp_path, 'wb') as f:
-            f.write(data)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def _read_option_file_network(weights_path):

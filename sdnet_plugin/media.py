@@ -1,7 +1,8 @@
-"""Media files of ``sdnet-deblur``: finding the inputs, image codecs (bit depth, grey, alpha, EXIF orientation) and
-videos (OpenCV frames, the audio track copied with PyAV).
+"""Media files of ``sdnet-deblur``: finding the inputs, images (:mod:`sdnet_plugin.image_io`: bit depth, grey, alpha,
+EXIF orientation) with one-line errors, and videos (OpenCV frames, the audio track copied with PyAV).
 
-Every file is written to a hidden temporary name next to its destination and renamed into place when complete.
+Every file is written to a hidden temporary name next to its destination (:mod:`sdnet_plugin.file_safety`) and
+renamed into place when complete.
 """
 import glob
 import heapq
@@ -11,24 +12,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sdnet_plugin.inference import make_temp_path
-from sdnet_plugin.utils import decode_upright, error_line
+from sdnet_plugin import image_io
+from sdnet_plugin.file_safety import temp_path
+from sdnet_plugin.image_io import IMAGE_EXTENSIONS
+from sdnet_plugin.utils import error_line
 
 __all__ = [
     'IMAGE_EXTENSIONS', 'InputError', 'VIDEO_CODECS', 'VideoSink', 'collect_inputs', 'copy_audio', 'encode_image',
-    'merge_image', 'read_image', 'split_image', 'to_bgr8'
+    'read_image', 'to_bgr8'
 ]
-IMAGE_EXTENSIONS = {
-    '.bmp', '.dib', '.jpg', '.jpeg', '.jpe', '.jp2', '.png', '.webp', '.pbm', '.pgm', '.ppm', '.pnm', '.pxm',
-    '.sr', '.ras', '.tif', '.tiff', '.exr', '.hdr', '.pic'
-}
 # container -> FourCC codes OpenCV's writers accept for it, in order of preference
 VIDEO_CODECS = {
     '.mp4': ('mp4v', 'avc1'), '.m4v': ('mp4v', 'avc1'), '.mov': ('mp4v', 'avc1'), '.avi': ('MJPG', 'XVID'),
     '.mkv': ('XVID', 'mp4v', 'MJPG'), '.webm': ('VP80', 'VP90'), '.mpg': ('PIM1', ), '.mpeg': ('PIM1', ),
     '.wmv': ('WMV2', ), '.flv': ('FLV1', )
 }
-PIXEL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
 
 
 class InputError(Exception):
@@ -45,7 +43,7 @@ def collect_inputs(patterns, recursive=False):
     Returns:
         tuple[list[tuple[Path, Path]], list[tuple[str, str]]]: inputs and ``(pattern, reason)`` errors.
     """
-    media = IMAGE_EXTENSIONS | set(VIDEO_CODECS)
+    media = set(IMAGE_EXTENSIONS) | set(VIDEO_CODECS)
     inputs, errors = [], []
     seen = set()
     for pattern in patterns:
@@ -90,49 +88,12 @@ def _glob(pattern, recursive):
 
 
 def read_image(path):
-    """Read an image file as stored (bit depth, channels), upright by its EXIF orientation, raising
-    :class:`InputError` with the reason."""
+    """Read an image file (:func:`sdnet_plugin.image_io.read_image`: upright, RGB in [0, 1], bit depth, alpha),
+    raising :class:`InputError` with the reason."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise InputError(f'cannot read: {error.strerror or error}') from None
-    if not data:
-        raise InputError('empty file')
-    image = decode_upright(data)  # phones store portrait photos sideways, with an EXIF orientation
-    if image is None or image.size == 0:
-        raise InputError('not a decodable image (truncated, corrupt or not an image)')
-    if image.dtype not in PIXEL_SCALE:
-        raise InputError(f'unsupported pixel type {image.dtype} (8-bit, 16-bit or float32 images only)')
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 3 and image.shape[2] not in (3, 4):
-        raise InputError(f'unsupported number of channels {image.shape[2]}')
-    return image
-
-
-def split_image(image):
-    """Stored image -> ``(float32 RGB (H, W, 3) in [0, 1], alpha or None, was_grey)``."""
-    scale = PIXEL_SCALE[image.dtype]
-    alpha = None
-    if image.ndim == 2:
-        rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    elif image.shape[2] == 4:
-        rgb, alpha = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB), image[..., 3]
-    else:
-        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    rgb = np.clip(rgb.astype(np.float32) / scale, 0, 1) if scale != 1 else np.clip(rgb, 0, 1)
-    return rgb, alpha, image.ndim == 2
-
-
-def merge_image(rgb, alpha, grey, dtype):
-    """Inverse of :func:`split_image`: float RGB in [0, 1] -> stored layout and ``dtype``."""
-    scale = PIXEL_SCALE[np.dtype(dtype)]
-    values = rgb * scale
-    values = np.round(values).astype(dtype) if scale != 1 else values.astype(dtype)
-    if grey:
-        return cv2.cvtColor(values, cv2.COLOR_RGB2GRAY)
-    bgr = cv2.cvtColor(values, cv2.COLOR_RGB2BGR)
-    return bgr if alpha is None else np.dstack((bgr, alpha))
+        return image_io.read_image(path)
+    except image_io.ImageReadError as error:
+        raise InputError(error.reason) from None
 
 
 def to_bgr8(rgb):
@@ -140,15 +101,26 @@ def to_bgr8(rgb):
     return cv2.cvtColor(np.round(rgb * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
 
 
-def encode_image(image, suffix):
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix.lower() in ('.jpg', '.jpeg', '.jpe') else []
+def encode_image(suffix, rgb, bit_depth=8, alpha=None, grey=False):
+    """Encode float RGB in [0, 1] (:func:`sdnet_plugin.image_io.encode_image`), as grey when ``grey``, raising
+    :class:`InputError` with the reason.
+
+    Args:
+        suffix (str): Extension choosing the format.
+        rgb (ndarray): Image with shape (H, W, 3), float RGB in [0, 1].
+        bit_depth (int): 8, 16 or 32. Default: 8.
+        alpha (ndarray | None): Opacity with shape (H, W), in [0, 1]. Default: None.
+        grey (bool): Store one grey channel. Default: False.
+
+    Returns:
+        bytes: The encoded file.
+    """
+    if grey:
+        rgb = cv2.cvtColor(np.ascontiguousarray(rgb, np.float32), cv2.COLOR_RGB2GRAY)
     try:
-        ok, encoded = cv2.imencode(suffix, image, params)
-    except cv2.error as error:
-        raise InputError(f'cannot encode as {suffix}: {str(error).strip().splitlines()[-1]}') from None
-    if not ok:
-        raise InputError(f'cannot encode as {suffix}')
-    return encoded.tobytes()
+        return image_io.encode_image(suffix, rgb, bit_depth, alpha)
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
 
 class VideoSink:
@@ -156,7 +128,7 @@ class VideoSink:
 
     def __init__(self, path, fps, frame_size):
         self.path = Path(path)
-        self.tmp_path = make_temp_path(self.path)
+        self.tmp_path = temp_path(self.path)
         self.writer = None
         try:
             for code in VIDEO_CODECS.get(self.path.suffix.lower(), ('mp4v', )):
@@ -211,7 +183,7 @@ def copy_audio(source, video_path):
         import av
     except ImportError:
         return "audio not copied: the 'av' package (PyAV) is not installed"
-    tmp_path = make_temp_path(video_path)
+    tmp_path = temp_path(video_path)
     try:
         with av.open(str(source)) as audio_in:
             if not audio_in.streams.audio:

@@ -7,9 +7,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sdnet_plugin.inference import write_atomically
-from sdnet_plugin.media import (VIDEO_CODECS, InputError, VideoSink, encode_image, merge_image, read_image,
-                                split_image, to_bgr8)
+from sdnet_plugin.file_safety import write_bytes
+from sdnet_plugin.media import VIDEO_CODECS, InputError, VideoSink, encode_image, read_image, to_bgr8
 from sdnet_plugin.visualize import render_offset_picture
 
 __all__ = ['output_paths', 'write_image_outputs', 'write_video_outputs']
@@ -51,18 +50,18 @@ def write_image_outputs(path, paths, restorer, progress=True):
         progress (bool): Show a progress bar over the tiles. Default: True.
     """
     image = read_image(path)
-    rgb, alpha, grey = split_image(image)
-    restored, offset = restorer(rgb, progress=progress)
+    restored, offset = restorer(image.rgb, progress=progress)
     # encode everything before writing anything, so a failure leaves no output
-    encoded = {'restored': encode_image(merge_image(restored, alpha, grey, image.dtype), paths['restored'].suffix)}
+    encoded = {'restored': encode_image(paths['restored'].suffix, restored, image.bit_depth, image.alpha, image.grey)}
     if 'compare' in paths:
-        side_by_side = np.concatenate((image, merge_image(restored, alpha, grey, image.dtype)), axis=1)
-        encoded['compare'] = encode_image(side_by_side, paths['compare'].suffix)
+        alpha = None if image.alpha is None else np.concatenate((image.alpha, image.alpha), axis=1)
+        encoded['compare'] = encode_image(paths['compare'].suffix, np.concatenate((image.rgb, restored), axis=1),
+                                          image.bit_depth, alpha, image.grey)
     if 'offsets' in paths:
-        picture = render_offset_picture(to_bgr8(rgb), offset, *restorer.offset_geometry())
-        encoded['offsets'] = encode_image(picture, '.png')
+        picture = render_offset_picture(to_bgr8(image.rgb), offset, *restorer.offset_geometry())
+        encoded['offsets'] = encode_image('.png', picture[..., ::-1] / np.float32(255))
     for name, data in encoded.items():
-        write_atomically(paths[name], data)
+        write_bytes(paths[name], data)
 
 
 def write_video_outputs(path, paths, restorer):
