@@ -56,7 +56,7 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 
 import sdnet_plugin  # noqa: E402,F401  (BasicSR fixes and registries)
 from basicsr.losses.basic_loss import CharbonnierLoss, L1Loss  # noqa: E402
-from eval_heldout import evaluate, find_pairs  # noqa: E402
+from sdnet_plugin.evaluation import evaluate, find_pairs  # noqa: E402
 from nafnet_baseline import build_nafnet  # noqa: E402
 from sdnet_plugin.archs.sdnet_arch import SDNet  # noqa: E402
 from sdnet_plugin.data.blur_sharp_flow_dataset import BlurSharpFlowDataset  # noqa: E402

@@ -11,13 +11,13 @@ compat.apply()
 from . import archs, data, losses, models, ops  # noqa: E402
 from .archs import SDNet  # noqa: E402
 from .data import BlurSharpFlowDataset  # noqa: E402
-from .inference import load_network, tiled_forward  # noqa: E402
+from .inference import SDNetRestorer, load_network, tiled_forward  # noqa: E402
 from .losses import FlowGuidedOffsetLoss, flow_to_offsets  # noqa: E402
 from .models import SDNetModel  # noqa: E402
 from .ops import ModulatedDeformConv2d, modulated_deform_conv2d  # noqa: E402
 
 __version__ = '0.1.0'
 __all__ = [
-    'BlurSharpFlowDataset', 'FlowGuidedOffsetLoss', 'ModulatedDeformConv2d', 'SDNet', 'SDNetModel', 'flow_to_offsets',
-    'load_network', 'modulated_deform_conv2d', 'tiled_forward', '__version__'
+    'BlurSharpFlowDataset', 'FlowGuidedOffsetLoss', 'ModulatedDeformConv2d', 'SDNet', 'SDNetModel', 'SDNetRestorer',
+    'flow_to_offsets', 'load_network', 'modulated_deform_conv2d', 'tiled_forward', '__version__'
 ]

@@ -32,6 +32,7 @@ TRAIN_OPTIONS = osp.join(ROOT_PATH, 'options', 'train_sdnet_demo.yml')
 TEST_OPTIONS = osp.join(ROOT_PATH, 'options', 'test_sdnet_demo.yml')
 DEFAULT_WEIGHTS = osp.join(ROOT_PATH, 'weights', 'sdnet_base_synthetic.pth')
 LABELS = ('blurry', 'restored', 'sharp')
+__all__ = ['StepError', 'compare', 'main']
 
 
 class StepError(Exception):
@@ -67,37 +68,39 @@ def labelled(image, label):
 
 
 def compare(val_dir, restored_dir, suffix, out_dir):
-    """Write ``blurry | restored | sharp`` pictures and measure PSNR / SSIM of blurry and restored images.
+    """Write ``blurry | restored | sharp`` pictures and measure PSNR / SSIM of blurry and restored images, with the
+    held-out evaluation's pairs, reader and metrics (:mod:`sdnet_plugin.evaluation`).
+
+    Args:
+        val_dir (str): The GoPro-layout validation split.
+        restored_dir (str): Where the test step wrote ``<SEQ>_<stem>_<suffix>.png``.
+        suffix (str): The test step's suffix.
+        out_dir (str): Folder of the pictures.
 
     Returns:
         dict: ``images`` (per image metrics) and the means ``psnr_blurry``, ``psnr_restored``, ``ssim_blurry``,
         ``ssim_restored``.
     """
-    from basicsr.metrics import calculate_psnr, calculate_ssim
-
-    from sdnet_plugin.data.gopro_layout import scan_gopro_split
+    from sdnet_plugin.evaluation import find_pairs, mean_scores, read_image, score_pair
 
     os.makedirs(out_dir, exist_ok=True)
     rows = []
-    for sample in scan_gopro_split(val_dir, use_flow=False):
-        name = sample['key'].replace('/', '_')
+    for key, blur_path, sharp_path in find_pairs(val_dir):
+        name = key.replace('/', '_')
         restored_path = osp.join(restored_dir, f'{name}_{suffix}.png')
         if not osp.isfile(restored_path):
             raise StepError(f'the test step wrote no {restored_path}')
-        blurry, restored, sharp = (cv2.imread(p, cv2.IMREAD_COLOR)
-                                   for p in (sample['blur'], restored_path, sample['sharp']))
-        row = {'name': name}
-        for label, image in (('blurry', blurry), ('restored', restored)):
-            row[f'psnr_{label}'] = float(calculate_psnr(image, sharp, crop_border=0))
-            row[f'ssim_{label}'] = float(calculate_ssim(image, sharp, crop_border=0))
-        rows.append(row)
+        blurry, restored, sharp = (read_image(p) for p in (blur_path, restored_path, sharp_path))
+        rows.append({'name': name, **score_pair(blurry, restored, sharp)})
         gap = np.full((sharp.shape[0] + 22, 4, 3), 255, np.uint8)
         panels = [labelled(img, label) for img, label in zip((blurry, restored, sharp), LABELS)]
         picture = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
         cv2.imwrite(osp.join(out_dir, f'{name}.png'), picture)
-    summary = {'images': rows}
-    for key in ('psnr_blurry', 'psnr_restored', 'ssim_blurry', 'ssim_restored'):
-        summary[key] = float(np.mean([row[key] for row in rows]))
+    mean, _ = mean_scores(rows)
+    # the demo's summary names a value <metric>_<image>
+    renamed = {key: '_'.join(key.split('_')[::-1]) for key in mean}
+    summary = {'images': [{renamed.get(key, key): value for key, value in row.items()} for row in rows]}
+    summary.update((renamed[key], value) for key, value in mean.items())
     return summary
 
 

@@ -1,4 +1,5 @@
-"""Inference helpers: loading SDNet weights, exporting shipped weights, and tiled restoration of large images.
+"""Inference: loading SDNet weights, exporting shipped weights, and :class:`SDNetRestorer`, which runs a network on
+images of any size (precision, device, blended tiles, offsets).
 
 Weights files are BasicSR checkpoints: ``params`` and/or ``params_ema`` (preferred) state dicts, plus the network
 options under ``network_g`` (``{'type': 'SDNet', 'preset': 'base', ...}``) so the architecture can be rebuilt.
@@ -6,21 +7,25 @@ options under ``network_g`` (``{'type': 'SDNet', 'preset': 'base', ...}``) so th
 import io
 import math
 import os
-import tempfile
 from copy import deepcopy
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
 
+from sdnet_plugin import precision
 from sdnet_plugin.archs.sdnet_arch import pin_preset_version
+# the atomic writers under their earlier names here
+from sdnet_plugin.file_safety import temp_path as make_temp_path
+from sdnet_plugin.file_safety import write_bytes as write_atomically
 from sdnet_plugin.utils import error_line
 
 __all__ = [
-    'DEFAULT_WEIGHTS', 'DEFAULT_WEIGHTS_CANDIDATES', 'auto_tile_size', 'build_sdnet', 'export_weights',
-    'find_default_weights', 'load_network', 'load_weights', 'make_temp_path', 'missing_weights_message',
-    'tiled_forward', 'write_atomically'
+    'DEFAULT_WEIGHTS', 'DEFAULT_WEIGHTS_CANDIDATES', 'NonFiniteOutputError', 'SDNetRestorer', 'auto_tile_size',
+    'build_sdnet', 'export_weights', 'find_default_weights', 'inference_dtype', 'load_network', 'load_weights',
+    'make_temp_path', 'missing_weights_message', 'tiled_forward', 'write_atomically'
 ]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_NAME = 'sdnet_base_synthetic.pth'
@@ -49,52 +54,8 @@ TILE_ALIGN = 4
 # Peak inference memory per input pixel and feature channel at full resolution, in elements (measured on CPU for
 # the SDNet presets with the torchvision DCN backend: about 3.9 KB per pixel for 32 float32 channels).
 ELEMENTS_PER_PIXEL_PER_FEATURE = 32
-NAME_MAX = 255  # bytes in a file name (Linux file systems)
 # Side of the image that checks that a network keeps the image size (restoration, not super-resolution).
 PROBE_SIZE = 32
-
-
-def make_temp_path(path, keep_suffix=True):
-    """Create an empty hidden temporary file next to ``path`` (normal file permissions).
-
-    Args:
-        path (str | Path): The final file.
-        keep_suffix (bool): End the temporary name with ``path``'s extension (image and video writers choose their
-            encoder by it). Without it the name ends in ``.partial``, so scans for finished files (BasicSR's resume
-            looks for ``*.state``) never pick it up. Default: True.
-
-    Returns:
-        str: Its path; rename it onto ``path`` when complete, or remove it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = f'.partial{path.suffix}' if keep_suffix else '.partial'
-    # file names have at most NAME_MAX (255) bytes: shorten the stem so that '.' + stem + '.' + 8 random
-    # characters + suffix still fit
-    room = NAME_MAX - len(f'..{"x" * 8}{suffix}'.encode())
-    stem = path.stem.encode()[:max(room, 0)].decode(errors='ignore')
-    fd, tmp_path = tempfile.mkstemp(prefix=f'.{stem}.', suffix=suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates owner-only files
-    return tmp_path
-
-
-def write_atomically(path, data):
-    """Write ``data`` (bytes) to ``path`` through a temporary file in the same folder, then rename it into place.
-
-    An interrupted write never leaves a partial file under ``path``.
-    """
-    tmp_path = make_temp_path(path)
-    try:
-        with open(tmp_path, 'wb') as f:
-            f.write(data)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def _read_option_file_network(weights_path):
@@ -325,3 +286,197 @@ def tiled_forward(forward, image, tile=None, overlap=96, blend=16, progress=Fals
             sums[name][:, :, oy:oy + h_s, ox:ox + w_s] += out * weight_s
             weights[name][oy:oy + h_s, ox:ox + w_s] += weight_s
     return {name: sums[name] / weights[name].clamp_min(1e-8) for name in sums}
+
+
+def inference_dtype(name, device):
+    """The dtype a restorer computes in for a precision name: ``auto`` is float16 on CUDA and
+    :func:`sdnet_plugin.precision.resolve`'s choice on the CPU (bfloat16 where native, else float32).
+
+    Args:
+        name (str): ``auto``, ``bf16``, ``fp16`` or ``fp32``.
+        device (torch.device | str): Where the network runs.
+
+    Returns:
+        torch.dtype: ``torch.float32``, ``torch.float16`` or ``torch.bfloat16``.
+
+    Raises:
+        ValueError: An unknown name, or float16 on the CPU.
+    """
+    device = torch.device(device)
+    if name == 'auto' and device.type == 'cuda':
+        return torch.float16
+    return precision.resolve(name, device) or torch.float32
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The network produced NaN or infinite values (float16 overflow, diverged weights)."""
+
+
+class SDNetRestorer:
+    """Restores images of any size: weights -> network -> device and precision -> blended tiles -> outputs.
+
+    The network comes from exactly one of three sources:
+
+    * ``weights``: a weights file or BasicSR checkpoint, loaded by :func:`load_network`. The restorer owns this
+      network and prepares it for the device: channels-last on the CPU, where bfloat16 runs under
+      ``torch.autocast`` (float32 weights, input and global residual); converted to float16 or bfloat16 on CUDA.
+    * ``net``: a network that is already built (a training model's, a benchmark's), on ``device``, in the mode the
+      caller chose. It is used as it is (weights, layout and device untouched); a ``dtype`` other than float32 runs
+      it under ``torch.autocast``.
+    * ``onnx``: an ONNX model written by ``sdnet-export``, run by onnxruntime (float32, no offsets).
+
+    Large images run in tiles of at most ``tile`` pixels with ``tile_overlap`` pixels of context, cross-faded
+    (:func:`tiled_forward`); a CUDA out-of-memory error retries with tiles half as large, down to 64 pixels.
+
+    Args:
+        weights (str | Path | None): Weights file or BasicSR checkpoint. Default: None.
+        net (nn.Module | None): A ready network on ``device``. Default: None.
+        onnx (str | Path | None): ONNX model file. Default: None.
+        device (str | torch.device): Where the network runs. Default: ``'cpu'``.
+        dtype (torch.dtype | None): Compute precision: None or ``torch.float32``, ``torch.float16`` (CUDA),
+            ``torch.bfloat16``; see :func:`inference_dtype` for precision names. Default: None.
+        tile (int | None): Tile side in pixels; 0 runs whole images; None picks it from free memory. Default: 0.
+        tile_overlap (int): Context pixels around each tile. Default: 96.
+        offset_level (int | str | None): SVD level whose offsets come with every restoration, ``'coarsest'`` for
+            the network's coarsest one, None for none. Default: None.
+        preset (str): SDNet preset of checkpoints that do not record their network (``weights`` only).
+            Default: ``'base'``.
+        threads (int | None): onnxruntime's intra-op threads (``onnx`` only). Default: None.
+
+    Attributes:
+        net (nn.Module | OnnxNetwork): The network that runs.
+        network_opt (dict): Its options (``network_g``); ``{}`` for a ``net`` without ``network_opt``.
+        source (str): Where it came from: the weights path, ``'<model> (onnxruntime)'`` or ``'network'``.
+        onnx (str | None): The ONNX model run by onnxruntime, if any.
+        tile (int): Current tile side (0: whole images); lowered after an out-of-memory error.
+    """
+
+    def __init__(self, weights=None, net=None, onnx=None, device='cpu', dtype=None, tile=0, tile_overlap=96,
+                 offset_level=None, preset='base', threads=None):
+        if sum(source is not None for source in (weights, net, onnx)) != 1:
+            raise ValueError('give exactly one of weights, net and onnx')
+        self.device = torch.device(device)
+        self.dtype = dtype or torch.float32
+        self.onnx = None if onnx is None else str(onnx)
+        owned = weights is not None
+        if owned:
+            net, self.network_opt = load_network(weights, self.device, half=self.dtype == torch.float16,
+                                                 preset=preset)
+            if self.device.type == 'cpu':
+                net = net.to(memory_format=torch.channels_last)
+            elif self.dtype == torch.bfloat16:
+                net = net.bfloat16()
+            self.source = str(weights)
+        elif onnx is not None:
+            from sdnet_plugin.export import OnnxNetwork
+            if self.dtype != torch.float32:
+                raise ValueError('an ONNX model runs in float32')
+            net = OnnxNetwork(onnx, threads, self.device)
+            self.network_opt, self.source = net.network_opt, f'{onnx} (onnxruntime)'
+        else:
+            self.network_opt, self.source = dict(getattr(net, 'network_opt', None) or {}), 'network'
+        self.net = net
+        # networks of other callers, and the CPU in bfloat16, compute under autocast; owned CUDA networks are
+        # converted to the dtype, and so are their inputs
+        autocast = self.dtype != torch.float32 and (not owned or self.device.type == 'cpu')
+        self.autocast_dtype = self.dtype if autocast else None
+        self.input_dtype = torch.float32 if autocast else self.dtype
+        self.tile_overlap = tile_overlap
+        if tile is None:
+            bytes_per_pixel = net.bytes_per_pixel() if hasattr(net, 'bytes_per_pixel') else None  # ONNX models
+            tile = auto_tile_size(net, self.device, self.dtype, tile_overlap, bytes_per_pixel=bytes_per_pixel)
+        self.tile = tile
+        self.offset_level = self._check_offset_level(offset_level)
+
+    @property
+    def svd_levels(self):
+        """Levels of the network's SVD modules, sorted (empty for networks without offsets)."""
+        return sorted(getattr(self.net, 'svd_levels', ()))
+
+    def _check_offset_level(self, level):
+        if level is None:
+            return None
+        levels = self.svd_levels
+        if level == 'coarsest' and levels:
+            return levels[-1]
+        if level not in levels:
+            raise ValueError(f'offset level {level} is not one of the network\'s SVD levels {levels}')
+        return level
+
+    def offset_geometry(self):
+        """``(kernel_size, dilation, stride)`` of the SVD module whose offsets are returned."""
+        return self.net.deform_kernel_size, self.net.deform_dilation, 2**self.offset_level
+
+    def _network_outputs(self, x):
+        """The network on one tile, as :func:`tiled_forward` takes it: ``name -> (tensor, stride)``."""
+        if self.offset_level is None:
+            return {'image': (self.net(x), 1)}
+        out, offsets = self.net(x, return_offsets=True)
+        entry = next(o for o in offsets if o['level'] == self.offset_level)
+        return {'image': (out, 1), 'offset': (entry['offset'], entry['stride'])}
+
+    @torch.no_grad()
+    def forward(self, lq, progress=False):
+        """Restore a batch, tiled when it is larger than :attr:`tile`.
+
+        Args:
+            lq (Tensor): Blurry images with shape (N, 3, H, W), in [0, 1], on any device.
+            progress (bool): Show a progress bar over the tiles. Default: False.
+
+        Returns:
+            dict[str, Tensor]: ``'image'``: restored images with shape (N, 3, H, W), float32 on the CPU (not
+            clamped); with an offset level, ``'offset'``: that SVD module's offsets with shape
+            (N, 2K, ceil(H/s), ceil(W/s)), K = kernel_size**2 and s its stride.
+        """
+        x = lq.to(self.device, self.input_dtype)
+        while True:
+            try:
+                with precision.autocast(self.device, self.autocast_dtype):
+                    return tiled_forward(self._network_outputs, x, self.tile, self.tile_overlap, progress=progress,
+                                         align=getattr(self.net, 'pad_multiple', 1))
+            except torch.cuda.OutOfMemoryError:
+                # the memory estimate was optimistic (or other processes took memory): retry with smaller tiles
+                current = self.tile or max(x.shape[-2:])
+                if current <= 64:
+                    raise
+                self.tile = max(64, current // 2)
+                torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def forward_offsets(self, lq):
+        """One pass over whole images that returns every SVD module's offsets too (tiles would cut them up).
+
+        Args:
+            lq (Tensor): Blurry images with shape (N, 3, H, W), in [0, 1], on any device.
+
+        Returns:
+            tuple[Tensor, list[dict]]: Restored images with shape (N, 3, H, W) as the network gives them (on the
+            device), and the offsets as ``SDNet(x, return_offsets=True)`` gives them.
+        """
+        with precision.autocast(self.device, self.autocast_dtype):
+            return self.net(lq.to(self.device, self.input_dtype), return_offsets=True)
+
+    def restore(self, rgb, progress=False):
+        """Restore one image.
+
+        Args:
+            rgb (ndarray): Blurry image with shape (H, W, 3), float32 RGB in [0, 1].
+            progress (bool): Show a progress bar over the tiles. Default: False.
+
+        Returns:
+            tuple[ndarray, Tensor | None]: The restored image with shape (H, W, 3), float32 RGB in [0, 1], and the
+            offsets of the chosen SVD module with shape (1, 2K, ceil(H/s), ceil(W/s)) (None without an offset
+            level).
+
+        Raises:
+            NonFiniteOutputError: The network produced NaN or infinite values.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        outputs = self.forward(x, progress=progress)
+        if not torch.isfinite(outputs['image']).all():
+            raise NonFiniteOutputError('the network produced NaN or infinite values (float16 overflow? try '
+                                       '--precision fp32)')
+        restored = outputs['image'][0].float().clamp_(0, 1).permute(1, 2, 0).numpy()
+        return restored, outputs.get('offset')
+
+    __call__ = restore

@@ -360,3 +360,27 @@ def _verify_databases(paths, progress=True):
         finally:
             env.close()
     return count
+
+
+def gopro_pairs(dataroot, blur_folder='blur', sharp_folder='sharp', extensions=('.png', )):
+    """List the blurry images of a GoPro-layout split with their sharp partners' paths, without the checks of
+    :func:`scan_gopro_split` (for held-out sets: names need not be LMDB keys, any image format).
+
+    Args:
+        dataroot (str): Split folder holding ``<SEQ>/`` sub-folders (a missing folder has no pairs).
+        blur_folder (str): Default: ``'blur'``.
+        sharp_folder (str): Default: ``'sharp'``.
+        extensions (tuple[str]): Lower-case extensions of the images listed. Default: ``('.png', )``.
+
+    Returns:
+        list[tuple[str, str, str]]: ``('SEQ/<stem>', blurry path, sharp path)`` sorted by blurry path, hidden files
+        and folders left out; the sharp image may not exist.
+    """
+    pairs = []
+    for seq in os.listdir(dataroot) if osp.isdir(dataroot) else ():
+        blur_dir = osp.join(dataroot, seq, blur_folder)
+        names = os.listdir(blur_dir) if not seq.startswith('.') and osp.isdir(blur_dir) else ()
+        pairs += [(f'{seq}/{osp.splitext(name)[0]}', osp.join(blur_dir, name),
+                   osp.join(dataroot, seq, sharp_folder, name))
+                  for name in names if not name.startswith('.') and name.lower().endswith(extensions)]
+    return sorted(pairs, key=lambda pair: pair[1])

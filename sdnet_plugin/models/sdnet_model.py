@@ -93,25 +93,6 @@ def atomic_torch_save(obj, path, retries=3):
     return False
 
 
-def tiled_forward(net, lq, tile_size, tile_overlap=96):
-    """Restore ``lq`` with ``net`` in blended tiles (:func:`sdnet_plugin.inference.tiled_forward`) to bound memory.
-
-    Args:
-        net (nn.Module): Maps ``(B, C, h, w)`` to ``(B, C_out, h, w)``.
-        lq (Tensor): ``(B, C, H, W)`` input.
-        tile_size (int): Core side of a tile in pixels; 0 runs the whole image at once.
-        tile_overlap (int): Context pixels around each core. Default: 96.
-
-    Returns:
-        Tensor: ``(B, C_out, H, W)`` on the device of ``lq``.
-    """
-    if tile_size <= 0:
-        return net(lq)
-    outputs = inference.tiled_forward(lambda x: {'image': (net(x), 1)}, lq, tile=tile_size, overlap=tile_overlap,
-                                      align=getattr(net, 'pad_multiple', 1))
-    return outputs['image'].to(device=lq.device, dtype=lq.dtype)
-
-
 @MODEL_REGISTRY.register()
 class SDNetModel(SRModel):
     """Deblurring model: pixel loss + optional flow-guided offset loss, on any BasicSR network.
@@ -308,15 +289,17 @@ class SDNetModel(SRModel):
 
     # ------------------------------------------------------------------ inference and validation
     def test(self):
-        """Restore ``self.lq`` into ``self.output`` with the EMA network when there is one (tiled if configured)."""
+        """Restore ``self.lq`` into ``self.output`` (float32) with the EMA network when there is one, through
+        :class:`sdnet_plugin.inference.SDNetRestorer` (tiled when ``val.tile_size`` is set)."""
         self.flow = None  # not needed for inference; frees memory on large validation images
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
         val_opt = self.opt.get('val') or {}
         was_training = net.training
         net.eval()
-        with torch.no_grad(), precision.autocast(self.device, self.val_dtype):
-            self.output = tiled_forward(net, self.lq, int(val_opt.get('tile_size', 0) or 0),
-                                        int(val_opt.get('tile_overlap', 96))).float()
+        restorer = inference.SDNetRestorer(net=net, device=self.device, dtype=self.val_dtype,
+                                           tile=int(val_opt.get('tile_size', 0) or 0),
+                                           tile_overlap=int(val_opt.get('tile_overlap', 96)))
+        self.output = restorer.forward(self.lq)['image'].to(self.lq.device)
         if was_training:
             net.train()
 

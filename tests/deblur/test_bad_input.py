@@ -42,7 +42,7 @@ def test_recursive_globs_do_not_follow_link_loops(tmp_path):
     cv2.imwrite(str(shots / 'sub' / 'b.jpg'), _image(seed=1))
     os.symlink('.', shots / 'loop')
     os.symlink('..', shots / 'sub' / 'up')
-    code = ('from sdnet_plugin.deblur import collect_inputs; '
+    code = ('from sdnet_plugin.media import collect_inputs; '
             f'inputs, errors = collect_inputs([{str(shots / "**" / "*.jpg")!r}], recursive=True); '
             'print(sorted(str(p) for p, _ in inputs), errors)')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=30, env=ENV)

@@ -211,9 +211,9 @@ def test_out_of_memory_retries_with_smaller_tiles(monkeypatch, tiny_sdnet):
             raise torch.cuda.OutOfMemoryError('CUDA out of memory')
         return {'image': image.float()}
 
-    monkeypatch.setattr(deblur, 'tiled_forward', tiled_forward)
+    monkeypatch.setattr(inference, 'tiled_forward', tiled_forward)
     monkeypatch.setattr(torch.cuda, 'empty_cache', lambda: None)
-    restorer = deblur.Restorer(tiny_sdnet(), torch.device('cpu'), torch.float32, tile=0)
+    restorer = inference.SDNetRestorer(net=tiny_sdnet(), device=torch.device('cpu'), dtype=torch.float32, tile=0)
     restored, offsets = restorer(np.full((300, 500, 3), 0.5, np.float32))
     assert tiles == [0, 250, 125, 64] and restorer.tile == 64
     assert restored.shape == (300, 500, 3) and offsets is None

@@ -1,6 +1,4 @@
-import importlib.util
 import json
-import os.path as osp
 
 import cv2
 import numpy as np
@@ -9,19 +7,8 @@ import torch
 
 import sdnet_plugin  # noqa: F401  (must precede basicsr imports)
 from basicsr.metrics import calculate_psnr
+from sdnet_plugin import evaluation as eval_heldout
 from sdnet_plugin.archs.sdnet_arch import SDNet
-
-SCRIPT = osp.join(osp.dirname(__file__), '..', '..', 'scripts', 'eval_heldout.py')
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location('eval_heldout', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-eval_heldout = load_script()
 
 
 def make_tree(root, sequences=2, size=24, seed=0):
