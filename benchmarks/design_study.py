@@ -60,10 +60,9 @@ from sdnet_plugin.evaluation import evaluate, find_pairs  # noqa: E402
 from nafnet_baseline import build_nafnet  # noqa: E402
 from sdnet_plugin.archs.sdnet_arch import SDNet  # noqa: E402
 from sdnet_plugin.data.blur_sharp_flow_dataset import BlurSharpFlowDataset  # noqa: E402
-from sdnet_plugin.inference import write_atomically  # noqa: E402
+from sdnet_plugin.file_safety import save_torch, write_bytes  # noqa: E402
 from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss  # noqa: E402
 from sdnet_plugin.losses.psnr_loss import PSNRLoss  # noqa: E402
-from sdnet_plugin.models.sdnet_model import atomic_torch_save  # noqa: E402
 from sdnet_plugin.ops import select_backend  # noqa: E402
 from speed import count_macs, count_parameters  # noqa: E402
 
@@ -278,7 +277,7 @@ class ArmRun:
 
     def save(self):
         os.makedirs(self.folder, exist_ok=True)
-        atomic_torch_save({
+        save_torch({
             'format': STATE_FORMAT, 'arm': arm_record(self.arm), 'precision': self.precision,
             'threads': torch.get_num_threads(), 'horizon_minutes': self.horizon_minutes, 'network': self.net.state_dict(),
             'optimizer': self.optimizer.state_dict(), 'counters': self.counters, 'evals': self.evals,
@@ -286,7 +285,7 @@ class ArmRun:
         summary = {'arm': arm_record(self.arm), 'precision': self.precision, 'threads': torch.get_num_threads(),
                    'horizon_minutes': self.horizon_minutes, 'counters': self.counters, 'evals': self.evals,
                    'losses': self.losses}
-        write_atomically(self.evals_path, (json.dumps(summary, indent=1) + '\n').encode())
+        write_bytes(self.evals_path, (json.dumps(summary, indent=1) + '\n').encode())
 
     @property
     def cpu_minutes(self):
@@ -438,7 +437,7 @@ def run_study(args, arms, pairs):
             decision['advance'] = [a.name for a in keep]
             alive = keep
         decisions.append(decision)
-        write_atomically(osp.join(args.work, 'decisions.json'), (json.dumps(decisions, indent=1) + '\n').encode())
+        write_bytes(osp.join(args.work, 'decisions.json'), (json.dumps(decisions, indent=1) + '\n').encode())
         log(args, f'budget {budget:g} CPU-min: ' + ', '.join(f'{n} {g:+.3f}' for n, g in decision['ranking']) +
             (f'; advance: {", ".join(decision["advance"])}' if 'advance' in decision else ''))
 
@@ -470,7 +469,7 @@ def calibrate(args, arms):
                              'threads': torch.get_num_threads(), 'steps': len(times), 'dcn_backend': dcn_backend(
                                  precision, backward=True)}
         log(args, f'calibrate {arm.name}: {results[arm.name]["seconds_per_iter"]:.2f} CPU-s per iteration')
-        write_atomically(path, (json.dumps(results, indent=1) + '\n').encode())
+        write_bytes(path, (json.dumps(results, indent=1) + '\n').encode())
     return results
 
 
@@ -518,7 +517,7 @@ def arm_costs(args, arms):
         entry['dcn_backend'] = {p: dcn_backend(p, backward=False) for p in precisions}
         costs[key] = entry
         os.makedirs(args.work, exist_ok=True)
-        write_atomically(path, (json.dumps(costs, indent=1) + '\n').encode())
+        write_bytes(path, (json.dumps(costs, indent=1) + '\n').encode())
     return {arm.name: costs[json.dumps(arm_record(arm)['network'], sort_keys=True)] for arm in arms}
 
 
@@ -732,7 +731,7 @@ def write_report(args, arms, out_path):
         else:
             lines.append(f'| {claim} | `{with_arm}` / `{without_arm}` | not measured yet | | | |')
     text = '\n'.join(lines) + '\n'
-    write_atomically(out_path, text.encode())
+    write_bytes(out_path, text.encode())
     return text
 
 

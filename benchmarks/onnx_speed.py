@@ -8,7 +8,7 @@ provider each restore one image of ``--size``, with the same number of threads. 
 
 With ``--parity DIR [DIR ...]`` (GoPro-layout folders, e.g. held-out renders of ``datasets_prep/synthesize_gopro.py``)
 it compares the exported model with PyTorch instead: the largest absolute difference of the float outputs, and
-BasicSR's PSNR (RGB, 8-bit, as ``scripts/eval_heldout.py``) of the blurry input and of both restorations.
+BasicSR's PSNR (RGB, 8-bit, as ``scripts/evaluation.py``) of the blurry input and of both restorations.
 
 Example::
 
@@ -34,7 +34,7 @@ from sdnet_plugin.inference import find_default_weights, load_network  # noqa: E
 from sdnet_plugin.ops import ModulatedDeformConv2d, select_backend  # noqa: E402
 from speed import median_time, parse_size  # noqa: E402
 
-import eval_heldout  # noqa: E402
+from sdnet_plugin import evaluation  # noqa: E402
 from basicsr.utils import img2tensor, tensor2img  # noqa: E402
 
 
@@ -83,20 +83,20 @@ def parity(args):
     with tempfile.TemporaryDirectory() as folder:
         models = list(exported_models(args, folder))
         for data in args.parity:
-            pairs = eval_heldout.find_pairs(data)
+            pairs = evaluation.find_pairs(data)
             results = {op: {'diff': 0.0, 'psnr': []} for op, _ in models}
             blurry_psnr, torch_psnr, sizes = [], [], set()
             for _, blur_path, sharp_path in tqdm(pairs, desc=Path(data).name, unit='img', leave=False):
-                blurry, sharp = eval_heldout.read_image(blur_path), eval_heldout.read_image(sharp_path)
+                blurry, sharp = evaluation.read_image(blur_path), evaluation.read_image(sharp_path)
                 sizes.add(f'{blurry.shape[1]}x{blurry.shape[0]}')
                 x = img2tensor(blurry.astype(np.float32) / 255.0, bgr2rgb=True).unsqueeze(0)
                 reference = net(x).clamp(0, 1)
-                blurry_psnr.append(eval_heldout.image_metrics(blurry, sharp)['psnr'])
-                torch_psnr.append(eval_heldout.image_metrics(to_image(reference), sharp)['psnr'])
+                blurry_psnr.append(evaluation.image_metrics(blurry, sharp)['psnr'])
+                torch_psnr.append(evaluation.image_metrics(to_image(reference), sharp)['psnr'])
                 for op, model in models:
                     out = model(x)
                     results[op]['diff'] = max(results[op]['diff'], float((out - reference).abs().max()))
-                    results[op]['psnr'].append(eval_heldout.image_metrics(to_image(out), sharp)['psnr'])
+                    results[op]['psnr'].append(evaluation.image_metrics(to_image(out), sharp)['psnr'])
             for op, result in results.items():
                 rows.append((data, len(pairs), ', '.join(sorted(sizes)), op, result['diff'], np.mean(blurry_psnr),
                              np.mean(torch_psnr), np.mean(result['psnr'])))

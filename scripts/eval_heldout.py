@@ -7,10 +7,8 @@ Example::
     python scripts/eval_heldout.py --weights experiments/X/models/net_g_latest.pth --data DIR --json result.json
 """
 from sdnet_plugin import evaluation
-# what scripts that put this folder on sys.path import from here
-from sdnet_plugin.evaluation import evaluate, find_pairs, image_metrics, read_image
 
-__all__ = ['evaluate', 'find_pairs', 'image_metrics', 'main', 'read_image']
+__all__ = ['main']
 
 
 def main(argv=None):

@@ -57,6 +57,14 @@ if [[ ! -d datasets/synthetic/lmdb/train_blur.lmdb || ! -d datasets/synthetic/lm
         --overwrite
 fi
 
+copy_atomically() {  # copy files into folder $1 through sdnet_plugin.file_safety: a killed copy leaves no half file
+    "$PY" -c 'import os, sys
+from sdnet_plugin.file_safety import write_bytes
+for src in sys.argv[2:]:
+    with open(src, "rb") as f:
+        write_bytes(os.path.join(sys.argv[1], os.path.basename(src)), f.read())' "$@"
+}
+
 latest_checkpoint() {  # the newest net_g_<iter>.pth (or net_g_latest.pth) of experiment $1
     ls experiments/"$1"/models/net_g_*.pth 2>/dev/null | sed -n 's/.*net_g_\([0-9]*\|latest\)\.pth$/\1 &/p' \
         | sed 's/^latest /999999999 /' | sort -n | tail -n 1 | cut -d' ' -f2 || true
@@ -87,9 +95,9 @@ if [[ $EXPORT_ONLY -eq 0 ]] && ! ls experiments/"$NAME"/training_states/*.state 
         "$PY" scripts/pack_training_state.py unpack "$PACKED" experiments/"$NAME"
     elif ls "$RESUME_DIR"/*.state >/dev/null 2>&1; then
         step "continuing from the committed training state in $RESUME_DIR"
-        mkdir -p experiments/"$NAME"/training_states experiments/"$NAME"/models
-        cp "$RESUME_DIR"/*.state experiments/"$NAME"/training_states/
-        cp "$RESUME_DIR"/net_g_*.pth experiments/"$NAME"/models/
+        # checkpoints first: a training state is only ever found next to the checkpoint of its iteration
+        copy_atomically experiments/"$NAME"/models "$RESUME_DIR"/net_g_*.pth
+        copy_atomically experiments/"$NAME"/training_states "$RESUME_DIR"/*.state
     fi
 fi
 if [[ $EXPORT_ONLY -eq 0 ]]; then

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdnet_plugin.file_safety import atomic_path
 from sdnet_plugin.inference import (ELEMENTS_PER_PIXEL_PER_FEATURE, build_sdnet, export_weights, find_default_weights,
-                                    load_weights, make_temp_path, missing_weights_message)
-from sdnet_plugin.utils import error_line
+                                    load_weights, missing_weights_message)
+from sdnet_plugin.utils import error_line, preset_names
 
 __all__ = ['DEFORM_OPS', 'OnnxNetwork', 'OnnxWrapper', 'export_onnx', 'exportable_backends', 'main']
 
@@ -168,8 +169,7 @@ def export_onnx(out_path, weights=None, preset='base', deform_op='gridsample', o
     with torch.no_grad(), exportable_backends(net, backend):
         reference = wrapper(sample).numpy()
 
-    tmp_path = make_temp_path(out_path)
-    try:
+    with atomic_path(out_path) as tmp_path:  # renamed onto out_path only when the parity check passes
         with exportable_backends(net, backend), torch.enable_grad():
             _trace_to_file(wrapper, trace_input, tmp_path, opset, deform_op)
         model = onnx.load(tmp_path)
@@ -182,10 +182,6 @@ def export_onnx(out_path, weights=None, preset='base', deform_op='gridsample', o
         if not max_abs_diff <= PARITY_TOLERANCE:
             raise RuntimeError(f'onnxruntime output differs from PyTorch by {max_abs_diff:.3g} (> '
                                f'{PARITY_TOLERANCE}); nothing written')
-        os.replace(tmp_path, out_path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
     return {'path': str(out_path), 'bytes': os.path.getsize(out_path), 'opset': opset, 'deform_op': deform_op,
             'network_g': network_opt, 'max_abs_diff': max_abs_diff}
 
@@ -249,7 +245,7 @@ def parse_args(argv=None):
     parser.add_argument('--weights', default=None,
                         help='weights file or BasicSR checkpoint (default: the shipped weights; required for '
                         '--format weights)')
-    parser.add_argument('--preset', default='base', choices=('tiny', 'small', 'base'),
+    parser.add_argument('--preset', default='base', choices=preset_names(),
                         help='SDNet preset, used only when the weights do not record their network (default: base)')
     parser.add_argument('--deform-op', default='gridsample', choices=tuple(DEFORM_OPS),
                         help='gridsample: any runtime with GridSample (opset 16+); deformconv: ONNX DeformConv '

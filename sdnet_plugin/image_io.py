@@ -27,6 +27,7 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '
 _DEPTHS = {np.dtype(np.uint8): (8, 255.0), np.dtype(np.uint16): (16, 65535.0), np.dtype(np.float32): (32, 1.0)}
 _DTYPES = {8: np.uint8, 16: np.uint16, 32: np.float32}
 _JPEG = ('.jpg', '.jpeg', '.jpe')
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 JPEG_QUALITY = 95
 # EXIF orientation -> how to turn the stored pixels upright (PIL's ImageOps.exif_transpose table, on arrays)
 _ORIENTATIONS = {
@@ -75,6 +76,8 @@ def is_image_name(name):
 
 def _orientation(data):
     """EXIF orientation of an encoded image (1, upright, when the format or the file has none)."""
+    if data[:8] == _PNG_SIGNATURE and b'eXIf' not in data:
+        return 1  # most PNGs: PIL would decode the whole image to look for an EXIF chunk after the pixels
     try:
         from PIL import Image as PILImage
         with PILImage.open(io.BytesIO(data)) as pil_image:
@@ -153,10 +156,11 @@ def _to_image(stored, name):
         rgb = cv2.cvtColor(stored, cv2.COLOR_BGR2RGB)
 
     def unit(values):
+        if scale == 1:  # float formats may hold values outside [0, 1]
+            return np.clip(values.astype(np.float32), 0, 1)
         values = values.astype(np.float32)
-        if scale != 1:
-            values /= np.float32(scale)
-        return np.clip(values, 0, 1, out=values)
+        values /= np.float32(scale)
+        return values
 
     return Image(unit(rgb), bit_depth, None if alpha is None else unit(alpha), stored.ndim == 2)
 

@@ -17,15 +17,13 @@ from tqdm import tqdm
 
 from sdnet_plugin import precision
 from sdnet_plugin.archs.sdnet_arch import pin_preset_version
-# the atomic writers under their earlier names here
-from sdnet_plugin.file_safety import temp_path as make_temp_path
-from sdnet_plugin.file_safety import write_bytes as write_atomically
+from sdnet_plugin.file_safety import write_bytes
 from sdnet_plugin.utils import error_line
 
 __all__ = [
     'DEFAULT_WEIGHTS', 'DEFAULT_WEIGHTS_CANDIDATES', 'NonFiniteOutputError', 'SDNetRestorer', 'auto_tile_size',
     'build_sdnet', 'export_weights', 'find_default_weights', 'inference_dtype', 'load_network', 'load_weights',
-    'make_temp_path', 'missing_weights_message', 'tiled_forward', 'write_atomically'
+    'missing_weights_message', 'tiled_forward'
 ]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_NAME = 'sdnet_base_synthetic.pth'
@@ -182,7 +180,7 @@ def export_weights(checkpoint_path, out_path, preset='base'):
     half_state = {k: (v.half() if v.is_floating_point() else v) for k, v in state_dict.items()}
     buffer = io.BytesIO()
     torch.save({'params': half_state, 'network_g': network_opt}, buffer)
-    write_atomically(out_path, buffer.getvalue())
+    write_bytes(out_path, buffer.getvalue())
     return buffer.tell()
 
 

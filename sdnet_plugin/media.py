@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from sdnet_plugin import image_io
-from sdnet_plugin.file_safety import temp_path
+from sdnet_plugin.file_safety import is_temporary, temp_path
 from sdnet_plugin.image_io import IMAGE_EXTENSIONS
 from sdnet_plugin.utils import error_line
 
@@ -50,7 +50,7 @@ def collect_inputs(patterns, recursive=False):
         path = Path(pattern)
         if path.is_dir():
             found = path.rglob('*') if recursive else path.iterdir()
-            files = sorted(p for p in found if p.suffix.lower() in media and not p.is_dir())
+            files = sorted(p for p in found if p.suffix.lower() in media and not is_temporary(p.name) and not p.is_dir())
             inputs += [(p, p.relative_to(path)) for p in files]
             if not files:
                 errors.append((pattern, 'folder has no images or videos' + ('' if recursive else ' (try -r)')))

@@ -11,6 +11,7 @@ import functools
 
 import torch
 
+__all__ = ['PRECISIONS', 'autocast', 'cpu_has_native_bf16', 'name_of', 'resolve', 'use_channels_last']
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 _DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': None, 'off': None}
 

@@ -21,6 +21,10 @@ from contextlib import contextmanager
 from functools import partial
 from os import path as osp
 
+__all__ = [
+    'StopRequest', 'TrainingStopped', 'end_process_group', 'graceful_stop', 'main', 'pack_training_state',
+    'pop_max_minutes', 'prepare_argv', 'run_pipeline', 'unpack_training_state'
+]
 ROOT_PATH = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 
 
@@ -316,7 +320,7 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
 
     import torch
 
-    from sdnet_plugin.models.sdnet_model import atomic_torch_save
+    from sdnet_plugin.file_safety import save_torch
     states = [int(name[:-len('.state')]) for name in os.listdir(osp.join(experiment_dir, 'training_states'))
               if name.endswith('.state') and name[:-len('.state')].isdigit()] \
         if osp.isdir(osp.join(experiment_dir, 'training_states')) else []
@@ -344,7 +348,7 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
     else:
         raise ValueError(f'the training state of {experiment_dir} needs {buffer.tell() / 1e6:.1f} MB even in '
                          f'{precision}; raise the limit (max_mb)')
-    atomic_torch_save(packed, out_path)
+    save_torch(packed, out_path)
     return {'iter': state['iter'], 'precision': precision, 'bytes': osp.getsize(out_path)}
 
 
@@ -357,7 +361,7 @@ def unpack_training_state(packed_path, experiment_dir):
     """
     import torch
 
-    from sdnet_plugin.models.sdnet_model import atomic_torch_save
+    from sdnet_plugin.file_safety import save_torch
     packed = torch.load(packed_path, map_location='cpu', weights_only=False)
     if not isinstance(packed, dict) or packed.get('format') != 'sdnet-training-state':
         raise ValueError(f'{packed_path} is not a packed training state')
@@ -365,7 +369,7 @@ def unpack_training_state(packed_path, experiment_dir):
         os.makedirs(osp.join(experiment_dir, folder), exist_ok=True)
     state = dict(packed['state'], optimizers=_cast_tensors(packed['state']['optimizers'], 'float32'))
     current_iter = state['iter']
-    atomic_torch_save(_cast_tensors(packed['network'], 'float32'),
-                      osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth'))
-    atomic_torch_save(state, osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
+    save_torch(_cast_tensors(packed['network'], 'float32'),
+               osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth'))
+    save_torch(state, osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
     return current_iter

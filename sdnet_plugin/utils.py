@@ -88,10 +88,3 @@ def preset_names():
     from sdnet_plugin.archs.sdnet_arch import SDNET_PRESET_VERSIONS
     return tuple(SDNET_PRESET_VERSIONS)
 
-
-def __getattr__(name):
-    """``decode_upright`` lives in :mod:`sdnet_plugin.image_io`; this old import path still finds it."""
-    if name == 'decode_upright':
-        from sdnet_plugin.image_io import decode_upright
-        return decode_upright
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

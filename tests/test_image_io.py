@@ -99,6 +99,18 @@ def test_exif_orientation_turns_photos_upright_like_pil(tmp_path, orientation, t
     assert decode_upright(path.read_bytes()).shape == expected.shape
 
 
+def test_exif_orientation_of_pngs(tmp_path):
+    stored = np.zeros((4, 10, 3), np.uint8)
+    stored[0, 0] = 255
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    PILImage.fromarray(stored).save(tmp_path / 'phone.png', exif=exif)
+    image = read_image(tmp_path / 'phone.png')
+    assert image.rgb.shape == (10, 4, 3) and image.rgb[0, -1].tolist() == [1.0, 1.0, 1.0]
+    PILImage.fromarray(stored).save(tmp_path / 'plain.png')
+    assert read_image(tmp_path / 'plain.png').rgb.shape == (4, 10, 3)
+
+
 def _one_line_error(path):
     with pytest.raises(ImageReadError) as info:
         read_image(path)
@@ -200,8 +212,3 @@ def test_decode_image_reads_bytes_from_memory():
     PILImage.fromarray(np.full((3, 5, 3), 128, np.uint8)).save(buffer, 'PNG')
     image = decode_image(buffer.getvalue())
     assert image.rgb.shape == (3, 5, 3) and np.allclose(image.rgb, 128 / 255)
-
-
-def test_old_decode_upright_import_path_is_the_same_function():
-    from sdnet_plugin.utils import decode_upright as old
-    assert old is decode_upright

@@ -165,7 +165,7 @@ def test_bad_option_is_a_one_line_error(synthetic_gopro, experiment, tmp_path):
     result = run(TRAIN, write_options(opt, tmp_path), check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == \
-        "error: unknown SDNet preset 'huge'; choose one of tiny, small, base, light_s, light_m, light_l"
+        "error: unknown SDNet preset 'huge'; choose one of tiny, small, base, light_s, light_m, light_l, light"
     assert 'Traceback' not in result.stderr
 
 

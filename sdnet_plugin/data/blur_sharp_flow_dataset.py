@@ -4,13 +4,16 @@ import random
 import numpy as np
 import torch
 from basicsr.data.transforms import paired_random_crop
-from basicsr.utils import FileClient, imfrombytes, img2tensor
+from basicsr.utils import FileClient, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from sdnet_plugin.data.flow_io import decode_flow
 from sdnet_plugin.data.flow_utils import flip_transpose_flow, flip_transpose_image
 from sdnet_plugin.data.gopro_layout import read_meta_keys, scan_gopro_split
+from sdnet_plugin.image_io import ImageReadError, decode_image
+
+__all__ = ['BlurSharpFlowDataset']
 
 
 @DATASET_REGISTRY.register()
@@ -115,12 +118,12 @@ class BlurSharpFlowDataset(data.Dataset):
             raise IOError(f'cannot read {sample[name]}: {error}') from error
 
     def _read_image(self, sample, name):
+        """float32 RGB ``(H, W, 3)`` in ``[0, 1]`` (:func:`sdnet_plugin.image_io.decode_image`; alpha dropped)."""
         content = self._get_bytes(sample, name)
         try:
-            img = imfrombytes(content, float32=True)
-        except (AttributeError, ValueError) as error:  # cv2.imdecode returned None
+            return decode_image(content, self._describe(sample, name)).rgb
+        except ImageReadError as error:
             raise IOError(f'unreadable or truncated image: {self._describe(sample, name)}') from error
-        return img
 
     def __getitem__(self, index):
         if self.file_client is None:
@@ -154,7 +157,7 @@ class BlurSharpFlowDataset(data.Dataset):
             if self.use_flow:
                 images['flow'] = flip_transpose_flow(images['flow'], hflip, vflip, transpose)
 
-        img_gt, img_lq = img2tensor([images['gt'], images['lq']], bgr2rgb=True, float32=True)
+        img_gt, img_lq = img2tensor([images['gt'], images['lq']], bgr2rgb=False, float32=True)
         out = {'lq': img_lq, 'gt': img_gt, 'lq_path': sample['lq'], 'gt_path': sample['gt']}
         if self.use_flow:
             out['flow'] = torch.from_numpy(np.ascontiguousarray(images['flow'].transpose(2, 0, 1)))

@@ -10,6 +10,13 @@ import os
 import cv2
 import numpy as np
 
+from sdnet_plugin.file_safety import write_bytes
+
+__all__ = [
+    'FLOW_CHANNELS', 'FLOW_MAX', 'FLOW_MIN', 'FLOW_OFFSET', 'FLOW_SCALE', 'decode_flow', 'dequantize_flow',
+    'encode_flow', 'quantize_flow', 'read_flow', 'write_flow'
+]
+
 FLOW_SCALE = 64.0
 FLOW_OFFSET = 32768
 FLOW_MIN = -FLOW_OFFSET / FLOW_SCALE
@@ -74,14 +81,15 @@ def decode_flow(content, name='flow'):
 
 
 def write_flow(path, flow, compress_level=1):
-    """Write a flow PNG (through a temporary file, so an interrupted write never leaves a partial file)."""
-    data = encode_flow(flow, compress_level)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp_path = os.path.join(folder, f'.{os.path.basename(path)}.tmp')
-    with open(tmp_path, 'wb') as f:
-        f.write(data)
-    os.replace(tmp_path, path)
+    """Write a flow PNG atomically (:func:`sdnet_plugin.file_safety.write_bytes`: an interrupted write never leaves a
+    partial file; the folder is created when missing).
+
+    Args:
+        path (str | Path): Destination ``.png``.
+        flow (ndarray): ``(H, W, 4)`` in pixels.
+        compress_level (int): PNG compression, 0-9. Default: 1.
+    """
+    write_bytes(path, encode_flow(flow, compress_level))
 
 
 def read_flow(path):

@@ -14,15 +14,15 @@ Adds to ``SRModel`` (all options are read from the usual option file, see ``docs
   ``val.precision`` (``auto``, ``bf16``, ``fp16``, ``fp32``; ``auto`` follows the training precision).
 * Resume keeps the option file's learning rates and learning-rate schedule (periods, milestones), so a run can be
   extended, or continued with a lower learning rate after it diverged.
-* Atomic checkpoints (temp file, fsync, ``os.replace``) that also store the network options under ``network_g``; a
-  failed save (full disk, read-only folder) warns and keeps the previous checkpoints.
+* Atomic checkpoints (:func:`sdnet_plugin.file_safety.save_torch`: temp file, fsync, ``os.replace``) that also store
+  the network options under ``network_g``; a failed save (full disk, read-only folder) warns and keeps the previous
+  checkpoints.
 * Validation on full images, optionally tiled (``val.tile_size`` / ``val.tile_overlap``, the blending tiler of
   :mod:`sdnet_plugin.inference`) to bound memory, with image names that stay unique across GoPro sequences.
 """
 import inspect
 import math
 import os
-import time
 from collections import OrderedDict
 from copy import deepcopy
 from os import path as osp
@@ -38,7 +38,9 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
 from sdnet_plugin import compat, inference, precision
-from sdnet_plugin.utils import error_line
+from sdnet_plugin.file_safety import save_torch
+
+__all__ = ['DIVERGED_SUFFIX', 'NonFiniteStop', 'OFFSET_WEIGHT_SCHEDULES', 'SDNetModel']
 
 OFFSET_WEIGHT_SCHEDULES = ('constant', 'linear')
 # What a resumed scheduler keeps from its training state; everything else comes from the option file.
@@ -59,38 +61,6 @@ def _plain_options(value):
     if isinstance(value, (list, tuple)):
         return [_plain_options(v) for v in value]
     return value
-
-
-def atomic_torch_save(obj, path, retries=3):
-    """``torch.save`` to ``path`` through a temporary file in the same folder, so ``path`` is never truncated.
-
-    The temporary name ends in ``.partial``: BasicSR's resume scan (``*.state``) never picks it up.
-
-    Args:
-        obj (object): What to save.
-        path (str): Destination file.
-        retries (int): Attempts before giving up with a warning (BasicSR also only warns). Default: 3.
-
-    Returns:
-        bool: Whether the file was written.
-    """
-    for attempt in range(1, retries + 1):
-        tmp_path = None
-        try:
-            tmp_path = inference.make_temp_path(path, keep_suffix=False)
-            with open(tmp_path, 'wb') as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_path, path)
-            return True
-        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
-            if tmp_path is not None and osp.exists(tmp_path):
-                os.remove(tmp_path)
-            get_root_logger().warning(f'Could not save {path} (attempt {attempt}/{retries}): {error_line(error)}')
-            time.sleep(1)
-    get_root_logger().warning(f'Giving up saving {path}; the previous checkpoints are intact.')
-    return False
 
 
 @MODEL_REGISTRY.register()
@@ -394,7 +364,7 @@ class SDNetModel(SRModel):
             if version is not None:  # the preset version it was built with, so the file always rebuilds it
                 save_dict[f'network_{network_key}']['preset_version'] = version
         iter_name = 'latest' if current_iter == -1 else current_iter
-        atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{iter_name}.pth'))
+        save_torch(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{iter_name}.pth'))
 
     def resume_training(self, resume_state):
         """BasicSR's resume, except that the learning rates and the schedule's shape come from the option file.
@@ -445,4 +415,4 @@ class SDNetModel(SRModel):
         }
         if self.grad_scaler is not None:
             state['grad_scaler'] = self.grad_scaler.state_dict()
-        atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+        save_torch(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))

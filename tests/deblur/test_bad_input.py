@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sdnet_plugin import deblur, export
-from sdnet_plugin.inference import make_temp_path, write_atomically
+from sdnet_plugin.file_safety import temp_path, write_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, SDNET_DCN_BACKEND='torch', PYTHONPATH=str(REPO))
@@ -147,9 +147,9 @@ def test_long_file_names(tmp_path, tiny_weights, capsys):
     assert status == 0, stderr
     assert [p.name for p in (tmp_path / 'out').iterdir()] == [name]
     longest = 'é' * 125 + '.jpg'  # 254 bytes in UTF-8
-    write_atomically(tmp_path / longest, b'data')
+    write_bytes(tmp_path / longest, b'data')
     assert (tmp_path / longest).read_bytes() == b'data'
-    tmp = make_temp_path(tmp_path / longest, keep_suffix=False)
+    tmp = temp_path(tmp_path / longest, keep_suffix=False)
     assert len(os.path.basename(tmp).encode()) <= 255 and tmp.endswith('.partial')
 
 
@@ -169,7 +169,7 @@ def _jpeg_with_orientation(path, rgb, orientation):
 def test_exif_orientation_is_applied_on_read(tmp_path, orientation):
     from PIL import Image
 
-    from sdnet_plugin.utils import decode_upright
+    from sdnet_plugin.image_io import decode_upright
     rgb = np.zeros((12, 20, 3), np.uint8)
     rgb[:4, :6] = (255, 0, 0)  # a red corner shows every flip and turn
     path = tmp_path / 'phone.jpg'
@@ -257,3 +257,13 @@ def test_video_without_pyav_says_that_audio_is_not_copied(tmp_path, tiny_weights
     assert status == 0
     assert f"sdnet-deblur: {clip}: audio not copied: the 'av' package (PyAV) is not installed" in stderr
     assert [p.name for p in (tmp_path / 'out').iterdir()] == ['clip.avi']
+
+
+def test_leftover_temporary_files_are_not_inputs(tmp_path):
+    from sdnet_plugin.file_safety import temp_path
+    from sdnet_plugin.media import collect_inputs
+    cv2.imwrite(str(tmp_path / 'a.png'), _image())
+    leftover = temp_path(tmp_path / 'b.png')  # what a killed writer leaves behind
+    assert Path(leftover).name.endswith('.png')
+    inputs, errors = collect_inputs([str(tmp_path)], recursive=True)
+    assert [p.name for p, _ in inputs] == ['a.png'] and not errors

@@ -9,7 +9,8 @@ import sdnet_plugin  # noqa: F401
 from basicsr.models import build_model
 from sdnet_plugin.archs.sdnet_arch import SDNet
 from sdnet_plugin.models import sdnet_model
-from sdnet_plugin.models.sdnet_model import atomic_torch_save
+from sdnet_plugin import file_safety
+from sdnet_plugin.file_safety import save_torch
 
 NETWORK = {'type': 'SDNet', 'preset': 'tiny', 'dcn_backend': 'torch'}
 
@@ -128,8 +129,8 @@ def test_checkpoints_hold_network_options_and_are_written_atomically(tmp_path, m
         raise OSError('disk full')
 
     monkeypatch.setattr(sdnet_model.torch, 'save', crash)
-    monkeypatch.setattr(sdnet_model.time, 'sleep', lambda s: None)
-    assert not atomic_torch_save({'iter': 4}, str(tmp_path / '3.state'))
+    monkeypatch.setattr(file_safety.time, 'sleep', lambda s: None)
+    assert not save_torch({'iter': 4}, str(tmp_path / '3.state'))
     assert (tmp_path / '3.state').read_bytes() == good
     assert sorted(os.listdir(tmp_path)) == ['3.state', 'net_g_3.pth']
 
@@ -335,8 +336,8 @@ def test_failed_checkpoint_save_warns_and_keeps_the_previous_ones(tmp_path, monk
         def read_only(path, keep_suffix=True):
             raise PermissionError(13, 'Permission denied', str(path))
 
-        monkeypatch.setattr(sdnet_model.inference, 'make_temp_path', read_only)
-    monkeypatch.setattr(sdnet_model.time, 'sleep', lambda s: None)
+        monkeypatch.setattr(file_safety, 'temp_path', read_only)
+    monkeypatch.setattr(file_safety.time, 'sleep', lambda s: None)
     model.save(epoch=0, current_iter=1)  # warns, does not raise
     model.save(epoch=0, current_iter=2)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

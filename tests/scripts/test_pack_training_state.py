@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sdnet_plugin.models.sdnet_model import atomic_torch_save
+from sdnet_plugin.file_safety import save_torch
 from sdnet_plugin.tools import pack_training_state as pack_script
 
 
@@ -17,25 +17,13 @@ def _experiment(folder, current_iter=30):
         scheduler.step()
     (folder / 'models').mkdir(parents=True)
     (folder / 'training_states').mkdir()
-    atomic_torch_save({
-        'params': net.state_dict(),
-        'params_ema': ema.state_dict(),
-        'network_g': {
-            'type': 'X'
-        }
-    }, str(folder / 'models' / f'net_g_{current_iter}.pth'))
-    state = {
-        'epoch': 2,
-        'iter': current_iter,
-        'optimizers': [optimizer.state_dict()],
-        'schedulers': [scheduler.state_dict()],
-        'grad_scaler': {
-            'scale': 1024.0
-        }
-    }
+    save_torch({'params': net.state_dict(), 'params_ema': ema.state_dict(), 'network_g': {'type': 'X'}},
+               str(folder / 'models' / f'net_g_{current_iter}.pth'))
+    state = {'epoch': 2, 'iter': current_iter, 'optimizers': [optimizer.state_dict()],
+             'schedulers': [scheduler.state_dict()], 'grad_scaler': {'scale': 1024.0}}
     older = folder / 'training_states' / f'{current_iter - 10}.state'
-    atomic_torch_save(dict(state, iter=current_iter - 10), str(older))
-    atomic_torch_save(state, str(folder / 'training_states' / f'{current_iter}.state'))
+    save_torch(dict(state, iter=current_iter - 10), str(older))
+    save_torch(state, str(folder / 'training_states' / f'{current_iter}.state'))
     return state, torch.load(folder / 'models' / f'net_g_{current_iter}.pth', weights_only=True)
 
 
