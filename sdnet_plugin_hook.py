@@ -62,8 +62,11 @@ class _BasicsrLoader:
             import sdnet_plugin  # noqa: F401
         except Exception as error:  # a broken plugin must not take BasicSR down with it
             import warnings
-            warnings.warn(f'sdnet-plugin is not loaded into basicsr ({type(error).__name__}: {error}); '
-                          f'{ENV_SWITCH}=0 turns this hook off', RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f'sdnet-plugin is not loaded into basicsr ({type(error).__name__}: {error}); '
+                f'{ENV_SWITCH}=0 turns this hook off',
+                RuntimeWarning,
+                stacklevel=2)
 
 
 class BasicsrFinder:

@@ -39,7 +39,7 @@ setup(
         'tqdm'
     ],
     extras_require={
-        'test': ['pytest>=7', 'flake8', 'isort', 'yapf'],  # make test runs make lint first
+        'test': ['pytest>=7', 'flake8==7.5.0', 'isort==9.0.2', 'yapf==0.43.0'],  # make test runs make lint first
         'mmcv': ['mmengine==0.10.7', 'ninja'],
         'onnx': ['onnx>=1.16', 'onnxruntime>=1.17'],
     },

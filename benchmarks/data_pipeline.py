@@ -13,15 +13,14 @@ from os import path as osp
 
 import cv2
 import numpy as np
+from basicsr.data import build_dataset  # noqa: E402,I100 (after sdnet_plugin's compatibility fixes)
+from basicsr.metrics import calculate_psnr  # noqa: E402
 
 from sdnet_plugin.data.flow_io import read_flow  # noqa: E402
 from sdnet_plugin.data.flow_utils import reblur  # noqa: E402
 from sdnet_plugin.data.gopro_layout import create_gopro_lmdb, lmdb_paths, scan_gopro_split  # noqa: E402
 from sdnet_plugin.data.synthesis import GAMMA, synthesize_dataset  # noqa: E402
 from sdnet_plugin.visualize import flow_to_color  # noqa: E402
-
-from basicsr.data import build_dataset  # noqa: E402,I100 (after sdnet_plugin's compatibility fixes)
-from basicsr.metrics import calculate_psnr  # noqa: E402
 
 
 def psnr(a, b):
@@ -94,16 +93,29 @@ def main():
         train = dict(phase='train', gt_size=args.crop, use_hflip=True, use_vflip=True, use_rot=True)
         disk = build_dataset(dict(name='disk', type='BlurSharpFlowDataset', dataroot=root, **train))
         lmdb = build_dataset(
-            dict(name='lmdb', type='BlurSharpFlowDataset', io_backend={'type': 'lmdb'}, dataroot_lq=paths['blur'],
-                 dataroot_gt=paths['sharp'], dataroot_flow=paths['flow'], **train))
+            dict(
+                name='lmdb',
+                type='BlurSharpFlowDataset',
+                io_backend={'type': 'lmdb'},
+                dataroot_lq=paths['blur'],
+                dataroot_gt=paths['sharp'],
+                dataroot_flow=paths['flow'],
+                **train))
         backends = [('disk', disk), ('lmdb', lmdb)]
         if min(width, height) > 512 and args.crop <= 512:
             # common practice for GoPro: 512x512 sub-images with step 256 in the LMDB
             create_gopro_lmdb(root, osp.join(tmp, 'lmdb'), 'sub', crop_size=512, step=256, progress=False)
             sub = lmdb_paths(osp.join(tmp, 'lmdb'), 'sub')
-            backends.append(('lmdb, 512px sub-images', build_dataset(
-                dict(name='sub', type='BlurSharpFlowDataset', io_backend={'type': 'lmdb'}, dataroot_lq=sub['blur'],
-                     dataroot_gt=sub['sharp'], dataroot_flow=sub['flow'], **train))))
+            backends.append(('lmdb, 512px sub-images',
+                             build_dataset(
+                                 dict(
+                                     name='sub',
+                                     type='BlurSharpFlowDataset',
+                                     io_backend={'type': 'lmdb'},
+                                     dataroot_lq=sub['blur'],
+                                     dataroot_gt=sub['sharp'],
+                                     dataroot_flow=sub['flow'],
+                                     **train))))
         print(f'\n| backend | samples/s ({args.crop}px crops of {width}x{height} triplets, one process) |')
         print('|---|---|')
         for name, dataset in backends:

@@ -54,17 +54,18 @@ from tqdm import tqdm  # noqa: E402
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 
-import sdnet_plugin  # noqa: E402,F401  (BasicSR fixes and registries)
 from basicsr.losses.basic_loss import CharbonnierLoss, L1Loss  # noqa: E402
-from sdnet_plugin.evaluation import evaluate, find_pairs  # noqa: E402
 from nafnet_baseline import build_nafnet  # noqa: E402
+from speed import count_macs, count_parameters  # noqa: E402
+
+import sdnet_plugin  # noqa: E402,F401  (BasicSR fixes and registries)
 from sdnet_plugin.archs.sdnet_arch import SDNet  # noqa: E402
 from sdnet_plugin.data.blur_sharp_flow_dataset import BlurSharpFlowDataset  # noqa: E402
+from sdnet_plugin.evaluation import evaluate, find_pairs  # noqa: E402
 from sdnet_plugin.file_safety import save_torch, write_bytes  # noqa: E402
 from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss  # noqa: E402
 from sdnet_plugin.losses.psnr_loss import PSNRLoss  # noqa: E402
 from sdnet_plugin.ops import select_backend  # noqa: E402
-from speed import count_macs, count_parameters  # noqa: E402
 
 DEFAULT_DATA = osp.join('datasets', 'study')
 DEFAULT_WORK = osp.join('experiments', 'design_study')
@@ -78,10 +79,14 @@ OFFSET_WEIGHT = 0.1  # flow-guided offset loss, as in the shipped recipe (fading
 # (whole photographs apart: training packages for train/, the held-out wallpaper packages for eval/).
 PREPARE_STEPS = (
     ('photos', ['datasets_prep/collect_photos.py', '--out', '{data}/photos', '--cache', '{data}/.photo_packages']),
-    ('eval', ['datasets_prep/synthesize_gopro.py', '--out', '{data}/eval', '--count', '44', '--photos',
-              '{data}/photos/eval', '--size', '384x256', '--seed', '2', '--workers', '1', '--split', 'all']),
-    ('train', ['datasets_prep/synthesize_gopro.py', '--out', '{data}/train', '--count', '800', '--photos',
-               '{data}/photos/train', '--size', '256x256', '--seed', '0', '--workers', '1', '--split', 'all']),
+    ('eval', [
+        'datasets_prep/synthesize_gopro.py', '--out', '{data}/eval', '--count', '44', '--photos', '{data}/photos/eval',
+        '--size', '384x256', '--seed', '2', '--workers', '1', '--split', 'all'
+    ]),
+    ('train', [
+        'datasets_prep/synthesize_gopro.py', '--out', '{data}/train', '--count', '800', '--photos',
+        '{data}/photos/train', '--size', '256x256', '--seed', '0', '--workers', '1', '--split', 'all'
+    ]),
 )
 
 
@@ -124,39 +129,67 @@ def _sdnet(preset, **kwargs):
 
 
 ARMS = [
-    Arm('base', 'SDNet base as shipped: L1 + order-invariant offset loss, lr 4e-4', _sdnet('base'), lr=4e-4,
+    Arm('base',
+        'SDNet base as shipped: L1 + order-invariant offset loss, lr 4e-4',
+        _sdnet('base'),
+        lr=4e-4,
         offset_loss='order_invariant'),
-    Arm('base_plain', 'base with every SVD module a plain 3x3 conv (backbone alone)',
-        _sdnet('base', plain_svd=True), lr=4e-4),
+    Arm('base_plain',
+        'base with every SVD module a plain 3x3 conv (backbone alone)',
+        _sdnet('base', plain_svd=True),
+        lr=4e-4),
     Arm('base_noflow', 'base, SVD modules without flow guidance', _sdnet('base'), lr=4e-4),
     Arm('base_ordered', 'base, flow guidance with ordered targets', _sdnet('base'), lr=4e-4, offset_loss='ordered'),
-    Arm('light_s', 'light SDNet, small (4 levels, gated blocks, SVD at 1/4, 1/8), flow-guided',
-        _sdnet('light_s'), offset_loss='order_invariant'),
+    Arm('light_s',
+        'light SDNet, small (4 levels, gated blocks, SVD at 1/4, 1/8), flow-guided',
+        _sdnet('light_s'),
+        offset_loss='order_invariant'),
     Arm('light_m', 'light SDNet, medium, flow-guided', _sdnet('light_m'), offset_loss='order_invariant'),
     Arm('light_l', 'light SDNet, large, flow-guided', _sdnet('light_l'), offset_loss='order_invariant'),
     Arm('light_m_noflow', 'light_m, SVD modules without flow guidance', _sdnet('light_m')),
-    Arm('light_m_plain', 'light_m with plain 3x3 convs in place of the SVD modules',
-        _sdnet('light_m', plain_svd=True)),
-    Arm('light_m_psnr', 'light_m, PSNR loss in place of L1', _sdnet('light_m'), pixel_loss='psnr',
+    Arm('light_m_plain', 'light_m with plain 3x3 convs in place of the SVD modules', _sdnet('light_m', plain_svd=True)),
+    Arm('light_m_psnr',
+        'light_m, PSNR loss in place of L1',
+        _sdnet('light_m'),
+        pixel_loss='psnr',
         offset_loss='order_invariant'),
-    Arm('light_m_charb', 'light_m, Charbonnier loss in place of L1', _sdnet('light_m'), pixel_loss='charbonnier',
+    Arm('light_m_charb',
+        'light_m, Charbonnier loss in place of L1',
+        _sdnet('light_m'),
+        pixel_loss='charbonnier',
         offset_loss='order_invariant'),
-    Arm('light_m_fft', 'light_m, L1 + frequency-domain L1 (MIMO-UNet)', _sdnet('light_m'), pixel_loss='l1_fft',
+    Arm('light_m_fft',
+        'light_m, L1 + frequency-domain L1 (MIMO-UNet)',
+        _sdnet('light_m'),
+        pixel_loss='l1_fft',
         offset_loss='order_invariant'),
-    Arm('light_m_p64b32', 'light_m, 32 crops of 64x64 (same pixels per step)', _sdnet('light_m'),
-        offset_loss='order_invariant', patch=64, batch=32),
-    Arm('light_m_p256b2', 'light_m, 2 crops of 256x256 (same pixels per step)', _sdnet('light_m'),
-        offset_loss='order_invariant', patch=256, batch=2),
-    Arm('light', 'light SDNet: the NAFNet-style peer\'s backbone with SVD modules at 1/4, 1/8, flow-guided',
-        _sdnet('light'), offset_loss='order_invariant'),
+    Arm('light_m_p64b32',
+        'light_m, 32 crops of 64x64 (same pixels per step)',
+        _sdnet('light_m'),
+        offset_loss='order_invariant',
+        patch=64,
+        batch=32),
+    Arm('light_m_p256b2',
+        'light_m, 2 crops of 256x256 (same pixels per step)',
+        _sdnet('light_m'),
+        offset_loss='order_invariant',
+        patch=256,
+        batch=2),
+    Arm('light',
+        'light SDNet: the NAFNet-style peer\'s backbone with SVD modules at 1/4, 1/8, flow-guided',
+        _sdnet('light'),
+        offset_loss='order_invariant'),
     Arm('light_noflow', 'light, SVD modules without flow guidance', _sdnet('light')),
-    Arm('light_warm', 'light, flow guidance for the first quarter of the schedule only', _sdnet('light'),
-        offset_loss='order_invariant', offset_fade=0.25),
+    Arm('light_warm',
+        'light, flow guidance for the first quarter of the schedule only',
+        _sdnet('light'),
+        offset_loss='order_invariant',
+        offset_fade=0.25),
     Arm('nafnet_light', 'NAFNet-style peer at the 720p cost of light_m (width 8)', ('NAFNet', 'light')),
     Arm('nafnet32', 'NAFNet-style GoPro configuration (width 32)', ('NAFNet', 'gopro32')),
 ]
 ARMS_BY_NAME = {arm.name: arm for arm in ARMS}
-DEFAULT_ALWAYS = ('nafnet_light',)  # the peer the new default must beat at the largest budget
+DEFAULT_ALWAYS = ('nafnet_light', )  # the peer the new default must beat at the largest budget
 
 
 def build_network(arm, dcn_backend='auto'):
@@ -217,8 +250,17 @@ class PixelLoss(torch.nn.Module):
 
 def training_set(data, arm):
     return BlurSharpFlowDataset({
-        'io_backend': {'type': 'disk'}, 'dataroot': osp.join(data, 'train'), 'use_flow': True, 'phase': 'train',
-        'gt_size': arm.patch, 'use_hflip': True, 'use_vflip': True, 'use_rot': True})
+        'io_backend': {
+            'type': 'disk'
+        },
+        'dataroot': osp.join(data, 'train'),
+        'use_flow': True,
+        'phase': 'train',
+        'gt_size': arm.patch,
+        'use_hflip': True,
+        'use_vflip': True,
+        'use_rot': True
+    })
 
 
 def make_batch(dataset, seed, iteration, batch_size):
@@ -250,8 +292,14 @@ class ArmRun:
         self.pixel_loss = PixelLoss(arm.pixel_loss)
         self.offset_loss = None if arm.offset_loss == 'none' else FlowGuidedOffsetLoss(
             criterion='l1', motion_threshold=0.5, order_invariant=arm.offset_loss == 'order_invariant')
-        self.counters = {'iter': 0, 'cpu_seconds': 0.0, 'wall_seconds': 0.0, 'data_seconds': 0.0,
-                         'eval_seconds': 0.0, 'skipped_steps': 0}
+        self.counters = {
+            'iter': 0,
+            'cpu_seconds': 0.0,
+            'wall_seconds': 0.0,
+            'data_seconds': 0.0,
+            'eval_seconds': 0.0,
+            'skipped_steps': 0
+        }
         self.evals, self.losses = [], []
         self.horizon_minutes = horizon_minutes
         if osp.isfile(self.state_path):
@@ -277,14 +325,28 @@ class ArmRun:
 
     def save(self):
         os.makedirs(self.folder, exist_ok=True)
-        save_torch({
-            'format': STATE_FORMAT, 'arm': arm_record(self.arm), 'precision': self.precision,
-            'threads': torch.get_num_threads(), 'horizon_minutes': self.horizon_minutes, 'network': self.net.state_dict(),
-            'optimizer': self.optimizer.state_dict(), 'counters': self.counters, 'evals': self.evals,
-            'losses': self.losses}, self.state_path)
-        summary = {'arm': arm_record(self.arm), 'precision': self.precision, 'threads': torch.get_num_threads(),
-                   'horizon_minutes': self.horizon_minutes, 'counters': self.counters, 'evals': self.evals,
-                   'losses': self.losses}
+        save_torch(
+            {
+                'format': STATE_FORMAT,
+                'arm': arm_record(self.arm),
+                'precision': self.precision,
+                'threads': torch.get_num_threads(),
+                'horizon_minutes': self.horizon_minutes,
+                'network': self.net.state_dict(),
+                'optimizer': self.optimizer.state_dict(),
+                'counters': self.counters,
+                'evals': self.evals,
+                'losses': self.losses
+            }, self.state_path)
+        summary = {
+            'arm': arm_record(self.arm),
+            'precision': self.precision,
+            'threads': torch.get_num_threads(),
+            'horizon_minutes': self.horizon_minutes,
+            'counters': self.counters,
+            'evals': self.evals,
+            'losses': self.losses
+        }
         write_bytes(self.evals_path, (json.dumps(summary, indent=1) + '\n').encode())
 
     @property
@@ -299,8 +361,8 @@ class ArmRun:
         progress = self.counters['cpu_seconds'] / (self.horizon_minutes * 60)
         for group in self.optimizer.param_groups:
             group['lr'] = learning_rate(self.arm, progress)
-        offset_weight = (OFFSET_WEIGHT * max(0.0, 1 - progress / self.arm.offset_fade)
-                         if self.offset_loss is not None else 0.0)
+        offset_weight = (
+            OFFSET_WEIGHT * max(0.0, 1 - progress / self.arm.offset_fade) if self.offset_loss is not None else 0.0)
         bf16 = self.precision == 'bf16'
         lq = batch['lq'].to(memory_format=torch.channels_last) if bf16 else batch['lq']
         self.net.train()
@@ -328,10 +390,16 @@ class ArmRun:
         self.net.eval()
         with open(os.devnull, 'w') as devnull, contextlib.redirect_stderr(devnull):  # keep the training bar readable
             result = evaluate(self.net, pairs, offset_error=self.arm.has_svd)
-        record = {'budget_minutes': minutes, 'cpu_minutes': self.cpu_minutes, 'iter': self.counters['iter'],
-                  'wall_minutes': self.counters['wall_seconds'] / 60, 'psnr_gain': result['gain']['psnr'],
-                  'ssim_gain': result['gain']['ssim'], 'restored_psnr': result['restored']['psnr'],
-                  'blurry_psnr': result['blurry']['psnr']}
+        record = {
+            'budget_minutes': minutes,
+            'cpu_minutes': self.cpu_minutes,
+            'iter': self.counters['iter'],
+            'wall_minutes': self.counters['wall_seconds'] / 60,
+            'psnr_gain': result['gain']['psnr'],
+            'ssim_gain': result['gain']['ssim'],
+            'restored_psnr': result['restored']['psnr'],
+            'blurry_psnr': result['blurry']['psnr']
+        }
         if 'offset_error' in result:
             record['offset_error'] = result['offset_error']['learned']
             record['grid_offset_error'] = result['offset_error']['grid']
@@ -371,11 +439,16 @@ def train_arm(arm, args, target_minutes, pairs, dataset_cache):
     if key not in dataset_cache:
         dataset_cache[key] = training_set(args.data, arm)
     dataset = dataset_cache[key]
-    log(args, f'{arm.name}: from {run.cpu_minutes:.2f} to {target_minutes:g} CPU-min (iter {run.counters["iter"]}, '
+    log(
+        args, f'{arm.name}: from {run.cpu_minutes:.2f} to {target_minutes:g} CPU-min (iter {run.counters["iter"]}, '
         f'{run.precision}, {torch.get_num_threads()} threads, horizon {run.horizon_minutes:g})')
-    bar = tqdm(total=round(target_minutes * 60), initial=min(round(run.counters['cpu_seconds']),
-                                                             round(target_minutes * 60)),
-               desc=arm.name, unit='cpu-s', file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=round(target_minutes * 60),
+        initial=min(round(run.counters['cpu_seconds']), round(target_minutes * 60)),
+        desc=arm.name,
+        unit='cpu-s',
+        file=sys.stderr,
+        dynamic_ncols=True)
     last_save, recent = run.counters['cpu_seconds'], []
     try:
         while points:
@@ -383,11 +456,12 @@ def train_arm(arm, args, target_minutes, pairs, dataset_cache):
                 record = run.evaluate(pairs, points.pop(0))
                 run.save()
                 last_save = run.counters['cpu_seconds']
-                log(args, f'{arm.name} @ {record["budget_minutes"]:g} CPU-min (iter {record["iter"]}, '
+                log(
+                    args, f'{arm.name} @ {record["budget_minutes"]:g} CPU-min (iter {record["iter"]}, '
                     f'{record["wall_minutes"]:.1f} wall-min): PSNR gain {record["psnr_gain"]:+.3f} dB, SSIM gain '
-                    f'{record["ssim_gain"]:+.4f}' + (f', offset error {record["offset_error"]:.3f} px (grid '
-                                                     f'{record["grid_offset_error"]:.3f})' if 'offset_error' in record
-                                                     else ''))
+                    f'{record["ssim_gain"]:+.4f}' +
+                    (f', offset error {record["offset_error"]:.3f} px (grid '
+                     f'{record["grid_offset_error"]:.3f})' if 'offset_error' in record else ''))
                 continue
             start_data = time.perf_counter()
             batch = make_batch(dataset, args.seed, run.counters['iter'], arm.batch)
@@ -404,8 +478,8 @@ def train_arm(arm, args, target_minutes, pairs, dataset_cache):
                 run.losses.append([run.cpu_minutes, statistics.fmean(recent)])
                 recent = []
             bar.update(min(round(run.counters['cpu_seconds']), round(target_minutes * 60)) - bar.n)
-            bar.set_postfix(it=run.counters['iter'], loss=f'{loss:.4f}' if loss is not None else 'skip',
-                            s_it=f'{spent:.2f}')
+            bar.set_postfix(
+                it=run.counters['iter'], loss=f'{loss:.4f}' if loss is not None else 'skip', s_it=f'{spent:.2f}')
             if run.counters['cpu_seconds'] - last_save >= args.save_every * 60:
                 run.save()
                 last_save = run.counters['cpu_seconds']
@@ -438,7 +512,8 @@ def run_study(args, arms, pairs):
             alive = keep
         decisions.append(decision)
         write_bytes(osp.join(args.work, 'decisions.json'), (json.dumps(decisions, indent=1) + '\n').encode())
-        log(args, f'budget {budget:g} CPU-min: ' + ', '.join(f'{n} {g:+.3f}' for n, g in decision['ranking']) +
+        log(
+            args, f'budget {budget:g} CPU-min: ' + ', '.join(f'{n} {g:+.3f}' for n, g in decision['ranking']) +
             (f'; advance: {", ".join(decision["advance"])}' if 'advance' in decision else ''))
 
 
@@ -465,9 +540,13 @@ def calibrate(args, arms):
             run.step(batch)
             if i >= 2:
                 times.append(time.process_time() - start)
-        results[arm.name] = {'seconds_per_iter': statistics.median(times), 'precision': precision,
-                             'threads': torch.get_num_threads(), 'steps': len(times), 'dcn_backend': dcn_backend(
-                                 precision, backward=True)}
+        results[arm.name] = {
+            'seconds_per_iter': statistics.median(times),
+            'precision': precision,
+            'threads': torch.get_num_threads(),
+            'steps': len(times),
+            'dcn_backend': dcn_backend(precision, backward=True)
+        }
         log(args, f'calibrate {arm.name}: {results[arm.name]["seconds_per_iter"]:.2f} CPU-s per iteration')
         write_bytes(path, (json.dumps(results, indent=1) + '\n').encode())
     return results
@@ -511,8 +590,10 @@ def arm_costs(args, arms):
         key = json.dumps(arm_record(arm)['network'], sort_keys=True)
         if key in costs:
             continue
-        entry = {'params': count_parameters(build_network(arm)),
-                 'gmacs': count_macs(lambda: build_network(arm), *FRAME_SIZE) / 1e9}
+        entry = {
+            'params': count_parameters(build_network(arm)),
+            'gmacs': count_macs(lambda: build_network(arm), *FRAME_SIZE) / 1e9
+        }
         entry['frame_seconds'] = {p: frame_seconds(arm, p, *FRAME_SIZE) for p in precisions}
         entry['dcn_backend'] = {p: dcn_backend(p, backward=False) for p in precisions}
         costs[key] = entry
@@ -539,8 +620,11 @@ def plot_curves(summaries, path):
     for name, summary in summaries.items():
         evals = summary['evals']
         if evals:
-            ax.plot([e['cpu_minutes'] for e in evals], [e['psnr_gain'] for e in evals], marker='o', ms=3,
-                    label=name, ls='--' if name.startswith('nafnet') else '-')
+            ax.plot([e['cpu_minutes'] for e in evals], [e['psnr_gain'] for e in evals],
+                    marker='o',
+                    ms=3,
+                    label=name,
+                    ls='--' if name.startswith('nafnet') else '-')
     ax.axhline(0, color='grey', lw=0.8)
     ax.set_xlabel('training CPU-minutes')
     ax.set_ylabel('held-out PSNR gain over the blurry input (dB)')
@@ -629,14 +713,17 @@ def write_report(args, arms, out_path):
         cost = costs[arm.name]
         seconds = cost['frame_seconds']
         best = min(seconds, key=seconds.get)
-        cells = [f'**{seconds[p]:.2f}**' if p == best else f'{seconds[p]:.2f}' for p in ('fp32', 'bf16')
-                 if p in seconds]
+        cells = [
+            f'**{seconds[p]:.2f}**' if p == best else f'{seconds[p]:.2f}' for p in ('fp32', 'bf16') if p in seconds
+        ]
         loss = arm.pixel_loss + ('' if arm.offset_loss == 'none' else f' + offset ({arm.offset_loss})')
         lines.append(f'| `{arm.name}` | {arm.what} | {arm.lr:g} | {loss} | {arm.batch}x{arm.patch}² | '
                      f'{cost["params"] / 1e6:.2f} M | {cost["gmacs"]:.1f} | ' + ' | '.join(cells) + ' |')
     if calibration:
         lines += [
-            '', '## Planned budgets (calibration)', '',
+            '',
+            '## Planned budgets (calibration)',
+            '',
             'CPU seconds per training iteration (median of a few steps after two warm-up steps, '
             f'{next(iter(calibration.values()))["threads"]} thread(s), '
             f'{next(iter(calibration.values()))["precision"]}, DCN backend {dcn_names(calibration.values())}), and '
@@ -648,15 +735,17 @@ def write_report(args, arms, out_path):
         for arm in arms:
             if arm.name in calibration:
                 sec = calibration[arm.name]['seconds_per_iter']
-                lines.append(f'| `{arm.name}` | {sec:.2f} | ' +
-                             ' | '.join(f'{b * 60 / sec:.0f}' for b in args.budgets) + ' |')
-        lines += ['', f'Training CPU-minutes of successive halving with {len(arms)} arms, keeping {args.keep:g} '
-                  f'of them per rung plus {len(args.always)} arm(s) that always advance (held-out evaluations come '
-                  'on top; with the default single thread a CPU-minute takes at least a wall minute, see the '
-                  'docstring on why not two threads):', '',
-                  '| budgets (CPU-min) | arms per rung | training CPU-minutes |', '|---|---|---:|']
-        schedules = [tuple(args.budgets)] + [s for s in ((10, 20, 40), (15, 30, 60), (10, 20, 40, 80))
-                                              if s != tuple(args.budgets)]
+                lines.append(f'| `{arm.name}` | {sec:.2f} | ' + ' | '.join(f'{b * 60 / sec:.0f}'
+                                                                           for b in args.budgets) + ' |')
+        lines += [
+            '', f'Training CPU-minutes of successive halving with {len(arms)} arms, keeping {args.keep:g} '
+            f'of them per rung plus {len(args.always)} arm(s) that always advance (held-out evaluations come '
+            'on top; with the default single thread a CPU-minute takes at least a wall minute, see the '
+            'docstring on why not two threads):', '', '| budgets (CPU-min) | arms per rung | training CPU-minutes |',
+            '|---|---|---:|'
+        ]
+        schedules = [tuple(args.budgets)
+                     ] + [s for s in ((10, 20, 40), (15, 30, 60), (10, 20, 40, 80)) if s != tuple(args.budgets)]
         for schedule in schedules:
             alive, counts, total, previous = len(arms), [], 0.0, 0
             for budget in schedule:
@@ -668,10 +757,12 @@ def write_report(args, arms, out_path):
                          f'{total:.0f} |')
     lines += ['', '## Held-out gain at each budget', '']
     if summaries:
-        lines += ['PSNR gain in dB (SSIM gain) over the blurry input; offset error of the sampling points against '
-                  'the exact flows in feature pixels (regular grid in brackets); iterations reached.', '',
-                  '| arm | ' + ' | '.join(f'{b:g} CPU-min' for b in budgets) + ' | offset error at the last point | '
-                  'iterations | wall-min |', '|---|' + '---:|' * (len(budgets) + 3)]
+        lines += [
+            'PSNR gain in dB (SSIM gain) over the blurry input; offset error of the sampling points against '
+            'the exact flows in feature pixels (regular grid in brackets); iterations reached.', '',
+            '| arm | ' + ' | '.join(f'{b:g} CPU-min' for b in budgets) + ' | offset error at the last point | '
+            'iterations | wall-min |', '|---|' + '---:|' * (len(budgets) + 3)
+        ]
         for arm in arms:
             summary = summaries.get(arm.name)
             if not summary or not summary['evals']:
@@ -681,8 +772,7 @@ def write_report(args, arms, out_path):
                 e = _gain_at(summaries, arm.name, b)
                 cells.append(f'{e["psnr_gain"]:+.3f} ({e["ssim_gain"]:+.4f})' if e else '')
             last = summary['evals'][-1]
-            offset = (f'{last["offset_error"]:.3f} ({last["grid_offset_error"]:.3f})' if 'offset_error' in last
-                      else '')
+            offset = (f'{last["offset_error"]:.3f} ({last["grid_offset_error"]:.3f})' if 'offset_error' in last else '')
             lines.append(f'| `{arm.name}` | ' + ' | '.join(cells) + f' | {offset} | {summary["counters"]["iter"]} | '
                          f'{summary["counters"]["wall_seconds"] / 60:.0f} |')
         plot_curves(summaries, osp.join(osp.dirname(out_path), image_rel))
@@ -697,13 +787,15 @@ def write_report(args, arms, out_path):
                          (f'; advanced: {", ".join(d["advance"])}' if 'advance' in d else ''))
     speed = {name: min(cost['frame_seconds'].values()) for name, cost in costs.items()}
     if 'nafnet32' in speed:
-        lines += ['', '## Speed against the NAFNet-style GoPro configuration', '',
-                  '1280x720 frame, each network at its best precision, same run (in brackets: how many times '
-                  'faster than `nafnet32`): ' + ', '.join(
-                      f'`{name}` {seconds:.2f} s ({speed["nafnet32"] / seconds:.1f}x)'
-                      for name, seconds in speed.items() if name != 'nafnet32' and name in (
-                          'base', 'light_s', 'light_m', 'light_l', 'light', 'nafnet_light')) +
-                  f'; `nafnet32` {speed["nafnet32"]:.2f} s.']
+        lines += [
+            '', '## Speed against the NAFNet-style GoPro configuration', '',
+            '1280x720 frame, each network at its best precision, same run (in brackets: how many times '
+            'faster than `nafnet32`): ' +
+            ', '.join(f'`{name}` {seconds:.2f} s ({speed["nafnet32"] / seconds:.1f}x)'
+                      for name, seconds in speed.items() if name != 'nafnet32' and name in
+                      ('base', 'light_s', 'light_m', 'light_l', 'light', 'nafnet_light')) +
+            f'; `nafnet32` {speed["nafnet32"]:.2f} s.'
+        ]
     claims = [
         ('SVD modules help (the backbone alone is worse)', 'base_noflow', 'base_plain'),
         ('flow guidance helps (SVD with the offset loss beats SVD without)', 'base', 'base_noflow'),
@@ -717,11 +809,13 @@ def write_report(args, arms, out_path):
         ('light SDNet beats the NAFNet-style peer of the same 720p cost', 'light', 'nafnet_light'),
         ('light SDNet, early flow guidance, beats the NAFNet-style peer', 'light_warm', 'nafnet_light'),
     ]
-    lines += ['', '## What the paper claims and what we measure', '',
-              'The paper reports that SVD modules help, that flow guidance helps, and that SDNet is light and '
-              'real-time (on a GPU). These are short CPU budgets: they rank how fast designs start to learn, not where they '
-              'end after a full GPU schedule.', '', '| claim | arms (with / without) | budget | gain with | gain '
-              'without | agrees |', '|---|---|---:|---:|---:|---|']
+    lines += [
+        '', '## What the paper claims and what we measure', '',
+        'The paper reports that SVD modules help, that flow guidance helps, and that SDNet is light and '
+        'real-time (on a GPU). These are short CPU budgets: they rank how fast designs start to learn, not where they '
+        'end after a full GPU schedule.', '', '| claim | arms (with / without) | budget | gain with | gain '
+        'without | agrees |', '|---|---|---:|---:|---:|---|'
+    ]
     for claim, with_arm, without_arm in claims:
         found = _claim(summaries, budgets, with_arm, without_arm)
         if found:
@@ -760,31 +854,55 @@ def check_data(data):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--arm', nargs='+', default=None, choices=list(ARMS_BY_NAME),
-                        help='train only these arms (with --minutes) or restrict the study to them')
+    parser.add_argument(
+        '--arm',
+        nargs='+',
+        default=None,
+        choices=list(ARMS_BY_NAME),
+        help='train only these arms (with --minutes) or restrict the study to them')
     parser.add_argument('--minutes', type=float, default=None, help='train --arm to this many CPU-minutes')
-    parser.add_argument('--budgets', type=float, nargs='+', default=list(DEFAULT_BUDGETS),
-                        help='successive-halving budgets in CPU-minutes (default: 10 20 40)')
+    parser.add_argument(
+        '--budgets',
+        type=float,
+        nargs='+',
+        default=list(DEFAULT_BUDGETS),
+        help='successive-halving budgets in CPU-minutes (default: 10 20 40)')
     parser.add_argument('--keep', type=float, default=0.5, help='share of arms advanced per rung (default: 0.5)')
-    parser.add_argument('--always', nargs='*', default=list(DEFAULT_ALWAYS),
-                        help=f'arms that always advance (default: {" ".join(DEFAULT_ALWAYS)})')
-    parser.add_argument('--horizon', type=float, default=None,
-                        help='learning-rate schedule length in CPU-minutes (default: the last budget)')
+    parser.add_argument(
+        '--always',
+        nargs='*',
+        default=list(DEFAULT_ALWAYS),
+        help=f'arms that always advance (default: {" ".join(DEFAULT_ALWAYS)})')
+    parser.add_argument(
+        '--horizon',
+        type=float,
+        default=None,
+        help='learning-rate schedule length in CPU-minutes (default: the last budget)')
     parser.add_argument('--eval-every', type=float, default=5, help='extra scoring points, CPU-minutes (default: 5)')
     parser.add_argument('--save-every', type=float, default=2, help='save the state every N CPU-minutes (default: 2)')
     parser.add_argument('--data', default=osp.join(ROOT, DEFAULT_DATA), help='data folder (default: datasets/study)')
-    parser.add_argument('--work', default=osp.join(ROOT, DEFAULT_WORK),
-                        help='work folder with the per-arm states (default: experiments/design_study)')
-    parser.add_argument('--threads', type=int, default=1,
-                        help='torch CPU threads (default: 1; 2 only on an idle machine, see above)')
-    parser.add_argument('--precision', choices=('auto', 'bf16', 'fp32'), default='auto',
-                        help='auto: bfloat16 autocast + channels-last where the CPU has native bfloat16 (default)')
+    parser.add_argument(
+        '--work',
+        default=osp.join(ROOT, DEFAULT_WORK),
+        help='work folder with the per-arm states (default: experiments/design_study)')
+    parser.add_argument(
+        '--threads', type=int, default=1, help='torch CPU threads (default: 1; 2 only on an idle machine, see above)')
+    parser.add_argument(
+        '--precision',
+        choices=('auto', 'bf16', 'fp32'),
+        default='auto',
+        help='auto: bfloat16 autocast + channels-last where the CPU has native bfloat16 (default)')
     parser.add_argument('--seed', type=int, default=0, help='seed of initialisation and batches (default: 0)')
     parser.add_argument('--prepare', action='store_true', help='make the data under --data, then stop')
     parser.add_argument('--calibrate', action='store_true', help='CPU seconds per iteration of every arm, then stop')
     parser.add_argument('--calibrate-steps', type=int, default=3, help='timed steps per arm (default: 3)')
-    parser.add_argument('--report', nargs='?', const=osp.join(ROOT, 'docs', 'design_study.md'), default=None,
-                        metavar='PATH', help='write the report (default: docs/design_study.md), then stop')
+    parser.add_argument(
+        '--report',
+        nargs='?',
+        const=osp.join(ROOT, 'docs', 'design_study.md'),
+        default=None,
+        metavar='PATH',
+        help='write the report (default: docs/design_study.md), then stop')
     args = parser.parse_args(argv)
     args.budgets = sorted(args.budgets)
     if args.minutes is not None and not args.arm:

@@ -26,30 +26,40 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
+from basicsr.utils import img2tensor, tensor2img  # noqa: E402
+from speed import median_time, parse_size  # noqa: E402
 from tqdm import tqdm
 
+from sdnet_plugin import evaluation  # noqa: E402
 from sdnet_plugin import precision  # noqa: E402
 from sdnet_plugin.export import DEFORM_OPS, OnnxNetwork, export_onnx  # noqa: E402
 from sdnet_plugin.inference import find_default_weights, load_network  # noqa: E402
 from sdnet_plugin.ops import ModulatedDeformConv2d, select_backend  # noqa: E402
-from speed import median_time, parse_size  # noqa: E402
-
-from sdnet_plugin import evaluation  # noqa: E402
-from basicsr.utils import img2tensor, tensor2img  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--size', type=parse_size, default=(1280, 720), help='WIDTHxHEIGHT (default: 1280x720)')
     parser.add_argument('--weights', default=None, help='weights file (default: the shipped weights)')
-    parser.add_argument('--deform-ops', nargs='+', default=list(DEFORM_OPS), choices=list(DEFORM_OPS),
-                        help='exported forms to time (default: all)')
+    parser.add_argument(
+        '--deform-ops',
+        nargs='+',
+        default=list(DEFORM_OPS),
+        choices=list(DEFORM_OPS),
+        help='exported forms to time (default: all)')
     parser.add_argument('--threads', type=int, default=1, help='CPU threads of both runtimes (default: 1)')
     parser.add_argument('--repeats', type=int, default=2, help='timed runs per row (default: 2)')
-    parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
-                        help='wall: elapsed time (default); cpu: CPU time of this process over all its threads')
-    parser.add_argument('--parity', nargs='+', default=None, metavar='DIR',
-                        help='compare outputs on the images of these GoPro-layout folders instead of timing')
+    parser.add_argument(
+        '--clock',
+        choices=['wall', 'cpu'],
+        default='wall',
+        help='wall: elapsed time (default); cpu: CPU time of this process over all its threads')
+    parser.add_argument(
+        '--parity',
+        nargs='+',
+        default=None,
+        metavar='DIR',
+        help='compare outputs on the images of these GoPro-layout folders instead of timing')
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:
         parser.error('--repeats and --threads must be at least 1')
@@ -145,8 +155,7 @@ def timing(args):
     with tempfile.TemporaryDirectory() as folder:
         array = image.numpy()
         for deform_op, session in exported_models(args, folder):
-            rows.append(('onnxruntime', deform_op, median_time(lambda: session.run(array), args.repeats, 1,
-                                                                    clock)))
+            rows.append(('onnxruntime', deform_op, median_time(lambda: session.run(array), args.repeats, 1, clock)))
     print(f'SDNet {network_opt.get("preset", "")} ({Path(args.weights).name}) at {width}x{height}, float32, CPU, '
           f'{args.threads} thread{"s" if args.threads > 1 else ""}, {args.clock} clock; torch {torch.__version__}, '
           f'onnxruntime {onnxruntime.__version__}\n')

@@ -31,8 +31,9 @@ from tqdm import tqdm
 from sdnet_plugin import precision
 from sdnet_plugin.archs.sdnet_arch import SDNET_PRESETS, SDNet
 from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss
-from sdnet_plugin.ops import BACKENDS, available_backends, modulated_deform_conv2d, select_backend
+from sdnet_plugin.ops import BACKENDS, available_backends
 from sdnet_plugin.ops import modulated_deform_conv as dcn_ops
+from sdnet_plugin.ops import modulated_deform_conv2d, select_backend
 from sdnet_plugin.utils import parse_size
 
 
@@ -40,16 +41,23 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--size', type=parse_size, default=(1280, 720), help='WIDTHxHEIGHT (default: 1280x720)')
     parser.add_argument('--presets', nargs='+', default=list(SDNET_PRESETS), choices=list(SDNET_PRESETS))
-    parser.add_argument('--backends', nargs='+', default=None, choices=list(BACKENDS),
-                        help='DCN backends to time (default: every available one)')
-    parser.add_argument('--devices', nargs='+', default=None, choices=['cpu', 'cuda'],
-                        help='default: cpu, plus cuda when present')
+    parser.add_argument(
+        '--backends',
+        nargs='+',
+        default=None,
+        choices=list(BACKENDS),
+        help='DCN backends to time (default: every available one)')
+    parser.add_argument(
+        '--devices', nargs='+', default=None, choices=['cpu', 'cuda'], help='default: cpu, plus cuda when present')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per row (default: 3)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed runs first (default: 1; CUDA adds 2)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s choice)')
-    parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
-                        help='wall: elapsed time (default); cpu: CPU time of this process, summed over its threads, '
-                        'which other load on a shared machine barely changes (use with --threads 1)')
+    parser.add_argument(
+        '--clock',
+        choices=['wall', 'cpu'],
+        default='wall',
+        help='wall: elapsed time (default); cpu: CPU time of this process, summed over its threads, '
+        'which other load on a shared machine barely changes (use with --threads 1)')
     parser.add_argument('--macs-only', action='store_true', help='print the presets table only (no timing)')
     parser.add_argument('--skip-backends', action='store_true', help='leave out the per-backend latency table')
     parser.add_argument('--skip-fast-path', action='store_true', help='leave out the CPU fast-path tables')
@@ -137,8 +145,8 @@ def median_time(fn, repeats, warmup, clock):
 
 
 # One SVD-sized deformable layer against a plain conv: (label, input shape, training).
-LAYER_CASES = (('inference 1x32x720x1280', (1, 32, 720, 1280), False),
-               ('training 8x32x128x128', (8, 32, 128, 128), True))
+LAYER_CASES = (('inference 1x32x720x1280', (1, 32, 720, 1280), False), ('training 8x32x128x128', (8, 32, 128, 128),
+                                                                        True))
 # The CPU paths compared by the fast-path tables: (name, autocast dtype, channels-last, DCN backend).
 OLD_PATH = ('fp32 NCHW, torch DCN', None, False, 'torch')
 
@@ -165,11 +173,13 @@ def time_layer(shape, training, path, repeats, warmup, clock):
     tensors = [t.requires_grad_(training) for t in (x, offset, mask, weight, bias)]
 
     def run(fn):
+
         def call():
             with torch.set_grad_enabled(training), precision.autocast('cpu', dtype):
                 out = fn()
             if training:
                 out.backward(torch.ones_like(out))
+
         return median_time(call, repeats, warmup, clock)
 
     conv = run(lambda: F.conv2d(tensors[0], tensors[3], tensors[4], 1, 1))
@@ -231,7 +241,7 @@ def run_fast_path(args, clock):
     for mode, shape, training in LAYER_CASES:
         for path in (old, new):
             conv, dcn = time_layer(shape, training, path, args.repeats, args.warmup, clock)
-            best[mode] = (min(best.get(mode, (conv,))[0], conv), min(best.get(mode, (0, dcn))[1], dcn))
+            best[mode] = (min(best.get(mode, (conv, ))[0], conv), min(best.get(mode, (0, dcn))[1], dcn))
             print(f'| {mode} | {path[0]} | {conv * 1e3:.1f} | {dcn * 1e3:.1f} | {dcn / conv:.1f}x |')
     for mode, (conv, dcn) in best.items():
         print(f'| {mode} | each at its best | {conv * 1e3:.1f} | {dcn * 1e3:.1f} | **{dcn / conv:.1f}x** |')
@@ -291,8 +301,16 @@ def run(args):
     results = []
     for preset, backend, device, dtype in tqdm(rows, desc='timing', unit='row', file=sys.stderr):
         try:
-            seconds = time_forward(preset, backend, device, dtype, width, height, args.repeats, args.warmup,
-                                   clock=time.process_time if args.clock == 'cpu' else time.perf_counter)
+            seconds = time_forward(
+                preset,
+                backend,
+                device,
+                dtype,
+                width,
+                height,
+                args.repeats,
+                args.warmup,
+                clock=time.process_time if args.clock == 'cpu' else time.perf_counter)
             results.append((preset, backend, device, dtype, seconds, None))
         except Exception as error:  # e.g. a backend without a kernel for this dtype: report it, keep going
             results.append((preset, backend, device, dtype, None, f'{type(error).__name__}: {error}'.split('\n')[0]))

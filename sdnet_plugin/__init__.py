@@ -8,7 +8,7 @@ from . import compat
 
 compat.apply()
 
-from . import archs, data, losses, models, ops  # noqa: E402
+from . import archs, data, losses, models, ops  # noqa: E402,F401  (registers the plugin with BasicSR)
 from .archs import SDNet  # noqa: E402
 from .data import BlurSharpFlowDataset  # noqa: E402
 from .inference import SDNetRestorer, load_network, tiled_forward  # noqa: E402

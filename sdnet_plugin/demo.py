@@ -110,8 +110,10 @@ def main(argv=None):
     parser.add_argument('--val-count', type=int, default=8, help='held-out validation triplets (default 8)')
     parser.add_argument('--size', default='256x256', help='WxH of the synthetic images (default 256x256)')
     parser.add_argument('--workers', type=int, default=1, help='synthesis processes (default 1)')
-    parser.add_argument('--weights', default=DEFAULT_WEIGHTS,
-                        help='weights to fine-tune from if the file exists (default weights/sdnet_base_synthetic.pth)')
+    parser.add_argument(
+        '--weights',
+        default=DEFAULT_WEIGHTS,
+        help='weights to fine-tune from if the file exists (default weights/sdnet_base_synthetic.pth)')
     parser.add_argument('--scratch', action='store_true', help='train from scratch even if the weights exist')
     parser.add_argument('--train-options', default=TRAIN_OPTIONS, help='default options/train_sdnet_demo.yml')
     parser.add_argument('--test-options', default=TEST_OPTIONS, help='default options/test_sdnet_demo.yml')
@@ -124,35 +126,37 @@ def main(argv=None):
     try:
         for split, count, seed in (('train', args.train_count, 0), ('val', args.val_count, 1)):
             run_step(f'synthesizing {count} {split} triplets ({args.size}) into {osp.join(DATA_DIR, split)}', [
-                'datasets_prep/synthesize_gopro.py', '--out', osp.join(DATA_DIR, split), '--count', str(count),
-                '--size', args.size, '--seed', str(seed), '--split', split, '--workers', str(args.workers),
-                '--overwrite'
+                'datasets_prep/synthesize_gopro.py', '--out',
+                osp.join(DATA_DIR, split), '--count',
+                str(count), '--size', args.size, '--seed',
+                str(seed), '--split', split, '--workers',
+                str(args.workers), '--overwrite'
             ])
             run_step(f'building LMDB {lmdb_dir}/{split}_*.lmdb', [
-                'datasets_prep/create_lmdb.py', '--src', osp.join(DATA_DIR, split), '--dst', lmdb_dir, '--prefix',
-                split, '--overwrite'
+                'datasets_prep/create_lmdb.py', '--src',
+                osp.join(DATA_DIR, split), '--dst', lmdb_dir, '--prefix', split, '--overwrite'
             ] + (['--no-flow'] if split == 'val' else []))
 
-        train_args = ['sdnet_plugin/train.py', '-opt', train_options]
+        train_args = ['-m', 'sdnet_plugin.train', '-opt', train_options]
         if pretrained:
             train_args += ['--force_yml', f'path:pretrain_network_g={pretrained}']
             title = f'fine-tuning SDNet from {shown(pretrained)}'
         else:
             title = f"training SDNet from scratch (no {shown(osp.abspath(args.weights))})"
-        run_step(f'{title}: {train_opt["train"]["total_iter"]} iterations ({shown(train_options)})',
-                 train_args)
+        run_step(f'{title}: {train_opt["train"]["total_iter"]} iterations ({shown(train_options)})', train_args)
         run_step(f'testing on the held-out validation set ({shown(test_options)})',
-                 ['sdnet_plugin/test.py', '-opt', test_options])
+                 ['-m', 'sdnet_plugin.test', '-opt', test_options])
 
         results_dir = osp.join(ROOT_PATH, 'results', test_opt['name'])
         test_set = test_opt['datasets']['test']
-        summary = compare(osp.join(DATA_DIR, 'val'), osp.join(results_dir, 'visualization', test_set['name']),
-                          test_opt['val']['suffix'], osp.join(results_dir, 'side_by_side'))
+        summary = compare(
+            osp.join(DATA_DIR, 'val'), osp.join(results_dir, 'visualization', test_set['name']),
+            test_opt['val']['suffix'], osp.join(results_dir, 'side_by_side'))
     except StepError as error:
         sys.exit(f'error: {error}')
 
-    summary.update(pretrained=pretrained, total_iter=train_opt['train']['total_iter'],
-                   wall_time_s=round(time.time() - start, 1))
+    summary.update(
+        pretrained=pretrained, total_iter=train_opt['train']['total_iter'], wall_time_s=round(time.time() - start, 1))
     with open(osp.join(results_dir, 'demo_summary.json'), 'w', encoding='utf-8') as f:
         json.dump(summary, f, indent=2)
     count = len(summary['images'])

@@ -22,11 +22,11 @@ import time
 
 import numpy as np
 import torch
+from basicsr.metrics import calculate_psnr, calculate_ssim
+from basicsr.utils import img2tensor, tensor2img
 from tqdm import tqdm
 
 import sdnet_plugin  # noqa: F401  (BasicSR fixes and registries; before any basicsr import)
-from basicsr.metrics import calculate_psnr, calculate_ssim
-from basicsr.utils import img2tensor, tensor2img
 from sdnet_plugin import image_io, precision
 from sdnet_plugin.data.flow_io import read_flow
 from sdnet_plugin.data.gopro_layout import gopro_pairs
@@ -133,8 +133,12 @@ def score_pair(blurry, restored, sharp):
         dict[str, float]: ``blurry_psnr``, ``blurry_ssim``, ``restored_psnr``, ``restored_ssim``.
     """
     before, after = image_metrics(blurry, sharp), image_metrics(restored, sharp)
-    return {'blurry_psnr': before['psnr'], 'blurry_ssim': before['ssim'], 'restored_psnr': after['psnr'],
-            'restored_ssim': after['ssim']}
+    return {
+        'blurry_psnr': before['psnr'],
+        'blurry_ssim': before['ssim'],
+        'restored_psnr': after['psnr'],
+        'restored_ssim': after['ssim']
+    }
 
 
 def mean_scores(per_image):
@@ -150,14 +154,28 @@ def mean_scores(per_image):
     mean = {key: float(np.mean([row[key] for row in per_image])) for key in per_image[0] if key != 'name'}
     return mean, {
         'count': len(per_image),
-        'blurry': {'psnr': mean['blurry_psnr'], 'ssim': mean['blurry_ssim']},
-        'restored': {'psnr': mean['restored_psnr'], 'ssim': mean['restored_ssim']},
-        'gain': {'psnr': mean['restored_psnr'] - mean['blurry_psnr'],
-                 'ssim': mean['restored_ssim'] - mean['blurry_ssim']},
+        'blurry': {
+            'psnr': mean['blurry_psnr'],
+            'ssim': mean['blurry_ssim']
+        },
+        'restored': {
+            'psnr': mean['restored_psnr'],
+            'ssim': mean['restored_ssim']
+        },
+        'gain': {
+            'psnr': mean['restored_psnr'] - mean['blurry_psnr'],
+            'ssim': mean['restored_ssim'] - mean['blurry_ssim']
+        },
     }
 
 
-def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_error=False, dtype=None,
+def evaluate(net,
+             pairs,
+             device='cpu',
+             tile_size=0,
+             tile_overlap=96,
+             offset_error=False,
+             dtype=None,
              compare_fp32=False):
     """Mean metrics of blurry vs sharp and restored vs sharp over ``pairs``.
 
@@ -208,9 +226,11 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_erro
     if offset_error:
         result['offset_error'] = {'learned': mean['offset_error'], 'grid': mean['grid_offset_error']}
     if compare_fp32:
-        result['fp32'] = {'gain_psnr': mean['fp32_restored_psnr'] - mean['blurry_psnr'],
-                          'agreement_psnr': mean['agreement_psnr'],
-                          'min_agreement_psnr': min(row['agreement_psnr'] for row in per_image)}
+        result['fp32'] = {
+            'gain_psnr': mean['fp32_restored_psnr'] - mean['blurry_psnr'],
+            'agreement_psnr': mean['agreement_psnr'],
+            'min_agreement_psnr': min(row['agreement_psnr'] for row in per_image)
+        }
     return result
 
 
@@ -234,11 +254,16 @@ def format_table(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--weights', default=str(DEFAULT_WEIGHTS),
-                        help='weights or BasicSR checkpoint (default: weights/sdnet_base_synthetic.pth)')
+    parser.add_argument(
+        '--weights',
+        default=str(DEFAULT_WEIGHTS),
+        help='weights or BasicSR checkpoint (default: weights/sdnet_base_synthetic.pth)')
     parser.add_argument('--data', required=True, help='GoPro-layout folder: <data>/<SEQ>/{blur,sharp}/*.png')
-    parser.add_argument('--preset', default='base', choices=preset_names(),
-                        help='SDNet preset when the weights store no network options (default: base)')
+    parser.add_argument(
+        '--preset',
+        default='base',
+        choices=preset_names(),
+        help='SDNet preset when the weights store no network options (default: base)')
     parser.add_argument('--blur-folder', default='blur', help='blurry sub-folder: blur or blur_gamma (default: blur)')
     parser.add_argument('--sharp-folder', default='sharp', help='sharp sub-folder (default: sharp)')
     parser.add_argument('--max-images', type=int, default=0, help='evaluate only the first N pairs (default: all)')
@@ -246,12 +271,19 @@ def main(argv=None):
     parser.add_argument('--tile-overlap', type=int, default=96, help='tile context in pixels (default: 96)')
     parser.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default: auto)')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch default)')
-    parser.add_argument('--offset-error', action='store_true',
-                        help='also compare the sampling points with <SEQ>/flow/ (see above; SDNet only, no tiles)')
-    parser.add_argument('--precision', default='auto', choices=precision.PRECISIONS,
-                        help='auto: bfloat16 where the processor computes it natively, else float32 (default: auto)')
-    parser.add_argument('--compare-fp32', action='store_true',
-                        help='also restore in float32 and report how closely the outputs and gains agree')
+    parser.add_argument(
+        '--offset-error',
+        action='store_true',
+        help='also compare the sampling points with <SEQ>/flow/ (see above; SDNet only, no tiles)')
+    parser.add_argument(
+        '--precision',
+        default='auto',
+        choices=precision.PRECISIONS,
+        help='auto: bfloat16 where the processor computes it natively, else float32 (default: auto)')
+    parser.add_argument(
+        '--compare-fp32',
+        action='store_true',
+        help='also restore in float32 and report how closely the outputs and gains agree')
     parser.add_argument('--json', default=None, metavar='PATH', help="also write the result as JSON ('-': stdout)")
     args = parser.parse_args(argv)
 
@@ -270,8 +302,14 @@ def main(argv=None):
                           args.compare_fp32)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         sys.exit(f'error: {error}')
-    result = {'weights': args.weights, 'network_g': network_opt, 'data': args.data, 'blur_folder': args.blur_folder,
-              'precision': precision.name_of(dtype), **result}
+    result = {
+        'weights': args.weights,
+        'network_g': network_opt,
+        'data': args.data,
+        'blur_folder': args.blur_folder,
+        'precision': precision.name_of(dtype),
+        **result
+    }
     print(f'weights: {args.weights}  data: {args.data} ({args.blur_folder}), {precision.name_of(dtype)}')
     print(format_table(result))
     if args.json:

@@ -21,8 +21,8 @@ __all__ = [
 ]
 # Every extension OpenCV's codecs read (the formats the command-line tools and the data pipeline accept), common
 # ones first. '.exr' needs OPENCV_IO_ENABLE_OPENEXR=1; without it such a file is reported as unreadable.
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm', '.pnm',
-                    '.jpe', '.jp2', '.dib', '.pxm', '.sr', '.ras', '.exr', '.hdr', '.pic')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm', '.pnm', '.jpe',
+                    '.jp2', '.dib', '.pxm', '.sr', '.ras', '.exr', '.hdr', '.pic')
 # stored dtype -> (bit depth, value of full intensity)
 _DEPTHS = {np.dtype(np.uint8): (8, 255.0), np.dtype(np.uint16): (16, 65535.0), np.dtype(np.float32): (32, 1.0)}
 _DTYPES = {8: np.uint8, 16: np.uint16, 32: np.float32}
@@ -31,8 +31,13 @@ _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 JPEG_QUALITY = 95
 # EXIF orientation -> how to turn the stored pixels upright (PIL's ImageOps.exif_transpose table, on arrays)
 _ORIENTATIONS = {
-    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
-    6: lambda a: np.rot90(a, -1), 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1)
 }
 
 

@@ -99,8 +99,10 @@ def load_weights(weights_path, preset='base'):
             raise ValueError(f'weights {weights_path} have no params_ema / params state dict')
         state_dict = checkpoint
     state_dict = {(k[7:] if k.startswith('module.') else k): v for k, v in state_dict.items()}
-    broken = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and
-              not torch.isfinite(v).all()]
+    broken = [
+        k for k, v in state_dict.items()
+        if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
     if broken:
         raise ValueError(f'weights {weights_path} hold NaN or infinite values ({len(broken)} tensors, e.g. '
                          f'{broken[0]}): the training run diverged; use an earlier checkpoint')
@@ -112,9 +114,10 @@ def load_weights(weights_path, preset='base'):
 
 def build_sdnet(network_opt, state_dict=None):
     """Build the network described by ``network_opt`` with BasicSR's registry and load ``state_dict`` (strict)."""
-    import sdnet_plugin  # noqa: F401  (registers SDNet)
     from basicsr.archs import build_network
     from basicsr.utils import get_root_logger
+
+    import sdnet_plugin  # noqa: F401  (registers SDNet)
 
     # build_network logs through BasicSR's logger; keep the console quiet for command-line use.
     get_root_logger().setLevel('WARNING')
@@ -269,8 +272,9 @@ def tiled_forward(forward, image, tile=None, overlap=96, blend=16, progress=Fals
     for (y0, y1), (x0, x1) in tqdm(cores, desc='tiles', unit='tile', leave=False, disable=not progress):
         in_y0, in_y1 = max(0, y0 - overlap), min(height, y1 + overlap)
         in_x0, in_x1 = max(0, x0 - overlap), min(width, x1 + overlap)
-        weight = (_ramp(in_y1 - in_y0, y0 - in_y0, y1 - in_y0, blend, height - in_y0)[:, None] *
-                  _ramp(in_x1 - in_x0, x0 - in_x0, x1 - in_x0, blend, width - in_x0)[None, :])
+        weight = (
+            _ramp(in_y1 - in_y0, y0 - in_y0, y1 - in_y0, blend, height - in_y0)[:, None] *
+            _ramp(in_x1 - in_x0, x0 - in_x0, x1 - in_x0, blend, width - in_x0)[None, :])
         outputs = forward(image[:, :, in_y0:in_y1, in_x0:in_x1])
         for name, (out, stride) in outputs.items():
             out = out.float().cpu()
@@ -349,8 +353,17 @@ class SDNetRestorer:
         tile (int): Current tile side (0: whole images); lowered after an out-of-memory error.
     """
 
-    def __init__(self, weights=None, net=None, onnx=None, device='cpu', dtype=None, tile=0, tile_overlap=96,
-                 offset_level=None, preset='base', threads=None):
+    def __init__(self,
+                 weights=None,
+                 net=None,
+                 onnx=None,
+                 device='cpu',
+                 dtype=None,
+                 tile=0,
+                 tile_overlap=96,
+                 offset_level=None,
+                 preset='base',
+                 threads=None):
         if sum(source is not None for source in (weights, net, onnx)) != 1:
             raise ValueError('give exactly one of weights, net and onnx')
         self.device = torch.device(device)
@@ -358,8 +371,7 @@ class SDNetRestorer:
         self.onnx = None if onnx is None else str(onnx)
         owned = weights is not None
         if owned:
-            net, self.network_opt = load_network(weights, self.device, half=self.dtype == torch.float16,
-                                                 preset=preset)
+            net, self.network_opt = load_network(weights, self.device, half=self.dtype == torch.float16, preset=preset)
             if self.device.type == 'cpu':
                 net = net.to(memory_format=torch.channels_last)
             elif self.dtype == torch.bfloat16:
@@ -430,8 +442,13 @@ class SDNetRestorer:
         while True:
             try:
                 with precision.autocast(self.device, self.autocast_dtype):
-                    return tiled_forward(self._network_outputs, x, self.tile, self.tile_overlap, progress=progress,
-                                         align=getattr(self.net, 'pad_multiple', 1))
+                    return tiled_forward(
+                        self._network_outputs,
+                        x,
+                        self.tile,
+                        self.tile_overlap,
+                        progress=progress,
+                        align=getattr(self.net, 'pad_multiple', 1))
             except torch.cuda.OutOfMemoryError:
                 # the memory estimate was optimistic (or other processes took memory): retry with smaller tiles
                 current = self.tile or max(x.shape[-2:])

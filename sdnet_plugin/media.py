@@ -23,9 +23,16 @@ __all__ = [
 ]
 # container -> FourCC codes OpenCV's writers accept for it, in order of preference
 VIDEO_CODECS = {
-    '.mp4': ('mp4v', 'avc1'), '.m4v': ('mp4v', 'avc1'), '.mov': ('mp4v', 'avc1'), '.avi': ('MJPG', 'XVID'),
-    '.mkv': ('XVID', 'mp4v', 'MJPG'), '.webm': ('VP80', 'VP90'), '.mpg': ('PIM1', ), '.mpeg': ('PIM1', ),
-    '.wmv': ('WMV2', ), '.flv': ('FLV1', )
+    '.mp4': ('mp4v', 'avc1'),
+    '.m4v': ('mp4v', 'avc1'),
+    '.mov': ('mp4v', 'avc1'),
+    '.avi': ('MJPG', 'XVID'),
+    '.mkv': ('XVID', 'mp4v', 'MJPG'),
+    '.webm': ('VP80', 'VP90'),
+    '.mpg': ('PIM1', ),
+    '.mpeg': ('PIM1', ),
+    '.wmv': ('WMV2', ),
+    '.flv': ('FLV1', )
 }
 
 
@@ -50,7 +57,8 @@ def collect_inputs(patterns, recursive=False):
         path = Path(pattern)
         if path.is_dir():
             found = path.rglob('*') if recursive else path.iterdir()
-            files = sorted(p for p in found if p.suffix.lower() in media and not is_temporary(p.name) and not p.is_dir())
+            files = sorted(p for p in found
+                           if p.suffix.lower() in media and not is_temporary(p.name) and not p.is_dir())
             inputs += [(p, p.relative_to(path)) for p in files]
             if not files:
                 errors.append((pattern, 'folder has no images or videos' + ('' if recursive else ' (try -r)')))

@@ -277,7 +277,6 @@ def main():
 if __name__ == '__main__':
     main()
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Compact training states: one file with everything ``--auto_resume`` needs, small enough to keep in a repository
 PACK_PRECISIONS = (  # tried in this order until the file fits
@@ -330,16 +329,21 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
     net_path = osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth')
     if not osp.isfile(net_path):
         raise FileNotFoundError(f'{net_path} is missing: a training state needs the checkpoint of its iteration')
-    state = torch.load(osp.join(experiment_dir, 'training_states', f'{current_iter}.state'), map_location='cpu',
-                       weights_only=False)
+    state = torch.load(
+        osp.join(experiment_dir, 'training_states', f'{current_iter}.state'), map_location='cpu', weights_only=False)
     network = torch.load(net_path, map_location='cpu', weights_only=True)
     for precision, ema_dtype, moment_dtype in PACK_PRECISIONS:
         packed = {
-            'format': 'sdnet-training-state', 'precision': precision,
-            'state': {k: (_cast_tensors(v, moment_dtype) if k == 'optimizers' and moment_dtype else v)
-                      for k, v in state.items()},  # every key, e.g. a gradient scaler's state too
-            'network': {k: (_cast_tensors(v, ema_dtype) if k == 'params_ema' and ema_dtype else v)
-                        for k, v in network.items()},
+            'format': 'sdnet-training-state',
+            'precision': precision,
+            'state': {
+                k: (_cast_tensors(v, moment_dtype) if k == 'optimizers' and moment_dtype else v)
+                for k, v in state.items()
+            },  # every key, e.g. a gradient scaler's state too
+            'network': {
+                k: (_cast_tensors(v, ema_dtype) if k == 'params_ema' and ema_dtype else v)
+                for k, v in network.items()
+            },
         }
         buffer = io.BytesIO()
         torch.save(packed, buffer)
@@ -369,7 +373,7 @@ def unpack_training_state(packed_path, experiment_dir):
         os.makedirs(osp.join(experiment_dir, folder), exist_ok=True)
     state = dict(packed['state'], optimizers=_cast_tensors(packed['state']['optimizers'], 'float32'))
     current_iter = state['iter']
-    save_torch(_cast_tensors(packed['network'], 'float32'),
-               osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth'))
+    save_torch(
+        _cast_tensors(packed['network'], 'float32'), osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth'))
     save_torch(state, osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
     return current_iter

@@ -87,4 +87,3 @@ def preset_names():
     """
     from sdnet_plugin.archs.sdnet_arch import SDNET_PRESET_VERSIONS
     return tuple(SDNET_PRESET_VERSIONS)
-

@@ -1,7 +1,12 @@
 """Shared pytest fixtures: tiny synthetic GoPro-layout trees (with exact flows) and their LMDB databases."""
 import os
+import shutil
+import uuid
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _make_synthetic_gopro(root, count=6, size=(64, 48), seed=0, split='all', lmdb=True, blur_scale=1.0):
@@ -40,3 +45,12 @@ def make_synthetic_gopro(tmp_path):
         return _make_synthetic_gopro(tmp_path / f'gopro{next(counter)}', **kwargs)
 
     return make
+
+
+@pytest.fixture
+def experiment():
+    """A unique experiment name; BasicSR writes experiments/<name> and results/<name> in the repository root."""
+    name = f'pytest_pipeline_{uuid.uuid4().hex[:8]}'
+    yield name
+    for folder in ('experiments', 'results'):
+        shutil.rmtree(REPO / folder / name, ignore_errors=True)

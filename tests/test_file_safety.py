@@ -83,9 +83,14 @@ def test_atomic_path_removes_the_temporary_when_the_block_raises(tmp_path):
 
 
 @pytest.mark.parametrize('name, keep_suffix, ending', [
-    ('photo.png', True, '.partial.png'), ('photo.png', False, '.partial'), ('3.state', False, '.partial'),
-    ('net_g_5.pth', False, '.partial'), ('no_extension', True, '.partial'), ('x' * 255, True, '.partial'),
-    ('é' * 127 + '.png', True, '.partial.png'), ('a.' + 'e' * 250, True, '.partial'),
+    ('photo.png', True, '.partial.png'),
+    ('photo.png', False, '.partial'),
+    ('3.state', False, '.partial'),
+    ('net_g_5.pth', False, '.partial'),
+    ('no_extension', True, '.partial'),
+    ('x' * 255, True, '.partial'),
+    ('é' * 127 + '.png', True, '.partial.png'),
+    ('a.' + 'e' * 250, True, '.partial'),
 ])
 def test_temp_names_are_hidden_siblings_that_fit_and_are_recognised(tmp_path, name, keep_suffix, ending):
     tmp = temp_path(tmp_path / name, keep_suffix=keep_suffix)
@@ -117,8 +122,11 @@ def test_project_scans_never_see_temporaries(tmp_path):
     states.mkdir()
     torch.save({'iter': 3}, states / '3.state')
     save_torch({'iter': 3}, states / '3.state')
-    temporaries = [temp_path(states / '4.state', keep_suffix=False), temp_path(tmp_path / 'a.png'),
-                   temp_path(tmp_path / 'b.png', keep_suffix=False)]
+    temporaries = [
+        temp_path(states / '4.state', keep_suffix=False),
+        temp_path(tmp_path / 'a.png'),
+        temp_path(tmp_path / 'b.png', keep_suffix=False)
+    ]
     (tmp_path / 'a.png').write_bytes(b'png')
     with atomic_directory(tmp_path / 'tree') as building:
         Path(building, 'c.png').write_bytes(b'png')
@@ -127,8 +135,8 @@ def test_project_scans_never_see_temporaries(tmp_path):
         assert sorted(glob.glob(str(tmp_path / '**' / '*.png'), recursive=True)) == [str(tmp_path / 'a.png')]
         # pathlib's glob and rglob list hidden names (before Python 3.13 and with its defaults since): filter them
         assert sorted(p.name for p in tmp_path.glob('*.png') if not is_temporary(p)) == ['a.png']
-        assert sorted(p.name for p in tmp_path.rglob('*.png') if not is_temporary(p.parent)
-                      and not is_temporary(p)) == ['a.png']
+        assert sorted(p.name for p in tmp_path.rglob('*.png')
+                      if not is_temporary(p.parent) and not is_temporary(p)) == ['a.png']
         assert list(scandir(str(states), suffix='state', recursive=False)) == ['3.state']
         assert sorted(scandir(str(tmp_path), suffix='png', recursive=False)) == ['a.png']
         listed = [name for name in os.listdir(tmp_path) if not is_temporary(name)]
@@ -209,11 +217,17 @@ def test_remove_temporaries_by_name(tmp_path):
     keep = [tmp_path / 'out.lmdb', tmp_path / 'other.png', tmp_path / '.hidden']
     for path in keep:
         path.write_bytes(b'')
-    mine = [temp_path(tmp_path / 'out.lmdb'), temp_path(tmp_path / 'out.lmdb', keep_suffix=False),
-            file_safety._temp_dir(tmp_path / 'out.lmdb')]
+    mine = [
+        temp_path(tmp_path / 'out.lmdb'),
+        temp_path(tmp_path / 'out.lmdb', keep_suffix=False),
+        file_safety._temp_dir(tmp_path / 'out.lmdb')
+    ]
     Path(mine[2], 'data.mdb').write_bytes(b'x')
-    others = [temp_path(tmp_path / 'other.png'), temp_path(tmp_path / 'out.lmdb.bak', keep_suffix=False),
-              temp_path(tmp_path / 'out.png')]
+    others = [
+        temp_path(tmp_path / 'other.png'),
+        temp_path(tmp_path / 'out.lmdb.bak', keep_suffix=False),
+        temp_path(tmp_path / 'out.png')
+    ]
     assert remove_temporaries(tmp_path, name='out.lmdb') == sorted(mine)
     assert all(os.path.exists(p) for p in keep + others)
     assert remove_temporaries(tmp_path) == sorted(others)

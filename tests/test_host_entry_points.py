@@ -54,8 +54,10 @@ def test_interpreter_start_loads_neither_torch_nor_basicsr(hooked_python, tmp_pa
 
 def test_python_m_basicsr_train_then_test(hooked_python, synthetic_gopro, tmp_path):
     name = f'hooked_{uuid.uuid4().hex[:8]}'
-    run([hooked_python, '-m', 'basicsr.train', '-opt',
-         write_options(demo_options(name, lmdb_set(synthetic_gopro), total_iter=2), tmp_path)], tmp_path)
+    run([
+        hooked_python, '-m', 'basicsr.train', '-opt',
+        write_options(demo_options(name, lmdb_set(synthetic_gopro), total_iter=2), tmp_path)
+    ], tmp_path)
     # an installed basicsr writes under the working directory, not inside site-packages
     exp = tmp_path / 'experiments' / name
     log = read_log(exp)
@@ -65,12 +67,28 @@ def test_python_m_basicsr_train_then_test(hooked_python, synthetic_gopro, tmp_pa
     assert not (BASICSR_DIR.parent / 'experiments' / name).exists()
 
     test_opt = {
-        'name': name, 'model_type': 'SDNetModel', 'scale': 1, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'test': dict(lmdb_set(synthetic_gopro, use_flow=False), name='tiny-test',
-                                  type='BlurSharpFlowDataset')},
+        'name': name,
+        'model_type': 'SDNetModel',
+        'scale': 1,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'test': dict(lmdb_set(synthetic_gopro, use_flow=False), name='tiny-test', type='BlurSharpFlowDataset')
+        },
         'network_g': dict(NETWORK),
-        'path': {'pretrain_network_g': f'experiments/{name}/models/net_g_latest.pth', 'param_key_g': 'params_ema'},
-        'val': {'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}},
+        'path': {
+            'pretrain_network_g': f'experiments/{name}/models/net_g_latest.pth',
+            'param_key_g': 'params_ema'
+        },
+        'val': {
+            'save_img': False,
+            'metrics': {
+                'psnr': {
+                    'type': 'calculate_psnr',
+                    'crop_border': 0
+                }
+            }
+        },
     }
     (tmp_path / 'test').mkdir()
     run([hooked_python, '-m', 'basicsr.test', '-opt', write_options(test_opt, tmp_path / 'test')], tmp_path)
@@ -81,8 +99,10 @@ def test_basicsr_train_script_by_path_trains_and_resumes_on_cpu(hooked_python, s
     name = f'hooked_{uuid.uuid4().hex[:8]}'
     option_file = write_options(demo_options(name, lmdb_set(synthetic_gopro), total_iter=2), tmp_path)
     run([hooked_python, BASICSR_DIR / 'train.py', '-opt', option_file], tmp_path)
-    run([hooked_python, BASICSR_DIR / 'train.py', '-opt', option_file, '--auto_resume', '--force_yml',
-         'train:total_iter=3'], tmp_path)
+    run([
+        hooked_python, BASICSR_DIR / 'train.py', '-opt', option_file, '--auto_resume', '--force_yml',
+        'train:total_iter=3'
+    ], tmp_path)
     log = read_log(tmp_path / 'experiments' / name)
     assert 'Resuming training from epoch: 0, iter: 2.' in log and 'iter:       3' in log
 
@@ -91,9 +111,18 @@ def test_switched_off_the_host_does_not_know_sdnet(hooked_python, synthetic_gopr
     opt = demo_options('hook_off', lmdb_set(synthetic_gopro))
     sequence = Path(synthetic_gopro['root']) / synthetic_gopro['keys'][0].split('/')[0]
     opt['model_type'] = 'SRModel'  # stock dataset and model: the network is the first name the host looks up
-    opt['datasets']['train'] = {'name': 'paired', 'type': 'PairedImageDataset', 'io_backend': {'type': 'disk'},
-                                'dataroot_gt': str(sequence / 'sharp'), 'dataroot_lq': str(sequence / 'blur'),
-                                'gt_size': 32, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1}
+    opt['datasets']['train'] = {
+        'name': 'paired',
+        'type': 'PairedImageDataset',
+        'io_backend': {
+            'type': 'disk'
+        },
+        'dataroot_gt': str(sequence / 'sharp'),
+        'dataroot_lq': str(sequence / 'blur'),
+        'gt_size': 32,
+        'num_worker_per_gpu': 0,
+        'batch_size_per_gpu': 1
+    }
     option_file = write_options(opt, tmp_path)
     # only the functional_tensor fix (without it basicsr does not import at all), no plugin
     launch = ('import runpy, sys, sdnet_plugin_hook; sdnet_plugin_hook._load_compat().prepare(); '
@@ -115,8 +144,8 @@ def test_wheel_installs_the_hook_and_the_weights(tmp_path):
                  'weights/sdnet_base_synthetic.pth'):
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, source / name)
-    result = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q',
-                             '-w', str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
+    command = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', tmp_path, source]
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         pytest.skip(f'cannot build a wheel here: {result.stderr.strip().splitlines()[-1:]}')
     wheel = zipfile.ZipFile(next(tmp_path.glob('*.whl')))

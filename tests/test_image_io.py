@@ -9,8 +9,8 @@ from PIL import Image as PILImage
 
 from sdnet_plugin import image_io
 from sdnet_plugin.file_safety import is_temporary
-from sdnet_plugin.image_io import (IMAGE_EXTENSIONS, Image, ImageReadError, decode_image, decode_upright,
-                                   is_image_name, read_image, read_unchanged, write_image)
+from sdnet_plugin.image_io import (IMAGE_EXTENSIONS, Image, ImageReadError, decode_image, decode_upright, is_image_name,
+                                   read_image, read_unchanged, write_image)
 
 
 def _rgb(h=12, w=20, seed=0):
@@ -26,7 +26,7 @@ def test_lossless_round_trips_keep_depth_and_values(tmp_path, suffix, bit_depth)
     image = read_image(path)
     assert isinstance(image, Image) and image.bit_depth == bit_depth and image.alpha is None and not image.grey
     assert image.rgb.dtype == np.float32 and image.rgb.shape == rgb.shape
-    step = 1 / (2 ** bit_depth - 1)
+    step = 1 / (2**bit_depth - 1)
     tolerance = 0.5 * step + 1e-6 if suffix != '.webp' else 0.1
     assert np.abs(image.rgb - rgb).max() <= tolerance
     if bit_depth == 16:  # 16 bits really kept: finer than an 8-bit step
@@ -48,8 +48,8 @@ def test_alpha_round_trip(tmp_path, bit_depth):
     write_image(tmp_path / 'cut.png', rgb, bit_depth=bit_depth, alpha=alpha)
     image = read_image(tmp_path / 'cut.png')
     assert image.bit_depth == bit_depth and image.alpha is not None and image.alpha.dtype == np.float32
-    assert image.alpha.shape == (12, 20) and np.abs(image.alpha - alpha).max() <= 0.5 / (2 ** bit_depth - 1) + 1e-6
-    assert np.abs(image.rgb - rgb).max() <= 0.5 / (2 ** bit_depth - 1) + 1e-6
+    assert image.alpha.shape == (12, 20) and np.abs(image.alpha - alpha).max() <= 0.5 / (2**bit_depth - 1) + 1e-6
+    assert np.abs(image.rgb - rgb).max() <= 0.5 / (2**bit_depth - 1) + 1e-6
     stored = read_unchanged(tmp_path / 'cut.png')
     assert stored.shape == (12, 20, 4) and stored.dtype == (np.uint8 if bit_depth == 8 else np.uint16)
 
@@ -62,10 +62,10 @@ def test_grey_files_read_as_rgb_and_write_back_grey(tmp_path, bit_depth):
     image = read_image(tmp_path / 'grey.png')
     assert image.grey and image.rgb.shape == (5, 6, 3) and image.bit_depth == bit_depth
     assert np.array_equal(image.rgb[..., 0], image.rgb[..., 2])
-    assert np.abs(image.rgb[..., 1] - grey).max() <= 0.5 / (2 ** bit_depth - 1) + 1e-6
+    assert np.abs(image.rgb[..., 1] - grey).max() <= 0.5 / (2**bit_depth - 1) + 1e-6
     # grey with alpha (PIL's 'LA' PNG) comes back as RGB + alpha
-    PILImage.fromarray(np.dstack([np.full((3, 4), 200, np.uint8), np.full((3, 4), 51, np.uint8)]), 'LA').save(
-        tmp_path / 'la.png')
+    PILImage.fromarray(np.dstack([np.full((3, 4), 200, np.uint8),
+                                  np.full((3, 4), 51, np.uint8)]), 'LA').save(tmp_path / 'la.png')
     image = read_image(tmp_path / 'la.png')
     assert np.allclose(image.rgb, 200 / 255) and np.allclose(image.alpha, 0.2)
 
@@ -78,8 +78,12 @@ def test_float_images_keep_full_precision(tmp_path):
 
 
 @pytest.mark.parametrize('orientation, turn', [
-    (1, lambda a: a), (3, lambda a: a[::-1, ::-1]), (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1)),
-    (2, lambda a: a[:, ::-1]), (5, lambda a: a.swapaxes(0, 1)),
+    (1, lambda a: a),
+    (3, lambda a: a[::-1, ::-1]),
+    (6, lambda a: np.rot90(a, -1)),
+    (8, lambda a: np.rot90(a, 1)),
+    (2, lambda a: a[:, ::-1]),
+    (5, lambda a: a.swapaxes(0, 1)),
 ])
 def test_exif_orientation_turns_photos_upright_like_pil(tmp_path, orientation, turn):
     stored = np.zeros((8, 12, 3), np.uint8)  # landscape as stored, marked top-left so every turn differs

@@ -60,10 +60,22 @@ def test_resume_state_loads_on_cpu(tmp_path):
     state_dir = tmp_path / 'training_states'
     state_dir.mkdir()
     scheduler = torch.optim.lr_scheduler.MultiStepLR(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]), [10])
-    torch.save({'iter': 40, 'epoch': 1, 'schedulers': [scheduler.state_dict()], 'optimizers': []},
-               state_dir / '40.state')
-    opt = {'auto_resume': False, 'path': {'resume_state': str(state_dir / '40.state'), 'models': 'm'},
-           'network_g': {'type': 'SDNet'}}
+    torch.save({
+        'iter': 40,
+        'epoch': 1,
+        'schedulers': [scheduler.state_dict()],
+        'optimizers': []
+    }, state_dir / '40.state')
+    opt = {
+        'auto_resume': False,
+        'path': {
+            'resume_state': str(state_dir / '40.state'),
+            'models': 'm'
+        },
+        'network_g': {
+            'type': 'SDNet'
+        }
+    }
     state = compat.load_resume_state(opt)
     assert state['iter'] == 40 and state['schedulers'][0]['milestones'] == {10: 1}
     assert opt['path']['pretrain_network_g'].endswith('net_g_40.pth')  # basicsr's check_resume ran
@@ -88,9 +100,10 @@ def test_entry_point_scripts_get_cpu_resume_and_a_working_directory_root(tmp_pat
 
     wrapped = compat._wrap_parse_options(parse_options)
     assert compat._wrap_parse_options(wrapped) is wrapped
-    script = compile('def load_resume_state(opt):\n    return "cuda only"\n'
-                     'def train_pipeline(root):\n    opt, _ = parse_options(root)\n    opt["root_path"] = root\n'
-                     '    return opt, load_resume_state\n', str(tmp_path / 'basicsr' / 'train.py'), 'exec')
+    script = compile(
+        'def load_resume_state(opt):\n    return "cuda only"\n'
+        'def train_pipeline(root):\n    opt, _ = parse_options(root)\n    opt["root_path"] = root\n'
+        '    return opt, load_resume_state\n', str(tmp_path / 'basicsr' / 'train.py'), 'exec')
     namespace = {'parse_options': wrapped}
     exec(script, namespace)  # noqa: S102
     monkeypatch.chdir(tmp_path)

@@ -22,8 +22,10 @@ def documented_names():
 
 def test_the_table_covers_the_documented_entry_points():
     table = documented_names()
-    assert {'sdnet_plugin', 'sdnet_plugin.archs', 'sdnet_plugin.ops', 'sdnet_plugin.losses', 'sdnet_plugin.data',
-            'sdnet_plugin.models', 'sdnet_plugin.inference', 'sdnet_plugin.export'} <= set(table)
+    assert {
+        'sdnet_plugin', 'sdnet_plugin.archs', 'sdnet_plugin.ops', 'sdnet_plugin.losses', 'sdnet_plugin.data',
+        'sdnet_plugin.models', 'sdnet_plugin.inference', 'sdnet_plugin.export'
+    } <= set(table)
     assert 'flow_to_offsets' in table['sdnet_plugin.losses'] and 'FlowGuidedOffsetLoss' in table['sdnet_plugin.losses']
     assert {'modulated_deform_conv2d', 'ModulatedDeformConv2d'} <= set(table['sdnet_plugin.ops'])
 
@@ -40,8 +42,8 @@ def test_documented_names_import_and_match_all(module_name, names):
 
 
 def test_readme_examples():
+    import sdnet_plugin
     from sdnet_plugin.losses import flow_to_offsets  # noqa: F401
     from sdnet_plugin.ops import ModulatedDeformConv2d, modulated_deform_conv2d  # noqa: F401
-    import sdnet_plugin
     assert sdnet_plugin.SDNet is sdnet_plugin.archs.sdnet_arch.SDNet
     assert sdnet_plugin.SDNetModel is sdnet_plugin.models.sdnet_model.SDNetModel

@@ -1,12 +1,10 @@
 """End to end through BasicSR's real train/test pipelines (subprocesses), on tiny synthetic GoPro-layout data."""
 import copy
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -19,23 +17,22 @@ TEST = REPO / 'sdnet_plugin' / 'test.py'
 NETWORK = {'type': 'SDNet', 'preset': 'tiny', 'dcn_backend': 'torch'}
 
 
-@pytest.fixture
-def experiment(tmp_path):
-    """A unique experiment name; BasicSR writes experiments/<name> and results/<name> in the repository root."""
-    name = f'pytest_pipeline_{uuid.uuid4().hex[:8]}'
-    yield name
-    for folder in ('experiments', 'results'):
-        shutil.rmtree(REPO / folder / name, ignore_errors=True)
-
-
 def demo_options(name, train_set, val_set=None, total_iter=4, offset=True):
     """``options/train_sdnet_demo.yml`` scaled down to a tiny network, tiny patches and a few iterations."""
     with open(REPO / 'options' / 'train_sdnet_demo.yml') as f:
         opt = yaml.safe_load(f)
     opt.update(name=name, num_gpu=0, network_g=dict(NETWORK))
-    opt['datasets']['train'] = dict(train_set, name='tiny-train', type='BlurSharpFlowDataset', gt_size=32,
-                                    use_hflip=True, use_vflip=True, use_rot=True, num_worker_per_gpu=0,
-                                    batch_size_per_gpu=2, dataset_enlarge_ratio=100)
+    opt['datasets']['train'] = dict(
+        train_set,
+        name='tiny-train',
+        type='BlurSharpFlowDataset',
+        gt_size=32,
+        use_hflip=True,
+        use_vflip=True,
+        use_rot=True,
+        num_worker_per_gpu=0,
+        batch_size_per_gpu=2,
+        dataset_enlarge_ratio=100)
     if val_set is None:
         del opt['datasets']['val'], opt['val']
     else:
@@ -57,8 +54,12 @@ def write_options(opt, folder):
 
 def run(script, option_file, *args, cwd=None, check=True):
     """Run an entry point from an unrelated working directory, as a user would."""
-    result = subprocess.run([sys.executable, str(script), '-opt', str(option_file), *args], cwd=cwd or '/',
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(script), '-opt', str(option_file), *args],
+        cwd=cwd or '/',
+        capture_output=True,
+        text=True,
+        timeout=300)
     if check and result.returncode != 0:
         raise AssertionError(f'{script.name} failed ({result.returncode}):\n{result.stderr[-3000:]}')
     return result
@@ -66,8 +67,14 @@ def run(script, option_file, *args, cwd=None, check=True):
 
 def lmdb_set(info, use_flow=True):
     paths = info['lmdb']
-    opt = {'io_backend': {'type': 'lmdb'}, 'dataroot_lq': paths['blur'], 'dataroot_gt': paths['sharp'],
-           'use_flow': use_flow}
+    opt = {
+        'io_backend': {
+            'type': 'lmdb'
+        },
+        'dataroot_lq': paths['blur'],
+        'dataroot_gt': paths['sharp'],
+        'use_flow': use_flow
+    }
     if use_flow:
         opt['dataroot_flow'] = paths['flow']
     return opt
@@ -96,12 +103,31 @@ def test_disk_training_with_offset_loss_then_test(synthetic_gopro, experiment, t
     assert checkpoint['network_g'] == {**NETWORK, 'preset_version': 1} and 'params_ema' in checkpoint
 
     test_opt = {
-        'name': experiment, 'model_type': 'SDNetModel', 'scale': 1, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'test': dict(disk, name='tiny-test', type='BlurSharpFlowDataset', use_flow=False)},
+        'name': experiment,
+        'model_type': 'SDNetModel',
+        'scale': 1,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'test': dict(disk, name='tiny-test', type='BlurSharpFlowDataset', use_flow=False)
+        },
         'network_g': dict(NETWORK),
-        'path': {'pretrain_network_g': str(exp / 'models' / 'net_g_latest.pth'), 'param_key_g': 'params_ema'},
-        'val': {'save_img': True, 'suffix': 'restored', 'tile_size': 32, 'tile_overlap': 16,
-                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}},
+        'path': {
+            'pretrain_network_g': str(exp / 'models' / 'net_g_latest.pth'),
+            'param_key_g': 'params_ema'
+        },
+        'val': {
+            'save_img': True,
+            'suffix': 'restored',
+            'tile_size': 32,
+            'tile_overlap': 16,
+            'metrics': {
+                'psnr': {
+                    'type': 'calculate_psnr',
+                    'crop_border': 0
+                }
+            }
+        },
     }
     (tmp_path / 'test').mkdir()
     run(TEST, write_options(test_opt, tmp_path / 'test'))
@@ -115,8 +141,11 @@ def test_lmdb_training_interrupted_then_auto_resumed(synthetic_gopro, experiment
     opt = demo_options(experiment, lmdb_set(synthetic_gopro), total_iter=1000)
     option_file = write_options(opt, tmp_path)
     states = REPO / 'experiments' / experiment / 'training_states'
-    process = subprocess.Popen([sys.executable, str(TRAIN), '-opt', str(option_file)], cwd='/',
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN), '-opt', str(option_file)],
+        cwd='/',
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while not (states / '2.state').exists():
@@ -140,18 +169,56 @@ def test_lmdb_training_interrupted_then_auto_resumed(synthetic_gopro, experiment
 def test_stock_basicsr_srmodel_trains_sdnet(synthetic_gopro, experiment, tmp_path):
     sequence = Path(synthetic_gopro['root']) / synthetic_gopro['keys'][0].split('/')[0]
     opt = {
-        'name': experiment, 'model_type': 'SRModel', 'scale': 1, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {'train': {
-            'name': 'paired', 'type': 'PairedImageDataset', 'dataroot_gt': str(sequence / 'sharp'),
-            'dataroot_lq': str(sequence / 'blur'), 'io_backend': {'type': 'disk'}, 'gt_size': 32,
-            'use_hflip': True, 'use_rot': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 1,
-            'dataset_enlarge_ratio': 10}},
+        'name': experiment,
+        'model_type': 'SRModel',
+        'scale': 1,
+        'num_gpu': 0,
+        'manual_seed': 0,
+        'datasets': {
+            'train': {
+                'name': 'paired',
+                'type': 'PairedImageDataset',
+                'dataroot_gt': str(sequence / 'sharp'),
+                'dataroot_lq': str(sequence / 'blur'),
+                'io_backend': {
+                    'type': 'disk'
+                },
+                'gt_size': 32,
+                'use_hflip': True,
+                'use_rot': True,
+                'num_worker_per_gpu': 0,
+                'batch_size_per_gpu': 1,
+                'dataset_enlarge_ratio': 10
+            }
+        },
         'network_g': dict(NETWORK),
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
-        'train': {'optim_g': {'type': 'Adam', 'lr': 1e-4},
-                  'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
-                  'total_iter': 3, 'warmup_iter': -1, 'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 100, 'use_tb_logger': False},
+        'path': {
+            'pretrain_network_g': None,
+            'strict_load_g': True,
+            'resume_state': None
+        },
+        'train': {
+            'optim_g': {
+                'type': 'Adam',
+                'lr': 1e-4
+            },
+            'scheduler': {
+                'type': 'MultiStepLR',
+                'milestones': [100],
+                'gamma': 0.5
+            },
+            'total_iter': 3,
+            'warmup_iter': -1,
+            'pixel_opt': {
+                'type': 'L1Loss',
+                'loss_weight': 1.0
+            }
+        },
+        'logger': {
+            'print_freq': 1,
+            'save_checkpoint_freq': 100,
+            'use_tb_logger': False
+        },
     }
     run(TRAIN, write_options(opt, tmp_path))
     exp = REPO / 'experiments' / experiment
@@ -170,16 +237,24 @@ def test_bad_option_is_a_one_line_error(synthetic_gopro, experiment, tmp_path):
 
 
 def test_sdnet_model_trains_on_data_without_flow(synthetic_gopro, tmp_path):
-    import sdnet_plugin  # noqa: F401
     from basicsr.data import build_dataset
     from basicsr.models import build_model
+
+    import sdnet_plugin  # noqa: F401
 
     opt = demo_options('unused', lmdb_set(synthetic_gopro, use_flow=False), offset=False)
     dataset_opt = dict(opt['datasets']['train'], phase='train')
     sample = build_dataset(dataset_opt)[0]
     assert 'flow' not in sample
-    opt.update(dist=False, is_train=True, rank=0, world_size=1,
-               path={'models': str(tmp_path), 'training_states': str(tmp_path)})
+    opt.update(
+        dist=False,
+        is_train=True,
+        rank=0,
+        world_size=1,
+        path={
+            'models': str(tmp_path),
+            'training_states': str(tmp_path)
+        })
     model = build_model(copy.deepcopy(opt))
     model.feed_data({k: v[None] for k, v in sample.items() if torch.is_tensor(v)})
     model.optimize_parameters(1)
@@ -196,8 +271,12 @@ def test_torchrun_two_cpu_processes(synthetic_gopro, experiment, tmp_path):
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}']
-    result = subprocess.run(torchrun + [str(TRAIN), '-opt', str(write_options(opt, tmp_path)), '--launcher', 'pytorch'],
-                            cwd='/', capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        torchrun + [str(TRAIN), '-opt', str(write_options(opt, tmp_path)), '--launcher', 'pytorch'],
+        cwd='/',
+        capture_output=True,
+        text=True,
+        timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     exp = REPO / 'experiments' / experiment
     log = read_log(exp)
@@ -225,6 +304,8 @@ def test_bfloat16_autocast_training_resumes_and_keeps_float32_checkpoints(synthe
     assert 'Resuming training from epoch: 0, iter: 2.' in log and f'iter: {4:7d}' in log
     resumed = torch.load(exp / 'models' / 'net_g_4.pth', weights_only=True)
     assert any(not torch.equal(resumed['params'][k], checkpoint['params'][k]) for k in checkpoint['params'])
+
+
 def test_float16_on_cpu_is_a_one_line_error(synthetic_gopro, experiment, tmp_path):
     opt = demo_options(experiment, lmdb_set(synthetic_gopro), total_iter=2)
     opt['train']['amp'] = 'fp16'
@@ -263,7 +344,7 @@ def _truncate_first_blurry_image(info):
 
 @pytest.mark.parametrize('case, message', [
     ('dataset type', "unknown dataset type 'BlurSharpFlowDatset' (datasets.<phase>.type); did you mean "
-                     'BlurSharpFlowDataset?'),
+     'BlurSharpFlowDataset?'),
     ('missing data.mdb', '{flow_db} has no data.mdb: not an LMDB database (incomplete copy?)'),
     ('missing key', '{sharp_db}:{key}: key missing'),
     ('truncated image', 'unreadable or truncated image: {root}/{key_path}'),
@@ -285,8 +366,12 @@ def test_data_errors_are_one_line(make_synthetic_gopro, experiment, tmp_path, ca
     opt['manual_seed'] = 0
     result = run(TRAIN, write_options(opt, tmp_path), check=False)
     seq, name = info['keys'][0].split('/')
-    expected = 'error: ' + message.format(key=info['keys'][0], root=info['root'], key_path=f'{seq}/blur/{name}.png',
-                                          flow_db=info['lmdb']['flow'], sharp_db=info['lmdb']['sharp'])
+    expected = 'error: ' + message.format(
+        key=info['keys'][0],
+        root=info['root'],
+        key_path=f'{seq}/blur/{name}.png',
+        flow_db=info['lmdb']['flow'],
+        sharp_db=info['lmdb']['sharp'])
     assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == expected
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_pipeline import experiment  # noqa: F401,F811  (a fixture)
 from test_train_pipeline import REPO, TRAIN, demo_options, lmdb_set, read_log, run, write_options
 
 from sdnet_plugin.train import StopRequest, pop_max_minutes
@@ -72,8 +71,12 @@ def test_sigterm_to_the_whole_job_saves_and_resume_continues_exactly(synthetic_g
     opt['logger']['save_checkpoint_freq'] = 1000
     option_file = write_options(opt, tmp_path)
     exp = REPO / 'experiments' / experiment
-    process = subprocess.Popen([sys.executable, str(TRAIN), '-opt', str(option_file)], cwd='/',
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN), '-opt', str(option_file)],
+        cwd='/',
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True)
     try:
         _wait_for_iter(exp, process, 2)
         os.killpg(process.pid, signal.SIGTERM)  # as a scheduler does: every process of the job
@@ -119,8 +122,11 @@ def test_torchrun_ranks_stop_at_the_same_iteration(synthetic_gopro, experiment, 
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
-               str(TRAIN), '-opt', str(write_options(opt, tmp_path)), '--launcher', 'pytorch']
+    command = [
+        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
+        str(TRAIN), '-opt',
+        str(write_options(opt, tmp_path)), '--launcher', 'pytorch'
+    ]
     process = subprocess.Popen(command, cwd='/', stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     exp = REPO / 'experiments' / experiment
     try:

@@ -16,8 +16,11 @@ def test_parse_size(text, size):
 
 @pytest.mark.parametrize('text, message', [
     ('1280by720', "size must be WIDTHxHEIGHT, e.g. 1280x720, got '1280by720'"),
-    ('12x', "size must be WIDTHxHEIGHT"), ('1x2x3', 'size must be WIDTHxHEIGHT'), ('axb', 'size must be WIDTHxHEIGHT'),
-    ('0x10', "size must be positive, got '0x10'"), ('10x-1', 'size must be positive'),
+    ('12x', "size must be WIDTHxHEIGHT"),
+    ('1x2x3', 'size must be WIDTHxHEIGHT'),
+    ('axb', 'size must be WIDTHxHEIGHT'),
+    ('0x10', "size must be positive, got '0x10'"),
+    ('10x-1', 'size must be positive'),
 ])
 def test_parse_size_errors_are_argparse_messages(text, message, capsys):
     with pytest.raises(argparse.ArgumentTypeError, match=message):

@@ -12,22 +12,60 @@ from sdnet_plugin.ops import ModulatedDeformConv2d
 # Parameters and GMACs at 1280x720 (benchmarks/speed.py): tiny 0.43 M / 48.1, small 1.21 M / 149.1, base 2.46 M /
 # 311.4, light_s 1.10 M / 27.2, light_m 1.80 M / 42.1, light_l 3.98 M / 92.3.
 SDNET_PRESET_VERSIONS = {
-    'tiny': {1: dict(num_feat=16, num_block=(1, 1, 2), svd_levels=(1, 2))},
-    'small': {1: dict(num_feat=24, num_block=(1, 2, 3), svd_levels=(0, 1, 2))},
-    'base': {1: dict(num_feat=32, num_block=(2, 2, 4), svd_levels=(0, 1, 2))},
+    'tiny': {
+        1: dict(num_feat=16, num_block=(1, 1, 2), svd_levels=(1, 2))
+    },
+    'small': {
+        1: dict(num_feat=24, num_block=(1, 2, 3), svd_levels=(0, 1, 2))
+    },
+    'base': {
+        1: dict(num_feat=32, num_block=(2, 2, 4), svd_levels=(0, 1, 2))
+    },
     # Four levels of gated depthwise blocks, most of them at 1/8 and none at full resolution (memory traffic there
     # costs more than the arithmetic); SVD modules at 1/4 and 1/8, where the blur of GoPro-like footage spans a
     # few feature pixels.
-    'light_s': {1: dict(block_type='gated', num_feat=16, num_block=(0, 1, 2, 6), num_dec_block=(0, 1, 1),
-                        svd_levels=(2, 3), svd_head_ratio=0.5)},
-    'light_m': {1: dict(block_type='gated', num_feat=16, num_block=(0, 2, 4, 12), num_dec_block=(0, 1, 2),
-                        svd_levels=(2, 3), svd_head_ratio=0.5)},
-    'light_l': {1: dict(block_type='gated', num_feat=24, num_block=(0, 2, 4, 12), num_dec_block=(0, 1, 2),
-                        svd_levels=(2, 3), svd_head_ratio=0.5)},
+    'light_s': {
+        1:
+        dict(
+            block_type='gated',
+            num_feat=16,
+            num_block=(0, 1, 2, 6),
+            num_dec_block=(0, 1, 1),
+            svd_levels=(2, 3),
+            svd_head_ratio=0.5)
+    },
+    'light_m': {
+        1:
+        dict(
+            block_type='gated',
+            num_feat=16,
+            num_block=(0, 2, 4, 12),
+            num_dec_block=(0, 1, 2),
+            svd_levels=(2, 3),
+            svd_head_ratio=0.5)
+    },
+    'light_l': {
+        1:
+        dict(
+            block_type='gated',
+            num_feat=24,
+            num_block=(0, 2, 4, 12),
+            num_dec_block=(0, 1, 2),
+            svd_levels=(2, 3),
+            svd_head_ratio=0.5)
+    },
     # Five levels of normalized gated blocks (:class:`NormGatedBlock`), 28 of them at 1/8, SVD modules at 1/4 and
     # 1/8: the backbone of the design study's NAFNet-style peer with SVD modules added.
-    'light': {1: dict(block_type='norm_gated', num_feat=8, num_block=(1, 1, 1, 28, 1), num_dec_block=(1, 1, 1, 1),
-                      svd_levels=(2, 3), svd_head_ratio=0.5)},
+    'light': {
+        1:
+        dict(
+            block_type='norm_gated',
+            num_feat=8,
+            num_block=(1, 1, 1, 28, 1),
+            num_dec_block=(1, 1, 1, 1),
+            svd_levels=(2, 3),
+            svd_head_ratio=0.5)
+    },
 }
 # The current version of every preset (what an option file without ``preset_version`` builds).
 SDNET_PRESETS = {name: versions[max(versions)] for name, versions in SDNET_PRESET_VERSIONS.items()}
@@ -173,8 +211,8 @@ class SVDModule(nn.Module):
         if plain:
             self.conv = nn.Conv2d(num_feat, num_feat, kernel_size, 1, dilation * (kernel_size - 1) // 2, dilation)
         else:
-            self.dcn = ModulatedDeformConv2d(num_feat, num_feat, kernel_size, dilation=dilation,
-                                             hidden_channels=head_channels, backend=backend)
+            self.dcn = ModulatedDeformConv2d(
+                num_feat, num_feat, kernel_size, dilation=dilation, hidden_channels=head_channels, backend=backend)
         self.act = nn.LeakyReLU(0.1, inplace=True)
 
     def forward(self, x):
@@ -227,9 +265,21 @@ class SDNet(nn.Module):
             Default: ``'auto'``.
     """
 
-    def __init__(self, preset='base', num_in_ch=3, num_out_ch=3, num_feat=None, num_block=None, svd_levels=None,
-                 deform_kernel_size=3, deform_dilation=1, dcn_backend='auto', preset_version=None,
-                 num_dec_block=None, block_type=None, plain_svd=False, svd_head_ratio=None):
+    def __init__(self,
+                 preset='base',
+                 num_in_ch=3,
+                 num_out_ch=3,
+                 num_feat=None,
+                 num_block=None,
+                 svd_levels=None,
+                 deform_kernel_size=3,
+                 deform_dilation=1,
+                 dcn_backend='auto',
+                 preset_version=None,
+                 num_dec_block=None,
+                 block_type=None,
+                 plain_svd=False,
+                 svd_head_ratio=None):
         super().__init__()
         self.preset_version, settings = preset_settings(preset, preset_version)
         num_feat = num_feat or settings['num_feat']
@@ -262,18 +312,22 @@ class SDNet(nn.Module):
         self.downs = nn.ModuleList()
         for lv in range(self.num_levels - 1):
             self.encoders.append(blocks(num_block[lv], chans[lv]))
-            self.downs.append(nn.Sequential(nn.Conv2d(chans[lv], chans[lv + 1], 3, 2, 1), nn.LeakyReLU(0.1, True))
-                              if residual else nn.Conv2d(chans[lv], chans[lv + 1], 2, 2))
+            self.downs.append(
+                nn.Sequential(nn.Conv2d(chans[lv], chans[lv + 1], 3, 2, 1), nn.LeakyReLU(0.1, True)
+                              ) if residual else nn.Conv2d(chans[lv], chans[lv + 1], 2, 2))
         self.bottleneck = blocks(num_block[-1], chans[-1])
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for lv in range(self.num_levels - 2, -1, -1):  # coarse to fine
-            self.ups.append(nn.Sequential(nn.Conv2d(chans[lv + 1], chans[lv] * 4, 3 if residual else 1, 1,
-                                                    1 if residual else 0), nn.PixelShuffle(2)))
+            self.ups.append(
+                nn.Sequential(
+                    nn.Conv2d(chans[lv + 1], chans[lv] * 4, 3 if residual else 1, 1, 1 if residual else 0),
+                    nn.PixelShuffle(2)))
             self.decoders.append(blocks(num_dec_block[lv], chans[lv]))
         self.svd = nn.ModuleDict({
-            str(lv): SVDModule(chans[lv], deform_kernel_size, deform_dilation, dcn_backend, plain_svd,
-                               max(1, round(chans[lv] * head_ratio)))
+            str(lv):
+            SVDModule(chans[lv], deform_kernel_size, deform_dilation, dcn_backend, plain_svd,
+                      max(1, round(chans[lv] * head_ratio)))
             for lv in svd_levels
         })
         self.conv_last = nn.Conv2d(chans[0], num_out_ch, 3, 1, 1)

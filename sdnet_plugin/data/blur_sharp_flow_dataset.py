@@ -137,8 +137,8 @@ class BlurSharpFlowDataset(data.Dataset):
             images['flow'] = decode_flow(self._get_bytes(sample, 'flow'), self._describe(sample, 'flow'))
         sizes = {name: img.shape[:2] for name, img in images.items()}
         if len(set(sizes.values())) != 1:
-            raise ValueError('sizes disagree: ' +
-                             ', '.join(f'{self._describe(sample, n)} {s[1]}x{s[0]}' for n, s in sizes.items()))
+            raise ValueError('sizes disagree: ' + ', '.join(f'{self._describe(sample, n)} {s[1]}x{s[0]}'
+                                                            for n, s in sizes.items()))
 
         if self.phase == 'train':
             h, w = sizes['lq']

@@ -380,7 +380,7 @@ def gopro_pairs(dataroot, blur_folder='blur', sharp_folder='sharp', extensions=(
     for seq in os.listdir(dataroot) if osp.isdir(dataroot) else ():
         blur_dir = osp.join(dataroot, seq, blur_folder)
         names = os.listdir(blur_dir) if not seq.startswith('.') and osp.isdir(blur_dir) else ()
-        pairs += [(f'{seq}/{osp.splitext(name)[0]}', osp.join(blur_dir, name),
-                   osp.join(dataroot, seq, sharp_folder, name))
+        pairs += [(f'{seq}/{osp.splitext(name)[0]}', osp.join(blur_dir,
+                                                              name), osp.join(dataroot, seq, sharp_folder, name))
                   for name in names if not name.startswith('.') and name.lower().endswith(extensions)]
     return sorted(pairs, key=lambda pair: pair[1])

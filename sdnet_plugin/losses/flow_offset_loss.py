@@ -91,8 +91,14 @@ class FlowGuidedOffsetLoss(nn.Module):
             Default: False (the ordered targets of :func:`flow_to_offsets`).
     """
 
-    def __init__(self, loss_weight=1.0, criterion='l1', eps=1e-3, module_weights=None, motion_threshold=0.0,
-                 reduction='mean', order_invariant=False):
+    def __init__(self,
+                 loss_weight=1.0,
+                 criterion='l1',
+                 eps=1e-3,
+                 module_weights=None,
+                 motion_threshold=0.0,
+                 reduction='mean',
+                 order_invariant=False):
         super().__init__()
         if criterion not in ('l1', 'charbonnier'):
             raise ValueError(f"criterion must be 'l1' or 'charbonnier', got {criterion!r}")
@@ -135,7 +141,8 @@ class FlowGuidedOffsetLoss(nn.Module):
             kernel = (item['kernel_size'], item['dilation'], stride)
             dist = self._distance(offset - flow_to_offsets(flow, *kernel).to(offset.dtype))
             if self.order_invariant:
-                dist_reversed = self._distance(offset - flow_to_offsets(flow[:, [2, 3, 0, 1]], *kernel).to(offset.dtype))
+                dist_reversed = self._distance(offset -
+                                               flow_to_offsets(flow[:, [2, 3, 0, 1]], *kernel).to(offset.dtype))
                 use_reversed = dist_reversed.sum(1, keepdim=True) < dist.sum(1, keepdim=True)
                 dist = torch.where(use_reversed, dist_reversed, dist)
             if self.motion_threshold > 0:

@@ -86,8 +86,8 @@ class SDNetModel(SRModel):
         val_precision = (opt.get('val') or {}).get('precision', 'auto')
         self.val_dtype = self.amp_dtype if val_precision == 'auto' and opt.get('is_train') else \
             precision.resolve(val_precision, device)
-        self.channels_last = precision.use_channels_last(train_opt.get('channels_last', 'auto'), device,
-                                                         self.amp_dtype or self.val_dtype)
+        self.channels_last = precision.use_channels_last(
+            train_opt.get('channels_last', 'auto'), device, self.amp_dtype or self.val_dtype)
         self.nonfinite_since = None
         super().__init__(opt)
         if self.amp_dtype == torch.float16:
@@ -248,8 +248,10 @@ class SDNetModel(SRModel):
     def _set_aside_checkpoints(self, current_iter):
         """Rename the checkpoint and training state of ``current_iter`` (they hold the weights whose steps were all
         non-finite) to ``*.diverged``, so that resuming starts from the previous state. Returns a sentence or ''."""
-        paths = [osp.join(self.opt['path']['training_states'], f'{current_iter}.state'),
-                 osp.join(self.opt['path']['models'], f'net_g_{current_iter}.pth')]
+        paths = [
+            osp.join(self.opt['path']['training_states'], f'{current_iter}.state'),
+            osp.join(self.opt['path']['models'], f'net_g_{current_iter}.pth')
+        ]
         moved = [p for p in paths if osp.isfile(p)]
         if self.opt.get('rank', 0) == 0:
             for path in moved:
@@ -266,9 +268,12 @@ class SDNetModel(SRModel):
         val_opt = self.opt.get('val') or {}
         was_training = net.training
         net.eval()
-        restorer = inference.SDNetRestorer(net=net, device=self.device, dtype=self.val_dtype,
-                                           tile=int(val_opt.get('tile_size', 0) or 0),
-                                           tile_overlap=int(val_opt.get('tile_overlap', 96)))
+        restorer = inference.SDNetRestorer(
+            net=net,
+            device=self.device,
+            dtype=self.val_dtype,
+            tile=int(val_opt.get('tile_size', 0) or 0),
+            tile_overlap=int(val_opt.get('tile_overlap', 96)))
         self.output = restorer.forward(self.lq)['image'].to(self.lq.device)
         if was_training:
             net.train()
@@ -355,8 +360,8 @@ class SDNetModel(SRModel):
         save_dict = {}
         for net_, key in zip(nets, param_keys):
             state_dict = self.get_bare_model(net_).state_dict()
-            save_dict[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.cpu())
-                                         for k, v in state_dict.items())
+            save_dict[key] = OrderedDict(
+                (k[7:] if k.startswith('module.') else k, v.cpu()) for k, v in state_dict.items())
         network_key = net_label[4:] if net_label.startswith('net_') else net_label  # net_g -> g
         if f'network_{network_key}' in self.opt:
             save_dict[f'network_{network_key}'] = _plain_options(self.opt[f'network_{network_key}'])

@@ -127,8 +127,8 @@ def library():
     for variant in _VARIANTS:
         name = '_'.join(_DTYPE_NAMES[t] for t in variant)
         getattr(lib, f'sdnet_dcn_im2col_{name}').argtypes = [pointer] * 3 + [i64p, i64p, pointer, c_int]
-        getattr(lib, f'sdnet_dcn_col2im_{name}').argtypes = ([pointer] * 3 + [i64p, i64p] + [pointer] * 4
-                                                               + [c_int, ctypes.c_int64])
+        getattr(lib, f'sdnet_dcn_col2im_{name}').argtypes = ([pointer] * 3 + [i64p, i64p] + [pointer] * 4 +
+                                                             [c_int, ctypes.c_int64])
     return lib
 
 
@@ -198,8 +198,8 @@ def _forward(sampler, weight_2d, bias, keep_columns):
     """Output ``(B, C_out, Ho, Wo)`` (channels-last memory) chunk by chunk, the bias added by the matrix product, and
     the columns of each chunk when ``keep_columns``."""
     b, c = sampler.x.shape[:2]
-    out = torch.empty(b, weight_2d.shape[0], sampler.ho, sampler.wo, dtype=weight_2d.dtype,
-                      memory_format=torch.channels_last)
+    out = torch.empty(
+        b, weight_2d.shape[0], sampler.ho, sampler.wo, dtype=weight_2d.dtype, memory_format=torch.channels_last)
     rows_view = out.permute(0, 2, 3, 1)  # (B, Ho, Wo, C_out), contiguous
     weight_t = weight_2d.t()
     bias = None if bias is None else bias.to(weight_2d.dtype)
@@ -261,8 +261,10 @@ class _FusedDeformConv(torch.autograd.Function):
         grads = [None] * 9
         if need_sampling:
             gx = gx.sum(0) if gx.shape[0] > 1 else gx[0]
-            grads[:3] = (gx.permute(0, 3, 1, 2).to(in_dtypes[0]),
-                         goffset.view(b, sampler.ho, sampler.wo, 2 * sampler.k).permute(0, 3, 1, 2).to(in_dtypes[1]),
+            grads[:3] = (gx.permute(0, 3, 1,
+                                    2).to(in_dtypes[0]), goffset.view(b, sampler.ho, sampler.wo,
+                                                                      2 * sampler.k).permute(0, 3, 1,
+                                                                                             2).to(in_dtypes[1]),
                          gmask.permute(0, 3, 1, 2).to(in_dtypes[2]))
         if need_weight:
             kh, kw = weight_shape[-2:]

@@ -141,8 +141,12 @@ def _deform_conv_fused(x, offset, mask, weight, bias, stride, padding, dilation)
     return deform_conv_fused(x, offset, mask, weight, bias, stride, padding, dilation)
 
 
-_IMPLS = {'torch': _deform_conv_torch, 'torchvision': _deform_conv_torchvision, 'mmcv': _deform_conv_mmcv,
-          'fused': _deform_conv_fused}
+_IMPLS = {
+    'torch': _deform_conv_torch,
+    'torchvision': _deform_conv_torchvision,
+    'mmcv': _deform_conv_mmcv,
+    'fused': _deform_conv_fused
+}
 
 
 def _autocast_dtype(device_type, dtype):
@@ -216,8 +220,7 @@ def select_backend(device, dtype=torch.float32, backward=None):
     return _auto_choice[key]
 
 
-def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, padding=0, dilation=1,
-                            backend='auto'):
+def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, padding=0, dilation=1, backend='auto'):
     """Modulated deformable 2D convolution (DCNv2).
 
     Args:
@@ -274,8 +277,17 @@ class ModulatedDeformConv2d(nn.Module):
         backend (str): DCN backend, see :func:`modulated_deform_conv2d`. Default: ``'auto'``.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, dilation=1, bias=True,
-                 cond_channels=None, hidden_channels=None, backend='auto'):
+    def __init__(self,
+                 in_channels,
+                 out_channels,
+                 kernel_size=3,
+                 stride=1,
+                 padding=None,
+                 dilation=1,
+                 bias=True,
+                 cond_channels=None,
+                 hidden_channels=None,
+                 backend='auto'):
         super().__init__()
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         self.padding = dilation * (kernel_size - 1) // 2 if padding is None else padding
@@ -306,8 +318,8 @@ class ModulatedDeformConv2d(nn.Module):
         num_points = self.kernel_size * self.kernel_size
         offset, mask_logits = head.split((2 * num_points, num_points), dim=1)
         mask = torch.sigmoid(mask_logits)
-        out = modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
-                                      self.dilation, backend=self.backend)
+        out = modulated_deform_conv2d(
+            x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation, backend=self.backend)
         return out, offset, mask
 
     def extra_repr(self):

@@ -110,14 +110,14 @@ def test_sampling_reaches_far_beyond_the_kernel():
 
 
 def test_sdnet_output_depends_on_far_pixels_when_offsets_point_there():
-    net = make_net('tiny', svd_levels=(0,), num_block=(1, 1, 1))
+    net = make_net('tiny', svd_levels=(0, ), num_block=(1, 1, 1))
     with torch.no_grad():
         net.svd['0'].dcn.conv_offset[-1].bias[1:18:2] = 40.0
     x = torch.zeros(1, 3, 8, 128, requires_grad=True)
     net(x)[0, :, 4, 10].sum().backward()
     # the network's plain convolutions see at most a few tens of pixels; column 50 is reached only by the SVD module
     assert x.grad[0, :, :, 48:53].abs().sum() > 0
-    net_plain = make_net('tiny', svd_levels=(0,), num_block=(1, 1, 1))
+    net_plain = make_net('tiny', svd_levels=(0, ), num_block=(1, 1, 1))
     x_plain = torch.zeros(1, 3, 8, 128, requires_grad=True)
     net_plain(x_plain)[0, :, 4, 10].sum().backward()
     assert x_plain.grad[0, :, :, 48:53].abs().sum() == 0
@@ -125,8 +125,15 @@ def test_sdnet_output_depends_on_far_pixels_when_offsets_point_there():
 
 def test_parameter_counts_of_presets():
     counts = {name: sum(p.numel() for p in SDNet(name, dcn_backend='torch').parameters()) for name in SDNET_PRESETS}
-    assert counts == {'tiny': 426089, 'small': 1205268, 'base': 2455252, 'light_s': 1096329, 'light_m': 1797769,
-                      'light_l': 3977649, 'light': 1203345}
+    assert counts == {
+        'tiny': 426089,
+        'small': 1205268,
+        'base': 2455252,
+        'light_s': 1096329,
+        'light_m': 1797769,
+        'light_l': 3977649,
+        'light': 1203345
+    }
     assert max(counts.values()) < 5e6  # light-weighted class of the paper
 
 
@@ -142,7 +149,7 @@ def test_bad_settings_raise_clear_errors():
     with pytest.raises(ValueError, match='num_block needs 3 entries'):
         SDNet('tiny', num_block=(1, 1))
     with pytest.raises(ValueError, match='svd_levels'):
-        SDNet('tiny', svd_levels=(3,))
+        SDNet('tiny', svd_levels=(3, ))
 
 
 def test_training_step_updates_every_parameter():

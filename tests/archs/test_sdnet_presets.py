@@ -90,8 +90,11 @@ def test_checkpoints_without_a_version_rebuild_version_1_when_the_preset_changes
     path = tmp_path / 'old.pth'
     torch.save({'params': old.state_dict(), 'network_g': {'type': 'SDNet', 'preset': 'tiny'}}, path)
     # a later release gives 'tiny' a new meaning as version 2
-    versions = {**sdnet_arch.SDNET_PRESET_VERSIONS, 'tiny': {
-        **sdnet_arch.SDNET_PRESET_VERSIONS['tiny'], 2: dict(SDNET_PRESETS['light_s'])}}
+    versions = {
+        **sdnet_arch.SDNET_PRESET_VERSIONS, 'tiny': {
+            **sdnet_arch.SDNET_PRESET_VERSIONS['tiny'], 2: dict(SDNET_PRESETS['light_s'])
+        }
+    }
     monkeypatch.setattr(sdnet_arch, 'SDNET_PRESET_VERSIONS', versions)
     assert SDNet('tiny').preset_version == 2 and SDNet('tiny').num_levels == 4
     _, network_opt = load_weights(path)
@@ -102,8 +105,14 @@ def test_checkpoints_without_a_version_rebuild_version_1_when_the_preset_changes
     with torch.no_grad():
         torch.testing.assert_close(net(x), old.eval()(x))
     # a file from a newer release fails with one clear line
-    torch.save({'params': old.state_dict(), 'network_g': {'type': 'SDNet', 'preset': 'tiny', 'preset_version': 3}},
-               path)
+    torch.save({
+        'params': old.state_dict(),
+        'network_g': {
+            'type': 'SDNet',
+            'preset': 'tiny',
+            'preset_version': 3
+        }
+    }, path)
     with pytest.raises(ValueError, match="SDNet preset 'tiny' has no version 3"):
         load_network(path)
 

@@ -12,9 +12,11 @@ import torch
 from sdnet_plugin.data.synthesis import synthesize_dataset
 
 SMALL = ('light_s', 'light_m_plain', 'nafnet_light')
-ARM_NAMES = ['base', 'base_plain', 'base_noflow', 'base_ordered', 'light_s', 'light_m', 'light_l', 'light_m_noflow',
-             'light_m_plain', 'light_m_psnr', 'light_m_charb', 'light_m_fft', 'light_m_p64b32', 'light_m_p256b2',
-             'light', 'light_noflow', 'light_warm', 'nafnet_light', 'nafnet32']
+ARM_NAMES = [
+    'base', 'base_plain', 'base_noflow', 'base_ordered', 'light_s', 'light_m', 'light_l', 'light_m_noflow',
+    'light_m_plain', 'light_m_psnr', 'light_m_charb', 'light_m_fft', 'light_m_p64b32', 'light_m_p256b2', 'light',
+    'light_noflow', 'light_warm', 'nafnet_light', 'nafnet32'
+]
 
 
 @pytest.fixture(scope='module')
@@ -44,8 +46,7 @@ def study_data(tmp_path_factory):
 
 
 def options(data, work, *extra):
-    return ['--data', data, '--work', str(work), '--threads', '1', '--precision', 'fp32', '--eval-every', '0',
-            *extra]
+    return ['--data', data, '--work', str(work), '--threads', '1', '--precision', 'fp32', '--eval-every', '0', *extra]
 
 
 def read_evals(work, name):
@@ -78,8 +79,8 @@ def test_bf16_step_runs_where_the_cpu_has_native_bf16(study, tmp_path):
     if not study.native_bf16():
         pytest.skip('no native bfloat16 on this CPU')
     for name in ('base', 'light_s'):
-        run = study.ArmRun(study.ARMS_BY_NAME[name], argparse.Namespace(work=str(tmp_path), precision='bf16',
-                                                                         seed=0), 1)
+        run = study.ArmRun(study.ARMS_BY_NAME[name], argparse.Namespace(work=str(tmp_path), precision='bf16', seed=0),
+                           1)
         run.counters['cpu_seconds'] = 6.0
         assert run.step(random_batch()) is not None
 
@@ -104,8 +105,8 @@ def test_learning_rate_warms_up_then_falls_to_zero_at_the_horizon(study):
 
 def test_smoke_study_halves_resumes_and_reports(study, study_data, small_arms, tmp_path, monkeypatch, capsys):
     work = tmp_path / 'work'
-    args = options(study_data, work, '--arm', *SMALL, '--budgets', '0.004', '0.008', '--keep', '0.3',
-                   '--always', 'nafnet_light', '--horizon', '0.012')
+    args = options(study_data, work, '--arm', *SMALL, '--budgets', '0.004', '0.008', '--keep', '0.3', '--always',
+                   'nafnet_light', '--horizon', '0.012')
     study.main(args)
     decisions = json.loads((work / 'decisions.json').read_text())
     assert [d['budget_minutes'] for d in decisions] == [0.004, 0.008]
@@ -165,8 +166,8 @@ def test_a_killed_run_continues_where_it_stopped(study, study_data, small_arms, 
 
     # neither does the arm continue with CPU seconds of another meaning, nor a changed arm with another's state
     with pytest.raises(SystemExit, match='was trained with threads 1, not 2; pass --threads 1'):
-        study.main(options(study_data, work, '--arm', 'light_s', '--minutes', '0.02', '--budgets', '0.02',
-                           '--threads', '2'))
+        study.main(
+            options(study_data, work, '--arm', 'light_s', '--minutes', '0.02', '--budgets', '0.02', '--threads', '2'))
     monkeypatch.setitem(study.ARMS_BY_NAME, 'light_s', dataclasses.replace(study.ARMS_BY_NAME['light_s'], lr=1.0))
     with pytest.raises(SystemExit, match="holds another version of arm 'light_s'"):
         study.main(options(study_data, work, '--arm', 'light_s', '--minutes', '0.03', '--budgets', '0.03'))
@@ -183,8 +184,10 @@ def test_bad_input_is_a_clear_error(study, tmp_path, capsys):
         study.main(['--minutes', '5'])
     assert '--minutes needs --arm' in capsys.readouterr().err
     with pytest.raises(SystemExit, match='no training renders'):
-        study.main(['--data', str(tmp_path / 'none'), '--work', str(tmp_path / 'work'), '--arm', 'light_s',
-                    '--minutes', '1'])
+        study.main(
+            ['--data',
+             str(tmp_path / 'none'), '--work',
+             str(tmp_path / 'work'), '--arm', 'light_s', '--minutes', '1'])
     assert not (tmp_path / 'work').exists()
 
 

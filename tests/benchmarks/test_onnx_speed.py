@@ -28,17 +28,18 @@ def test_parity_and_timing_rows(onnx_speed, synthetic_gopro, tmp_path, capsys, m
     torch.save({'params': net.state_dict(), 'network_g': {'type': 'SDNet', 'preset': 'tiny'}}, weights)
     threads = torch.get_num_threads()
     try:
-        rows = onnx_speed.main(['--weights', str(weights), '--deform-ops', 'gridsample', '--parity',
-                                synthetic_gopro['root']])
+        rows = onnx_speed.main(
+            ['--weights', str(weights), '--deform-ops', 'gridsample', '--parity', synthetic_gopro['root']])
         (data, count, size, op, diff, blurry, torch_psnr, ort_psnr), = rows
         assert count == synthetic_gopro['count'] and size == '64x48' and op == 'gridsample'
         assert diff <= 1e-4 and abs(ort_psnr - torch_psnr) <= 0.01 and abs(torch_psnr - blurry) > 0.01
-        rows = onnx_speed.main(['--weights', str(weights), '--deform-ops', 'gridsample', '--size', '40x24',
-                                '--repeats', '1'])
+        rows = onnx_speed.main(
+            ['--weights', str(weights), '--deform-ops', 'gridsample', '--size', '40x24', '--repeats', '1'])
     finally:
         torch.set_num_threads(threads)
     assert [row[:2] for row in rows][-1:] == [('onnxruntime', 'gridsample')] and rows[0][0] == 'PyTorch'
-    assert [row[0] for row in rows[1:-1]] == (['PyTorch, bf16 channels-last'] if onnx_speed.precision.resolve(
-        'auto', 'cpu') else [])  # the default CPU path, where the CPU computes bfloat16 natively
+    assert [row[0] for row in rows[1:-1]
+            ] == (['PyTorch, bf16 channels-last'] if onnx_speed.precision.resolve('auto', 'cpu') else []
+                  )  # the default CPU path, where the CPU computes bfloat16 natively
     assert all(seconds > 0 for _, _, seconds in rows)
     assert '| onnxruntime | gridsample |' in capsys.readouterr().out

@@ -50,8 +50,9 @@ def small_fast_path(speed, monkeypatch):
 
 
 def test_fast_path_tables_compare_old_and_new_in_one_run(speed, small_fast_path, capsys):
-    assert speed.main(['--size', '24x16', '--presets', 'tiny', '--repeats', '1', '--warmup', '0', '--devices', 'cpu',
-                       '--skip-backends']) == 0
+    assert speed.main([
+        '--size', '24x16', '--presets', 'tiny', '--repeats', '1', '--warmup', '0', '--devices', 'cpu', '--skip-backends'
+    ]) == 0
     out = capsys.readouterr().out
     old, new = speed.OLD_PATH[0], speed.fast_path()[0]
     for mode in ('inference', 'training'):
@@ -65,8 +66,10 @@ def test_fast_path_tables_compare_old_and_new_in_one_run(speed, small_fast_path,
 
 
 def test_tables_are_printed(speed, small_fast_path, capsys):
-    assert speed.main(['--size', '24x16', '--presets', 'tiny', '--backends', 'torch', '--repeats', '1',
-                       '--warmup', '0', '--devices', 'cpu']) == 0
+    assert speed.main([
+        '--size', '24x16', '--presets', 'tiny', '--backends', 'torch', '--repeats', '1', '--warmup', '0', '--devices',
+        'cpu'
+    ]) == 0
     out = capsys.readouterr().out
     assert '| tiny | 426,089 (0.43 M) |' in out
     row = [line for line in out.splitlines() if line.startswith('| tiny | torch | CPU')]
@@ -74,8 +77,9 @@ def test_tables_are_printed(speed, small_fast_path, capsys):
 
 
 def test_bad_options_are_refused(speed, capsys):
-    for argv in (['--size', '1280by720'], ['--size', '0x10'], ['--repeats', '0'], ['--presets', 'huge'],
-                 ['--clock', 'cpu', '--devices', 'cuda']):
+    for argv in (['--size', '1280by720'], ['--size', '0x10'], ['--repeats',
+                                                               '0'], ['--presets',
+                                                                      'huge'], ['--clock', 'cpu', '--devices', 'cuda']):
         with pytest.raises(SystemExit):
             speed.parse_args(argv)
     if not torch.cuda.is_available():
@@ -84,6 +88,8 @@ def test_bad_options_are_refused(speed, capsys):
 
 
 def test_cpu_clock_counts_process_time(speed, small_fast_path, capsys):
-    assert speed.main(['--size', '16x16', '--presets', 'tiny', '--backends', 'torch', '--repeats', '1',
-                       '--warmup', '0', '--threads', '1', '--clock', 'cpu']) == 0
+    assert speed.main([
+        '--size', '16x16', '--presets', 'tiny', '--backends', 'torch', '--repeats', '1', '--warmup', '0', '--threads',
+        '1', '--clock', 'cpu'
+    ]) == 0
     assert 'CPU time of inference at 16x16' in capsys.readouterr().out

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sdnet_plugin.data.blur_sharp_flow_dataset as dataset_module
+
 from basicsr.data import build_dataloader, build_dataset  # isort: skip (after sdnet_plugin's compatibility fixes)
 from sdnet_plugin.data.flow_utils import flip_transpose_image, reblur
 
@@ -15,15 +16,18 @@ def _disk_opt(root, **extra):
 
 
 def _lmdb_opt(paths, **extra):
-    return dict({
-        'name': 'lmdb',
-        'type': 'BlurSharpFlowDataset',
-        'io_backend': {'type': 'lmdb'},
-        'dataroot_lq': paths['blur'],
-        'dataroot_gt': paths['sharp'],
-        'dataroot_flow': paths['flow'],
-        'phase': 'val'
-    }, **extra)
+    return dict(
+        {
+            'name': 'lmdb',
+            'type': 'BlurSharpFlowDataset',
+            'io_backend': {
+                'type': 'lmdb'
+            },
+            'dataroot_lq': paths['blur'],
+            'dataroot_gt': paths['sharp'],
+            'dataroot_flow': paths['flow'],
+            'phase': 'val'
+        }, **extra)
 
 
 def test_disk_and_lmdb_return_identical_samples(synthetic_gopro):
@@ -41,8 +45,8 @@ def test_disk_and_lmdb_return_identical_samples(synthetic_gopro):
         assert b['lq_path'] == synthetic_gopro['keys'][i]
     # same random crops and flips for the same seed
     train = dict(phase='train', gt_size=32, use_hflip=True, use_vflip=True, use_rot=True)
-    disk, lmdb = build_dataset(_disk_opt(synthetic_gopro['root'], **train)), build_dataset(
-        _lmdb_opt(synthetic_gopro['lmdb'], **train))
+    disk, lmdb = build_dataset(_disk_opt(synthetic_gopro['root'],
+                                         **train)), build_dataset(_lmdb_opt(synthetic_gopro['lmdb'], **train))
     for i in range(3):
         dataset_module.random.seed(i)
         a = disk[i]
@@ -85,16 +89,23 @@ def test_augmentations_keep_triplets_physically_consistent(make_synthetic_gopro,
         assert np.array_equal(aug['lq'], flip_transpose_image(ref['lq'], *flags))
         # re-blurring along the transformed flow gives the transformed re-blur, and explains the blurry image
         reblurred = reblur(aug['gt'], aug['flow'], samples_per_side=8)
-        assert np.allclose(reblurred, flip_transpose_image(reblur(ref['gt'], ref['flow'], samples_per_side=8),
-                                                           *flags), atol=1e-4)
+        assert np.allclose(
+            reblurred, flip_transpose_image(reblur(ref['gt'], ref['flow'], samples_per_side=8), *flags), atol=1e-4)
         err_reblur = np.mean((reblurred - aug['lq'])**2)
         err_identity = np.mean((aug['gt'] - aug['lq'])**2)
         assert err_reblur < err_identity / 2
 
 
 def test_works_with_basicsr_dataloader(synthetic_gopro):
-    opt = _lmdb_opt(synthetic_gopro['lmdb'], phase='train', gt_size=32, use_hflip=True, use_rot=True,
-                    num_worker_per_gpu=0, batch_size_per_gpu=2, use_shuffle=True)
+    opt = _lmdb_opt(
+        synthetic_gopro['lmdb'],
+        phase='train',
+        gt_size=32,
+        use_hflip=True,
+        use_rot=True,
+        num_worker_per_gpu=0,
+        batch_size_per_gpu=2,
+        use_shuffle=True)
     loader = build_dataloader(build_dataset(opt), opt, num_gpu=0, dist=False, sampler=None, seed=0)
     batch = next(iter(loader))
     assert batch['lq'].shape == (2, 3, 32, 32) and batch['flow'].shape == (2, 4, 32, 32)

@@ -3,8 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from sdnet_plugin.data.flow_utils import (backward_warp, blur_extent, flip_transpose_flow, flip_transpose_image,
-                                          reblur)
+from sdnet_plugin.data.flow_utils import backward_warp, blur_extent, flip_transpose_flow, flip_transpose_image, reblur
 
 
 def _ramp(h=20, w=30):

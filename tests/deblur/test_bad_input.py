@@ -53,8 +53,10 @@ def test_recursive_globs_do_not_follow_link_loops(tmp_path):
 def test_files_reached_twice_are_restored_once(tmp_path, tiny_weights, capsys):
     cv2.imwrite(str(tmp_path / 'a.png'), _image())
     os.symlink('.', tmp_path / 'loop')
-    status, stdout, _ = _run([tmp_path / '*.png', tmp_path / 'loop' / '*.png', '-o', tmp_path / 'out', '--weights',
-                              tiny_weights, '--tile', '0'], capsys)
+    status, stdout, _ = _run([
+        tmp_path / '*.png', tmp_path / 'loop' / '*.png', '-o', tmp_path / 'out', '--weights', tiny_weights, '--tile',
+        '0'
+    ], capsys)
     assert status == 0 and '1 restored, 0 failed' in stdout
 
 
@@ -99,12 +101,12 @@ def _broken_checkpoint(tiny_sdnet, checkpoint_writer, path, kind):
 
 @pytest.mark.parametrize('kind, message', [
     ('sr', 'EDSR turns a 32x32 RGB image into 64x64 with 3 channels: deblurring needs a network that keeps size and '
-           'channels (is it a super-resolution checkpoint?)'),
+     'channels (is it a super-resolution checkpoint?)'),
     ('nan', 'weights {path} hold NaN or infinite values (1 tensors, e.g. conv_last.weight): the training run '
-            'diverged; use an earlier checkpoint'),
+     'diverged; use an earlier checkpoint'),
     ('unknown argument', "cannot build the network {{'type': 'SDNet', 'preset': 'tiny', 'nmu_feat': 16, "
-                         "'preset_version': 1}}: "
-                         "SDNet.__init__() got an unexpected keyword argument 'nmu_feat'"),
+     "'preset_version': 1}}: "
+     "SDNet.__init__() got an unexpected keyword argument 'nmu_feat'"),
     ('unknown type', "unknown arch type 'SDNett' (network_g.type); did you mean SDNet?"),
 ])
 def test_unusable_checkpoints_are_one_line(tmp_path, tiny_sdnet, checkpoint_writer, capsys, kind, message):
@@ -154,8 +156,15 @@ def test_long_file_names(tmp_path, tiny_weights, capsys):
 
 
 # PIL's names for the EXIF orientations: what a viewer does to the stored pixels
-PIL_TRANSPOSE = {2: 'FLIP_LEFT_RIGHT', 3: 'ROTATE_180', 4: 'FLIP_TOP_BOTTOM', 5: 'TRANSPOSE', 6: 'ROTATE_270',
-                 7: 'TRANSVERSE', 8: 'ROTATE_90'}
+PIL_TRANSPOSE = {
+    2: 'FLIP_LEFT_RIGHT',
+    3: 'ROTATE_180',
+    4: 'FLIP_TOP_BOTTOM',
+    5: 'TRANSPOSE',
+    6: 'ROTATE_270',
+    7: 'TRANSVERSE',
+    8: 'ROTATE_90'
+}
 
 
 def _jpeg_with_orientation(path, rgb, orientation):
@@ -196,9 +205,15 @@ def test_sigterm_during_a_video_leaves_no_temporary_file(tmp_path, tiny_weights)
         writer.write(_image(64, 96, seed=i % 7))
     writer.release()
     out = tmp_path / 'out'
-    process = subprocess.Popen([sys.executable, '-m', 'sdnet_plugin.deblur', str(video), '-o', str(out), '--weights',
-                                str(tiny_weights), '--threads', '1', '--compare'], env=ENV,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable, '-m', 'sdnet_plugin.deblur', video, '-o', out, '--weights', tiny_weights, '--threads', '1',
+        '--compare'
+    ]
+    process = subprocess.Popen([str(c) for c in command],
+                               env=ENV,
+                               stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE,
+                               text=True)
     try:
         deadline = time.time() + 60
         while not (out.is_dir() and len(list(out.iterdir())) == 2):  # both temporary videos are being written

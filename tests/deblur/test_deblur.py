@@ -83,23 +83,28 @@ def test_recursive_folders_keep_sub_folders_and_globs(tmp_path, tiny_weights, ca
     status, stdout, _ = _run([tmp_path / 'in', '-r', '-o', tmp_path / 'out', '--weights', tiny_weights], capsys)
     assert status == 0 and '2 restored, 0 failed' in stdout
     assert (tmp_path / 'out' / 'a.png').is_file() and (tmp_path / 'out' / 'day' / 'b.png').is_file()
-    status, stdout, stderr = _run([tmp_path / 'in' / '*.png', tmp_path / 'nothing*.png', '-o', tmp_path / 'glob',
-                                   '--weights', tiny_weights], capsys)
+    status, stdout, stderr = _run(
+        [tmp_path / 'in' / '*.png', tmp_path / 'nothing*.png', '-o', tmp_path / 'glob', '--weights', tiny_weights],
+        capsys)
     assert status == 1 and 'no file matches' in stderr and '1 restored, 1 failed' in stdout
     assert [p.name for p in (tmp_path / 'glob').iterdir()] == ['a.png']
 
 
 def test_compare_and_offset_pictures(tmp_path, tiny_weights, capsys):
     cv2.imwrite(str(tmp_path / 'shot.jpg'), _photo(36, 44))
-    status, _, _ = _run([tmp_path / 'shot.jpg', '-o', tmp_path / 'out', '--weights', tiny_weights, '--compare',
-                         '--save-offsets', '--offset-level', '1'], capsys)
+    status, _, _ = _run([
+        tmp_path / 'shot.jpg', '-o', tmp_path / 'out', '--weights', tiny_weights, '--compare', '--save-offsets',
+        '--offset-level', '1'
+    ], capsys)
     assert status == 0
     compare = cv2.imread(str(tmp_path / 'out' / 'shot_compare.jpg'))
     assert compare.shape == (36, 88, 3)
     offsets = cv2.imread(str(tmp_path / 'out' / 'shot_offsets.png'))
     assert offsets.shape == (36, 88, 3)
-    status, _, stderr = _run([tmp_path / 'shot.jpg', '-o', tmp_path / 'out', '--weights', tiny_weights,
-                              '--save-offsets', '--offset-level', '0'], capsys)
+    status, _, stderr = _run([
+        tmp_path / 'shot.jpg', '-o', tmp_path / 'out', '--weights', tiny_weights, '--save-offsets', '--offset-level',
+        '0'
+    ], capsys)
     assert status == 2 and 'not one of the network' in stderr  # the tiny preset has SVD modules at 1/2 and 1/4
 
 
@@ -107,8 +112,10 @@ def test_large_image_goes_through_tiles_like_one_pass(tmp_path, tiny_weights, ca
     cv2.imwrite(str(tmp_path / 'big.png'), _photo(90, 132, dtype=np.uint16))
     runs = {}
     for name, tile in (('whole', '0'), ('tiled', '48')):
-        status, _, _ = _run([tmp_path / 'big.png', '-o', tmp_path / name, '--weights', tiny_weights, '--tile', tile,
-                             '--tile-overlap', '32', '--precision', 'fp32'], capsys)
+        status, _, _ = _run([
+            tmp_path / 'big.png', '-o', tmp_path / name, '--weights', tiny_weights, '--tile', tile, '--tile-overlap',
+            '32', '--precision', 'fp32'
+        ], capsys)
         assert status == 0
         runs[name] = cv2.imread(str(tmp_path / name / 'big.png'), cv2.IMREAD_UNCHANGED).astype(np.int64)
     assert np.abs(runs['tiled'] - runs['whole']).max() <= 1  # 16-bit levels
@@ -118,8 +125,10 @@ def test_bfloat16_output_agrees_with_float32(tmp_path, tiny_weights, capsys):
     cv2.imwrite(str(tmp_path / 'photo.png'), _photo(48, 64, dtype=np.uint16))
     runs = {}
     for name in ('fp32', 'bf16'):
-        status, _, err = _run([tmp_path / 'photo.png', '-o', tmp_path / name, '--weights', tiny_weights,
-                               '--precision', name, '--device', 'cpu'], capsys)
+        status, _, err = _run([
+            tmp_path / 'photo.png', '-o', tmp_path / name, '--weights', tiny_weights, '--precision', name, '--device',
+            'cpu'
+        ], capsys)
         assert status == 0 and {'fp32': 'float32', 'bf16': 'bfloat16'}[name] in err
         runs[name] = cv2.imread(str(tmp_path / name / 'photo.png'), cv2.IMREAD_UNCHANGED).astype(np.float64)
     mse = np.mean((runs['bf16'] - runs['fp32'])**2) / 65535**2
@@ -128,8 +137,10 @@ def test_bfloat16_output_agrees_with_float32(tmp_path, tiny_weights, capsys):
 
 def test_float16_on_the_cpu_is_a_one_line_error(tmp_path, tiny_weights, capsys):
     cv2.imwrite(str(tmp_path / 'photo.png'), _photo(24, 32))
-    status, _, err = _run([tmp_path / 'photo.png', '-o', tmp_path / 'out', '--weights', tiny_weights,
-                           '--precision', 'fp16', '--device', 'cpu'], capsys)
+    status, _, err = _run([
+        tmp_path / 'photo.png', '-o', tmp_path / 'out', '--weights', tiny_weights, '--precision', 'fp16', '--device',
+        'cpu'
+    ], capsys)
     assert status == 2 and err.strip().splitlines()[-1] == \
         'sdnet-deblur: error: fp16 is not supported on the CPU; use bf16 (or fp32)'
     assert not (tmp_path / 'out').exists()
@@ -184,8 +195,10 @@ def test_default_weights_lookup_order(tmp_path, monkeypatch):
 def test_module_entry_point_exit_status(tmp_path, tiny_weights):
     (tmp_path / 'bad.png').write_bytes(b'\x89PNG\r\n')
     env = dict(os.environ, SDNET_DCN_BACKEND='torch')  # skip timing the backends in the fresh process
-    command = [sys.executable, '-m', 'sdnet_plugin.deblur', tmp_path / 'bad.png', '-o', tmp_path / 'out',
-               '--weights', tiny_weights, '--threads', '1']
+    command = [
+        sys.executable, '-m', 'sdnet_plugin.deblur', tmp_path / 'bad.png', '-o', tmp_path / 'out', '--weights',
+        tiny_weights, '--threads', '1'
+    ]
     result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 1
     assert 'bad.png: not a decodable image' in result.stderr and '0 restored, 1 failed' in result.stdout

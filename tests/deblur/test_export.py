@@ -84,8 +84,10 @@ def test_deformconv_op(tiny_weights, tmp_path):
 
 def test_cli_writes_nothing_for_bad_weights(tmp_path, capsys):
     (tmp_path / 'broken.pth').write_bytes(b'not a checkpoint')
-    status = export.main(['--format', 'onnx', '-o', str(tmp_path / 'model.onnx'), '--weights',
-                          str(tmp_path / 'broken.pth')])
+    status = export.main(
+        ['--format', 'onnx', '-o',
+         str(tmp_path / 'model.onnx'), '--weights',
+         str(tmp_path / 'broken.pth')])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and err[-1].startswith('sdnet-export: error: cannot read weights')
     assert list(tmp_path.iterdir()) == [tmp_path / 'broken.pth']
@@ -108,8 +110,9 @@ def test_deblur_runs_the_onnx_model(tiny_onnx, tiny_weights, tmp_path, capsys):
     cv2.imwrite(str(tmp_path / 'shot.png'), photo)
     common = [str(tmp_path / 'shot.png'), '--threads', '1', '--tile', '16', '--tile-overlap', '16']
     assert deblur.main(common + ['-o', str(tmp_path / 'onnx'), '--onnx', str(tiny_onnx[0])]) == 0
-    assert deblur.main(common + ['-o', str(tmp_path / 'torch'), '--weights', str(tiny_weights), '--precision',
-                                 'fp32']) == 0
+    assert deblur.main(common +
+                       ['-o', str(tmp_path / 'torch'), '--weights',
+                        str(tiny_weights), '--precision', 'fp32']) == 0
     assert 'onnxruntime' in capsys.readouterr().err
     restored = cv2.imread(str(tmp_path / 'onnx' / 'shot.png')).astype(int)
     assert restored.shape == photo.shape

@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from sdnet_plugin import inference
-from sdnet_plugin.inference import (TILE_ALIGN, auto_tile_size, export_weights, load_network, load_weights,
-                                    tiled_forward)
+from sdnet_plugin.inference import TILE_ALIGN, auto_tile_size, export_weights, load_network, load_weights, tiled_forward
 
 TINY = {'type': 'SDNet', 'preset': 'tiny'}
 TINY_V1 = {**TINY, 'preset_version': 1}  # as loaded: files without a preset version are version 1
@@ -17,8 +16,11 @@ def _same_parameters(net_a, net_b):
 
 def test_training_checkpoint_prefers_params_ema_and_reads_network_g(tmp_path, tiny_sdnet):
     raw, ema = tiny_sdnet(seed=1), tiny_sdnet(seed=2)
-    torch.save({'params': raw.state_dict(), 'params_ema': ema.state_dict(), 'network_g': TINY},
-               tmp_path / 'net_g_1000.pth')
+    torch.save({
+        'params': raw.state_dict(),
+        'params_ema': ema.state_dict(),
+        'network_g': TINY
+    }, tmp_path / 'net_g_1000.pth')
     net, network_opt = load_network(tmp_path / 'net_g_1000.pth', preset='base')
     assert network_opt == TINY_V1
     assert _same_parameters(net, ema) and not _same_parameters(net, raw)
@@ -64,9 +66,11 @@ def test_export_writes_float16_params_that_reproduce_the_network(tmp_path, tiny_
 
 
 def _forward_with_offsets(net):
+
     def forward(x):
         out, offsets = net(x, return_offsets=True)
         return {'image': (out, 1), 'offset': (offsets[0]['offset'], offsets[0]['stride'])}
+
     return forward
 
 

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 import torch
-
-import sdnet_plugin  # noqa: F401
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_psnr
+
+import sdnet_plugin  # noqa: F401
 from sdnet_plugin.losses.psnr_loss import PSNRLoss
 
 

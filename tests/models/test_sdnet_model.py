@@ -4,13 +4,13 @@ import os
 
 import pytest
 import torch
+from basicsr.models import build_model
 
 import sdnet_plugin  # noqa: F401
-from basicsr.models import build_model
-from sdnet_plugin.archs.sdnet_arch import SDNet
-from sdnet_plugin.models import sdnet_model
 from sdnet_plugin import file_safety
+from sdnet_plugin.archs.sdnet_arch import SDNet
 from sdnet_plugin.file_safety import save_torch
+from sdnet_plugin.models import sdnet_model
 
 NETWORK = {'type': 'SDNet', 'preset': 'tiny', 'dcn_backend': 'torch'}
 
@@ -18,24 +18,51 @@ NETWORK = {'type': 'SDNet', 'preset': 'tiny', 'dcn_backend': 'torch'}
 def make_opt(tmp_path, offset_opt=None, **train_extra):
     train = {
         'ema_decay': 0.9,
-        'optim_g': {'type': 'AdamW', 'lr': 1e-3},
-        'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [10], 'restart_weights': [1]},
-        'pixel_opt': {'type': 'L1Loss'},
+        'optim_g': {
+            'type': 'AdamW',
+            'lr': 1e-3
+        },
+        'scheduler': {
+            'type': 'CosineAnnealingRestartLR',
+            'periods': [10],
+            'restart_weights': [1]
+        },
+        'pixel_opt': {
+            'type': 'L1Loss'
+        },
     }
     if offset_opt is not None:
         train['offset_opt'] = offset_opt
     train.update(train_extra)
     return {
-        'name': 'unit', 'model_type': 'SDNetModel', 'num_gpu': 0, 'dist': False, 'is_train': True, 'rank': 0,
-        'world_size': 1, 'network_g': dict(NETWORK), 'datasets': {'train': {'type': 'BlurSharpFlowDataset'}},
-        'path': {'models': str(tmp_path), 'training_states': str(tmp_path)}, 'train': train,
+        'name': 'unit',
+        'model_type': 'SDNetModel',
+        'num_gpu': 0,
+        'dist': False,
+        'is_train': True,
+        'rank': 0,
+        'world_size': 1,
+        'network_g': dict(NETWORK),
+        'datasets': {
+            'train': {
+                'type': 'BlurSharpFlowDataset'
+            }
+        },
+        'path': {
+            'models': str(tmp_path),
+            'training_states': str(tmp_path)
+        },
+        'train': train,
     }
 
 
 def batch(height=20, width=24, flow=True, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    data = {'lq': torch.rand(2, 3, height, width, generator=gen), 'gt': torch.rand(2, 3, height, width, generator=gen),
-            'lq_path': ['a/blur/000000.png', 'a/blur/000001.png']}
+    data = {
+        'lq': torch.rand(2, 3, height, width, generator=gen),
+        'gt': torch.rand(2, 3, height, width, generator=gen),
+        'lq_path': ['a/blur/000000.png', 'a/blur/000001.png']
+    }
     if flow:
         data['flow'] = 3 * torch.randn(2, 4, height, width, generator=gen)
     return data
@@ -155,10 +182,21 @@ def test_offset_loss_without_flow_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize('change, message', [
-    ({'network_g': {'type': 'SDNet', 'preset': 'huge'}}, "unknown SDNet preset 'huge'"),
-    ({'offset_opt': dict(OFFSET, weight_schedule='linear')}, 'needs a positive weight_zero_iter'),
-    ({'offset_opt': dict(OFFSET, weight_schedule='cosine')}, 'weight_schedule must be one of'),
-    ({'grad_clip_norm': -1}, 'grad_clip_norm must be >= 0'),
+    ({
+        'network_g': {
+            'type': 'SDNet',
+            'preset': 'huge'
+        }
+    }, "unknown SDNet preset 'huge'"),
+    ({
+        'offset_opt': dict(OFFSET, weight_schedule='linear')
+    }, 'needs a positive weight_zero_iter'),
+    ({
+        'offset_opt': dict(OFFSET, weight_schedule='cosine')
+    }, 'weight_schedule must be one of'),
+    ({
+        'grad_clip_norm': -1
+    }, 'grad_clip_norm must be >= 0'),
 ])
 def test_bad_options_are_clear_errors(tmp_path, change, message):
     opt = make_opt(tmp_path)
@@ -277,7 +315,10 @@ def test_bfloat16_and_float32_training_steps_agree(tmp_path):
         model.optimize_parameters(1)
         losses[amp] = model.log_dict['l_pix']
     assert losses['bf16'] == pytest.approx(losses['off'], rel=0.02)
+
+
 class _Log:
+
     def __init__(self):
         self.lines = []
 
@@ -333,6 +374,7 @@ def test_failed_checkpoint_save_warns_and_keeps_the_previous_ones(tmp_path, monk
 
         monkeypatch.setattr(sdnet_model.torch, 'save', full_disk)
     else:
+
         def read_only(path, keep_suffix=True):
             raise PermissionError(13, 'Permission denied', str(path))
 
@@ -348,6 +390,7 @@ def test_training_states_load_without_running_code(tmp_path):
     marker = tmp_path / 'code_ran'
 
     class Payload:
+
         def __reduce__(self):
             return os.mkdir, (str(marker), )
 

@@ -3,17 +3,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdnet_plugin.ops import (BACKENDS, ModulatedDeformConv2d, available_backends, modulated_deform_conv2d,
-                              select_backend)
+from sdnet_plugin.ops import BACKENDS, ModulatedDeformConv2d, available_backends
 from sdnet_plugin.ops import modulated_deform_conv as mdc
+from sdnet_plugin.ops import modulated_deform_conv2d, select_backend
 
 AVAILABLE = available_backends()
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason='needs CUDA')
 
 DEVICES = ['cpu', pytest.param('cuda', marks=requires_cuda)]
-BACKEND_PARAMS = [pytest.param(name, marks=pytest.mark.skipif(name not in AVAILABLE, reason=f'{name} not available'))
-                  for name in BACKENDS]
+BACKEND_PARAMS = [
+    pytest.param(name, marks=pytest.mark.skipif(name not in AVAILABLE, reason=f'{name} not available'))
+    for name in BACKENDS
+]
 # (stride, padding, dilation, kernel_size, offset scale): the last configuration sends most samples far outside.
 CONFIGS = {
     'plain': (1, 1, 1, 3, 1.5),
@@ -108,8 +110,11 @@ def test_reference_bilinear_by_hand():
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 def test_backend_matches_reference(backend, config, device, dtype):
     tensors, geometry = make_inputs(config, dtype=dtype, device=device)
-    upstream = torch.randn(make_inputs(config)[0]['offset'].shape[0], 4, *tensors['offset'].shape[-2:],
-                           generator=torch.Generator().manual_seed(1)).to(device)
+    upstream = torch.randn(
+        make_inputs(config)[0]['offset'].shape[0],
+        4,
+        *tensors['offset'].shape[-2:],
+        generator=torch.Generator().manual_seed(1)).to(device)
     ref_tensors = {k: v.detach().double().requires_grad_() for k, v in tensors.items()}
     expected, expected_grads = forward_and_grads(reference_deform_conv, ref_tensors, geometry, upstream)
 
@@ -130,8 +135,14 @@ def test_backend_matches_reference(backend, config, device, dtype):
 def test_zero_offsets_unit_mask_equal_conv2d(backend, config, device):
     tensors, geometry = make_inputs(config, dtype=torch.float32, device=device, seed=3)
     x, weight, bias = tensors['input'].detach(), tensors['weight'].detach(), tensors['bias'].detach()
-    out = modulated_deform_conv2d(x, torch.zeros_like(tensors['offset']), torch.ones_like(tensors['mask']), weight,
-                                  bias, backend=backend, **geometry)
+    out = modulated_deform_conv2d(
+        x,
+        torch.zeros_like(tensors['offset']),
+        torch.ones_like(tensors['mask']),
+        weight,
+        bias,
+        backend=backend,
+        **geometry)
     torch.testing.assert_close(out, F.conv2d(x, weight, bias, **geometry), rtol=1e-5, atol=1e-5)
 
 
@@ -162,8 +173,8 @@ def test_single_row_and_column_inputs(backend, size):
     """Maps one pixel wide occur at the coarsest level of small images."""
     tensors, geometry = make_inputs('plain', h=size[0], w=size[1], seed=5)
     args = [tensors[k].detach() for k in ('input', 'offset', 'mask', 'weight', 'bias')]
-    torch.testing.assert_close(modulated_deform_conv2d(*args, backend=backend, **geometry),
-                               reference_deform_conv(*args, **geometry))
+    torch.testing.assert_close(
+        modulated_deform_conv2d(*args, backend=backend, **geometry), reference_deform_conv(*args, **geometry))
 
 
 def test_auto_picks_an_available_backend_and_caches_it(monkeypatch):
@@ -242,8 +253,8 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match='mask must have shape'):
         modulated_deform_conv2d(args['input'], args['offset'], args['mask'][:, :1], args['weight'], **geometry)
     with pytest.raises(ValueError, match='unknown backend'):
-        modulated_deform_conv2d(args['input'], args['offset'], args['mask'], args['weight'], backend='cudnn',
-                                **geometry)
+        modulated_deform_conv2d(
+            args['input'], args['offset'], args['mask'], args['weight'], backend='cudnn', **geometry)
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -342,8 +353,8 @@ def test_fused_accepts_any_layout_and_returns_channels_last(channels, monkeypatc
     expected = reference_deform_conv(x, offset, mask, weight, None, 1, 1, 1)
     for layout in (torch.contiguous_format, torch.channels_last):
         with torch.no_grad():
-            out = modulated_deform_conv2d(x.contiguous(memory_format=layout), offset, mask, weight, padding=1,
-                                          backend='fused')
+            out = modulated_deform_conv2d(
+                x.contiguous(memory_format=layout), offset, mask, weight, padding=1, backend='fused')
         assert out.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
 
@@ -369,8 +380,8 @@ def test_fused_is_cpu_only():
         pytest.skip('needs CUDA and the fused kernel')
     tensors, geometry = make_inputs('plain', dtype=torch.float32, device='cuda')
     with pytest.raises(RuntimeError, match='CPU only'):
-        modulated_deform_conv2d(*(tensors[k] for k in ('input', 'offset', 'mask', 'weight', 'bias')),
-                                backend='fused', **geometry)
+        modulated_deform_conv2d(
+            *(tensors[k] for k in ('input', 'offset', 'mask', 'weight', 'bias')), backend='fused', **geometry)
 
 
 @pytest.mark.parametrize('backend', BACKEND_PARAMS)
@@ -382,12 +393,12 @@ def test_non_finite_or_huge_offsets_never_crash(backend, bad):
     args = {k: v.detach() for k, v in tensors.items()}
     args['offset'][0, :, 2, 3] = bad
     with torch.no_grad():
-        out = modulated_deform_conv2d(args['input'], args['offset'], args['mask'], args['weight'], args['bias'],
-                                      backend=backend, **geometry)
+        out = modulated_deform_conv2d(
+            args['input'], args['offset'], args['mask'], args['weight'], args['bias'], backend=backend, **geometry)
         clean = args['offset'].clone()
         clean[0, :, 2, 3] = 0
-        reference = modulated_deform_conv2d(args['input'], clean, args['mask'], args['weight'], args['bias'],
-                                            backend=backend, **geometry)
+        reference = modulated_deform_conv2d(
+            args['input'], clean, args['mask'], args['weight'], args['bias'], backend=backend, **geometry)
     assert out.shape == reference.shape
     keep = torch.ones_like(out, dtype=torch.bool)
     keep[0, :, 2, 3] = False

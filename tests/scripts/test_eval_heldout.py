@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from basicsr.metrics import calculate_psnr
 
 import sdnet_plugin  # noqa: F401  (must precede basicsr imports)
-from basicsr.metrics import calculate_psnr
 from sdnet_plugin import evaluation as eval_heldout
 from sdnet_plugin.archs.sdnet_arch import SDNet
 
@@ -55,8 +55,15 @@ def test_checkpoint_architecture_and_ema_weights_are_evaluated(tmp_path):
     for p in ema.parameters():
         torch.nn.init.normal_(p, std=0.01)
     path = tmp_path / 'net_g_10.pth'
-    torch.save({'params': net.state_dict(), 'params_ema': ema.state_dict(),
-                'network_g': {'type': 'SDNet', 'preset': 'tiny'}}, path)
+    torch.save(
+        {
+            'params': net.state_dict(),
+            'params_ema': ema.state_dict(),
+            'network_g': {
+                'type': 'SDNet',
+                'preset': 'tiny'
+            }
+        }, path)
     loaded, network_opt = eval_heldout.load_network(str(path), preset='base')  # what the command line uses
     assert network_opt == {'type': 'SDNet', 'preset': 'tiny', 'preset_version': 1}
     for name, value in loaded.state_dict().items():
@@ -68,8 +75,11 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     path = tmp_path / 'net.pth'
     save_checkpoint(path, SDNet(preset='tiny'), {'type': 'SDNet', 'preset': 'tiny'})
     out_json = tmp_path / 'result.json'
-    eval_heldout.main(['--weights', str(path), '--data', str(tmp_path / 'data'), '--device', 'cpu',
-                       '--json', str(out_json)])
+    eval_heldout.main(
+        ['--weights',
+         str(path), '--data',
+         str(tmp_path / 'data'), '--device', 'cpu', '--json',
+         str(out_json)])
     printed = capsys.readouterr().out
     assert '| blurry vs sharp |' in printed and '| gain |' in printed
     result = json.loads(out_json.read_text())
@@ -99,8 +109,13 @@ class FlowFollower(torch.nn.Module):
 
     def forward(self, x, return_offsets=False):
         from sdnet_plugin.losses.flow_offset_loss import flow_to_offsets
-        offsets = [{'offset': flow_to_offsets(self.flow, 3, 1, s), 'stride': s, 'kernel_size': 3,
-                    'dilation': 1, 'level': level} for level, s in ((1, 2), (0, 1))]
+        offsets = [{
+            'offset': flow_to_offsets(self.flow, 3, 1, s),
+            'stride': s,
+            'kernel_size': 3,
+            'dilation': 1,
+            'level': level
+        } for level, s in ((1, 2), (0, 1))]
         return (x, offsets) if return_offsets else x
 
 

@@ -17,10 +17,22 @@ def _experiment(folder, current_iter=30):
         scheduler.step()
     (folder / 'models').mkdir(parents=True)
     (folder / 'training_states').mkdir()
-    save_torch({'params': net.state_dict(), 'params_ema': ema.state_dict(), 'network_g': {'type': 'X'}},
-               str(folder / 'models' / f'net_g_{current_iter}.pth'))
-    state = {'epoch': 2, 'iter': current_iter, 'optimizers': [optimizer.state_dict()],
-             'schedulers': [scheduler.state_dict()], 'grad_scaler': {'scale': 1024.0}}
+    save_torch({
+        'params': net.state_dict(),
+        'params_ema': ema.state_dict(),
+        'network_g': {
+            'type': 'X'
+        }
+    }, str(folder / 'models' / f'net_g_{current_iter}.pth'))
+    state = {
+        'epoch': 2,
+        'iter': current_iter,
+        'optimizers': [optimizer.state_dict()],
+        'schedulers': [scheduler.state_dict()],
+        'grad_scaler': {
+            'scale': 1024.0
+        }
+    }
     older = folder / 'training_states' / f'{current_iter - 10}.state'
     save_torch(dict(state, iter=current_iter - 10), str(older))
     save_torch(state, str(folder / 'training_states' / f'{current_iter}.state'))
