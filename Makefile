@@ -29,7 +29,7 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q tests
 
-# Synthetic data -> LMDB -> train (fine-tunes weights/sdnet_base_synthetic.pth when present) -> test -> pictures.
+# Synthetic data -> LMDB -> train (fine-tunes weights/sdnet_light_camera.pth when present) -> test -> pictures.
 demo: $(STAMP)
 	$(PY) -m sdnet_plugin.demo
 

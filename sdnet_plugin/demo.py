@@ -6,7 +6,7 @@ Steps, each through the project's own command-line tools:
    training split and a held-out validation split (whole photographs kept apart).
 2. ``datasets_prep/create_lmdb.py``: BasicSR LMDB databases of both splits.
 3. ``sdnet_plugin/train.py -opt options/train_sdnet_demo.yml``: fine-tunes the shipped default weights when
-   ``weights/sdnet_base_synthetic.pth`` exists, otherwise trains from scratch.
+   ``weights/sdnet_light_camera.pth`` exists, otherwise trains from scratch.
 4. ``sdnet_plugin/test.py -opt options/test_sdnet_demo.yml``: restores the validation set.
 5. Pictures ``blurry | restored | sharp`` and the mean PSNR / SSIM (BasicSR's metrics, RGB, crop_border 0) of the
    blurry inputs and of the restored images against the sharp ones.
@@ -30,7 +30,7 @@ ROOT_PATH = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 DATA_DIR = osp.join(ROOT_PATH, 'datasets', 'demo')
 TRAIN_OPTIONS = osp.join(ROOT_PATH, 'options', 'train_sdnet_demo.yml')
 TEST_OPTIONS = osp.join(ROOT_PATH, 'options', 'test_sdnet_demo.yml')
-DEFAULT_WEIGHTS = osp.join(ROOT_PATH, 'weights', 'sdnet_base_synthetic.pth')
+DEFAULT_WEIGHTS = osp.join(ROOT_PATH, 'weights', 'sdnet_light_camera.pth')
 LABELS = ('blurry', 'restored', 'sharp')
 __all__ = ['StepError', 'compare', 'main']
 
@@ -113,7 +113,7 @@ def main(argv=None):
     parser.add_argument(
         '--weights',
         default=DEFAULT_WEIGHTS,
-        help='weights to fine-tune from if the file exists (default weights/sdnet_base_synthetic.pth)')
+        help='weights to fine-tune from if the file exists (default weights/sdnet_light_camera.pth)')
     parser.add_argument('--scratch', action='store_true', help='train from scratch even if the weights exist')
     parser.add_argument('--train-options', default=TRAIN_OPTIONS, help='default options/train_sdnet_demo.yml')
     parser.add_argument('--test-options', default=TEST_OPTIONS, help='default options/test_sdnet_demo.yml')
@@ -168,7 +168,7 @@ def main(argv=None):
           f'{summary["ssim_restored"] - summary["ssim_blurry"]:+9.4f}')
     if not pretrained:
         print('Trained from scratch: a few CPU minutes are too few to learn deblurring, so expect little or no gain '
-              'here; with weights/sdnet_base_synthetic.pth the demo fine-tunes from them instead.')
+              'here; with weights/sdnet_light_camera.pth the demo fine-tunes from them instead.')
     print(f'Pictures (blurry | restored | sharp): {shown(osp.join(results_dir, "side_by_side"))}/')
     print(f'Total time: {summary["wall_time_s"] / 60:.1f} min')
 

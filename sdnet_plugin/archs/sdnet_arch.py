@@ -69,6 +69,9 @@ SDNET_PRESET_VERSIONS = {
 }
 # The current version of every preset (what an option file without ``preset_version`` builds).
 SDNET_PRESETS = {name: versions[max(versions)] for name, versions in SDNET_PRESET_VERSIONS.items()}
+# What ``SDNet()`` (and ``type: SDNet`` without ``preset``) builds: the design study's pick (docs/design_study.md).
+# Until presets had versions the default was ``base``; stored options from then mean ``base``.
+DEFAULT_PRESET = 'light'
 BLOCK_TYPES = ('residual', 'gated', 'norm_gated')
 
 
@@ -91,7 +94,8 @@ def preset_settings(preset, version=None):
 def pin_preset_version(network_opt):
     """Network options of a stored checkpoint with the preset version made explicit.
 
-    SDNet options without ``preset_version`` were written before presets had versions: they mean version 1.
+    SDNet options without ``preset_version`` were written before presets had versions: they mean version 1, and
+    without ``preset`` they mean ``base``, the default of that time.
 
     Args:
         network_opt (dict): ``network_g`` of a checkpoint (``{'type': 'SDNet', 'preset': ..., ...}``).
@@ -102,6 +106,7 @@ def pin_preset_version(network_opt):
     network_opt = dict(network_opt)
     if network_opt.get('type') == 'SDNet' and network_opt.get('preset_version') is None:
         network_opt['preset_version'] = 1
+        network_opt.setdefault('preset', 'base')
     return network_opt
 
 
@@ -243,7 +248,8 @@ class SDNet(nn.Module):
     * ``'norm_gated'`` (preset ``light``): :class:`NormGatedBlock` stacks, downs and ups as ``'gated'``.
 
     Args:
-        preset (str): A name of :data:`SDNET_PRESET_VERSIONS`; fills the settings left as None. Default: ``'base'``.
+        preset (str): A name of :data:`SDNET_PRESET_VERSIONS`; fills the settings left as None. Default:
+            :data:`DEFAULT_PRESET` (``'light'``).
         preset_version (int | None): Version of the preset. Default: None (the current one).
         num_in_ch (int): Input channels. Default: 3.
         num_out_ch (int): Output channels. Default: 3.
@@ -266,7 +272,7 @@ class SDNet(nn.Module):
     """
 
     def __init__(self,
-                 preset='base',
+                 preset=DEFAULT_PRESET,
                  num_in_ch=3,
                  num_out_ch=3,
                  num_feat=None,
@@ -281,6 +287,7 @@ class SDNet(nn.Module):
                  plain_svd=False,
                  svd_head_ratio=None):
         super().__init__()
+        self.preset = preset
         self.preset_version, settings = preset_settings(preset, preset_version)
         num_feat = num_feat or settings['num_feat']
         num_block = tuple(num_block or settings['num_block'])

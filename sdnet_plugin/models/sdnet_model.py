@@ -365,9 +365,10 @@ class SDNetModel(SRModel):
         network_key = net_label[4:] if net_label.startswith('net_') else net_label  # net_g -> g
         if f'network_{network_key}' in self.opt:
             save_dict[f'network_{network_key}'] = _plain_options(self.opt[f'network_{network_key}'])
-            version = getattr(self.get_bare_model(nets[0]), 'preset_version', None)
-            if version is not None:  # the preset version it was built with, so the file always rebuilds it
-                save_dict[f'network_{network_key}']['preset_version'] = version
+            bare = self.get_bare_model(nets[0])
+            version = getattr(bare, 'preset_version', None)
+            if version is not None:  # the preset and version it was built with, so the file always rebuilds it
+                save_dict[f'network_{network_key}'].update(preset=bare.preset, preset_version=version)
         iter_name = 'latest' if current_iter == -1 else current_iter
         save_torch(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{iter_name}.pth'))
 

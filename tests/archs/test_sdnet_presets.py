@@ -121,3 +121,17 @@ def test_pin_preset_version_leaves_other_networks_and_explicit_versions_alone():
     assert pin_preset_version({'type': 'SDNet', 'preset': 'base'})['preset_version'] == 1
     assert pin_preset_version({'type': 'SDNet', 'preset_version': 2})['preset_version'] == 2
     assert pin_preset_version({'type': 'NAFNet'}) == {'type': 'NAFNet'}
+
+
+def test_default_preset_is_light_and_files_from_before_versions_mean_base(tmp_path):
+    net = SDNet(dcn_backend='torch')
+    assert net.preset == sdnet_arch.DEFAULT_PRESET == 'light' and net.block_type == 'norm_gated'
+    # options stored without preset and version were written when the default was base
+    assert pin_preset_version({'type': 'SDNet'}) == {'type': 'SDNet', 'preset': 'base', 'preset_version': 1}
+    assert pin_preset_version({'type': 'SDNet', 'preset': 'light', 'preset_version': 1})['preset'] == 'light'
+    torch.manual_seed(0)
+    base = SDNet('base', dcn_backend='torch')
+    path = tmp_path / 'old.pth'
+    torch.save({'params': base.state_dict(), 'network_g': {'type': 'SDNet'}}, path)
+    loaded, network_opt = load_network(path)
+    assert network_opt['preset'] == 'base' and loaded.block_type == 'residual'
