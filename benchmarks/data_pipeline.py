@@ -20,6 +20,7 @@ from sdnet_plugin.data.flow_io import read_flow  # noqa: E402
 from sdnet_plugin.data.flow_utils import reblur  # noqa: E402
 from sdnet_plugin.data.gopro_layout import create_gopro_lmdb, lmdb_paths, scan_gopro_split  # noqa: E402
 from sdnet_plugin.data.synthesis import GAMMA, synthesize_dataset  # noqa: E402
+from sdnet_plugin.image_io import read_image  # noqa: E402
 from sdnet_plugin.visualize import flow_to_color  # noqa: E402
 
 
@@ -29,7 +30,7 @@ def psnr(a, b):
 
 
 def read_rgb(path):
-    return cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    return read_image(path).rgb
 
 
 def reblur_consistency(root):

@@ -62,7 +62,7 @@ import sdnet_plugin  # noqa: E402,F401  (BasicSR fixes and registries)
 from sdnet_plugin.archs.sdnet_arch import SDNet  # noqa: E402
 from sdnet_plugin.data.blur_sharp_flow_dataset import BlurSharpFlowDataset  # noqa: E402
 from sdnet_plugin.evaluation import evaluate, find_pairs  # noqa: E402
-from sdnet_plugin.file_safety import save_torch, write_bytes  # noqa: E402
+from sdnet_plugin.file_safety import atomic_path, save_torch, write_bytes  # noqa: E402
 from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss  # noqa: E402
 from sdnet_plugin.losses.psnr_loss import PSNRLoss  # noqa: E402
 from sdnet_plugin.ops import select_backend  # noqa: E402
@@ -632,11 +632,9 @@ def plot_curves(summaries, path):
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    tmp = path + '.partial.png'
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _gain_at(summaries, name, minutes):

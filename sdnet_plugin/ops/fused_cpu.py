@@ -21,11 +21,12 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 from os import path as osp
 
 import torch
+
+from sdnet_plugin.file_safety import atomic_path
 
 SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc', 'dcn_cpu.cpp')
 CXXFLAGS = ('-O3', '-march=native', '-mprefer-vector-width=512', '-fno-trapping-math', '-fopenmp', '-shared', '-fPIC',
@@ -95,19 +96,13 @@ def build(verbose=False):
         raise RuntimeError('no C++ compiler found (set CXX, or install g++)')
     os.makedirs(osp.dirname(target), exist_ok=True)
     # A unique temporary name in the same folder, then an atomic rename: concurrent builds never load half a file.
-    fd, tmp = tempfile.mkstemp(prefix='.dcn_cpu_', suffix='.so.partial', dir=osp.dirname(target))
-    os.close(fd)
-    command = [compiler, *CXXFLAGS, '-o', tmp, SOURCE]
-    if verbose:
-        print(' '.join(command))
-    try:
+    with atomic_path(target) as tmp:
+        command = [compiler, *CXXFLAGS, '-o', tmp, SOURCE]
+        if verbose:
+            print(' '.join(command))
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f'compiling {SOURCE} failed:\n{result.stderr.strip()}')
-        os.replace(tmp, target)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
     return target
 
 

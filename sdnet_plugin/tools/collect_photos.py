@@ -33,7 +33,6 @@ import hashlib
 import math
 import os
 import os.path as osp
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -43,7 +42,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sdnet_plugin.file_safety import atomic_directory, write_text
+from sdnet_plugin.file_safety import atomic_directory, remove_temporaries, write_text
 from sdnet_plugin.image_io import decode_upright
 
 __all__ = [
@@ -222,10 +221,9 @@ def fetch_deb(package, cache_dir):
     version = osp.basename(deb).split('_')[1].replace('%3a', ':')
     root = osp.join(cache_dir, f'{package}_unpacked')
     if not osp.isdir(root):
-        tmp_root = root + '.tmp'
-        shutil.rmtree(tmp_root, ignore_errors=True)
-        subprocess.run(['dpkg', '-x', deb, tmp_root], check=True, capture_output=True)
-        os.replace(tmp_root, root)
+        remove_temporaries(cache_dir, osp.basename(root))  # what an interrupted unpacking left
+        with atomic_directory(root) as tmp_root:
+            subprocess.run(['dpkg', '-x', deb, tmp_root], check=True, capture_output=True)
     return root, version
 
 
