@@ -64,9 +64,7 @@ class _BasicsrLoader:
             import warnings
             warnings.warn(
                 f'sdnet-plugin is not loaded into basicsr ({type(error).__name__}: {error}); '
-                f'{ENV_SWITCH}=0 turns this hook off',
-                RuntimeWarning,
-                stacklevel=2)
+                f'{ENV_SWITCH}=0 turns this hook off', RuntimeWarning, stacklevel=2)
 
 
 class BasicsrFinder:

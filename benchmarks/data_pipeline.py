@@ -94,29 +94,18 @@ def main():
         train = dict(phase='train', gt_size=args.crop, use_hflip=True, use_vflip=True, use_rot=True)
         disk = build_dataset(dict(name='disk', type='BlurSharpFlowDataset', dataroot=root, **train))
         lmdb = build_dataset(
-            dict(
-                name='lmdb',
-                type='BlurSharpFlowDataset',
-                io_backend={'type': 'lmdb'},
-                dataroot_lq=paths['blur'],
-                dataroot_gt=paths['sharp'],
-                dataroot_flow=paths['flow'],
-                **train))
+            dict(name='lmdb', type='BlurSharpFlowDataset', io_backend={'type': 'lmdb'}, dataroot_lq=paths['blur'],
+                 dataroot_gt=paths['sharp'], dataroot_flow=paths['flow'], **train))
         backends = [('disk', disk), ('lmdb', lmdb)]
         if min(width, height) > 512 and args.crop <= 512:
             # common practice for GoPro: 512x512 sub-images with step 256 in the LMDB
             create_gopro_lmdb(root, osp.join(tmp, 'lmdb'), 'sub', crop_size=512, step=256, progress=False)
             sub = lmdb_paths(osp.join(tmp, 'lmdb'), 'sub')
-            backends.append(('lmdb, 512px sub-images',
-                             build_dataset(
-                                 dict(
-                                     name='sub',
-                                     type='BlurSharpFlowDataset',
-                                     io_backend={'type': 'lmdb'},
-                                     dataroot_lq=sub['blur'],
-                                     dataroot_gt=sub['sharp'],
-                                     dataroot_flow=sub['flow'],
-                                     **train))))
+            backends.append(
+                ('lmdb, 512px sub-images',
+                 build_dataset(
+                     dict(name='sub', type='BlurSharpFlowDataset', io_backend={'type': 'lmdb'}, dataroot_lq=sub['blur'],
+                          dataroot_gt=sub['sharp'], dataroot_flow=sub['flow'], **train))))
         print(f'\n| backend | samples/s ({args.crop}px crops of {width}x{height} triplets, one process) |')
         print('|---|---|')
         for name, dataset in backends:

@@ -129,62 +129,33 @@ def _sdnet(preset, **kwargs):
 
 
 ARMS = [
-    Arm('base',
-        'SDNet base as shipped: L1 + order-invariant offset loss, lr 4e-4',
-        _sdnet('base'),
-        lr=4e-4,
+    Arm('base', 'SDNet base as shipped: L1 + order-invariant offset loss, lr 4e-4', _sdnet('base'), lr=4e-4,
         offset_loss='order_invariant'),
-    Arm('base_plain',
-        'base with every SVD module a plain 3x3 conv (backbone alone)',
-        _sdnet('base', plain_svd=True),
+    Arm('base_plain', 'base with every SVD module a plain 3x3 conv (backbone alone)', _sdnet('base', plain_svd=True),
         lr=4e-4),
     Arm('base_noflow', 'base, SVD modules without flow guidance', _sdnet('base'), lr=4e-4),
     Arm('base_ordered', 'base, flow guidance with ordered targets', _sdnet('base'), lr=4e-4, offset_loss='ordered'),
-    Arm('light_s',
-        'light SDNet, small (4 levels, gated blocks, SVD at 1/4, 1/8), flow-guided',
-        _sdnet('light_s'),
+    Arm('light_s', 'light SDNet, small (4 levels, gated blocks, SVD at 1/4, 1/8), flow-guided', _sdnet('light_s'),
         offset_loss='order_invariant'),
     Arm('light_m', 'light SDNet, medium, flow-guided', _sdnet('light_m'), offset_loss='order_invariant'),
     Arm('light_l', 'light SDNet, large, flow-guided', _sdnet('light_l'), offset_loss='order_invariant'),
     Arm('light_m_noflow', 'light_m, SVD modules without flow guidance', _sdnet('light_m')),
     Arm('light_m_plain', 'light_m with plain 3x3 convs in place of the SVD modules', _sdnet('light_m', plain_svd=True)),
-    Arm('light_m_psnr',
-        'light_m, PSNR loss in place of L1',
-        _sdnet('light_m'),
-        pixel_loss='psnr',
+    Arm('light_m_psnr', 'light_m, PSNR loss in place of L1', _sdnet('light_m'), pixel_loss='psnr',
         offset_loss='order_invariant'),
-    Arm('light_m_charb',
-        'light_m, Charbonnier loss in place of L1',
-        _sdnet('light_m'),
-        pixel_loss='charbonnier',
+    Arm('light_m_charb', 'light_m, Charbonnier loss in place of L1', _sdnet('light_m'), pixel_loss='charbonnier',
         offset_loss='order_invariant'),
-    Arm('light_m_fft',
-        'light_m, L1 + frequency-domain L1 (MIMO-UNet)',
-        _sdnet('light_m'),
-        pixel_loss='l1_fft',
+    Arm('light_m_fft', 'light_m, L1 + frequency-domain L1 (MIMO-UNet)', _sdnet('light_m'), pixel_loss='l1_fft',
         offset_loss='order_invariant'),
-    Arm('light_m_p64b32',
-        'light_m, 32 crops of 64x64 (same pixels per step)',
-        _sdnet('light_m'),
-        offset_loss='order_invariant',
-        patch=64,
-        batch=32),
-    Arm('light_m_p256b2',
-        'light_m, 2 crops of 256x256 (same pixels per step)',
-        _sdnet('light_m'),
-        offset_loss='order_invariant',
-        patch=256,
-        batch=2),
-    Arm('light',
-        'light SDNet: the NAFNet-style peer\'s backbone with SVD modules at 1/4, 1/8, flow-guided',
-        _sdnet('light'),
-        offset_loss='order_invariant'),
+    Arm('light_m_p64b32', 'light_m, 32 crops of 64x64 (same pixels per step)', _sdnet('light_m'),
+        offset_loss='order_invariant', patch=64, batch=32),
+    Arm('light_m_p256b2', 'light_m, 2 crops of 256x256 (same pixels per step)', _sdnet('light_m'),
+        offset_loss='order_invariant', patch=256, batch=2),
+    Arm('light', 'light SDNet: the NAFNet-style peer\'s backbone with SVD modules at 1/4, 1/8, flow-guided',
+        _sdnet('light'), offset_loss='order_invariant'),
     Arm('light_noflow', 'light, SVD modules without flow guidance', _sdnet('light')),
-    Arm('light_warm',
-        'light, flow guidance for the first quarter of the schedule only',
-        _sdnet('light'),
-        offset_loss='order_invariant',
-        offset_fade=0.25),
+    Arm('light_warm', 'light, flow guidance for the first quarter of the schedule only', _sdnet('light'),
+        offset_loss='order_invariant', offset_fade=0.25),
     Arm('nafnet_light', 'NAFNet-style peer at the 720p cost of light_m (width 8)', ('NAFNet', 'light')),
     Arm('nafnet32', 'NAFNet-style GoPro configuration (width 32)', ('NAFNet', 'gopro32')),
 ]
@@ -443,12 +414,8 @@ def train_arm(arm, args, target_minutes, pairs, dataset_cache):
         args, f'{arm.name}: from {run.cpu_minutes:.2f} to {target_minutes:g} CPU-min (iter {run.counters["iter"]}, '
         f'{run.precision}, {torch.get_num_threads()} threads, horizon {run.horizon_minutes:g})')
     bar = tqdm(
-        total=round(target_minutes * 60),
-        initial=min(round(run.counters['cpu_seconds']), round(target_minutes * 60)),
-        desc=arm.name,
-        unit='cpu-s',
-        file=sys.stderr,
-        dynamic_ncols=True)
+        total=round(target_minutes * 60), initial=min(round(run.counters['cpu_seconds']), round(target_minutes * 60)),
+        desc=arm.name, unit='cpu-s', file=sys.stderr, dynamic_ncols=True)
     last_save, recent = run.counters['cpu_seconds'], []
     try:
         while points:
@@ -478,8 +445,8 @@ def train_arm(arm, args, target_minutes, pairs, dataset_cache):
                 run.losses.append([run.cpu_minutes, statistics.fmean(recent)])
                 recent = []
             bar.update(min(round(run.counters['cpu_seconds']), round(target_minutes * 60)) - bar.n)
-            bar.set_postfix(
-                it=run.counters['iter'], loss=f'{loss:.4f}' if loss is not None else 'skip', s_it=f'{spent:.2f}')
+            bar.set_postfix(it=run.counters['iter'], loss=f'{loss:.4f}' if loss is not None else 'skip',
+                            s_it=f'{spent:.2f}')
             if run.counters['cpu_seconds'] - last_save >= args.save_every * 60:
                 run.save()
                 last_save = run.counters['cpu_seconds']
@@ -620,10 +587,7 @@ def plot_curves(summaries, path):
     for name, summary in summaries.items():
         evals = summary['evals']
         if evals:
-            ax.plot([e['cpu_minutes'] for e in evals], [e['psnr_gain'] for e in evals],
-                    marker='o',
-                    ms=3,
-                    label=name,
+            ax.plot([e['cpu_minutes'] for e in evals], [e['psnr_gain'] for e in evals], marker='o', ms=3, label=name,
                     ls='--' if name.startswith('nafnet') else '-')
     ax.axhline(0, color='grey', lw=0.8)
     ax.set_xlabel('training CPU-minutes')
@@ -852,55 +816,31 @@ def check_data(data):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument(
-        '--arm',
-        nargs='+',
-        default=None,
-        choices=list(ARMS_BY_NAME),
-        help='train only these arms (with --minutes) or restrict the study to them')
+    parser.add_argument('--arm', nargs='+', default=None, choices=list(ARMS_BY_NAME),
+                        help='train only these arms (with --minutes) or restrict the study to them')
     parser.add_argument('--minutes', type=float, default=None, help='train --arm to this many CPU-minutes')
-    parser.add_argument(
-        '--budgets',
-        type=float,
-        nargs='+',
-        default=list(DEFAULT_BUDGETS),
-        help='successive-halving budgets in CPU-minutes (default: 10 20 40)')
+    parser.add_argument('--budgets', type=float, nargs='+', default=list(DEFAULT_BUDGETS),
+                        help='successive-halving budgets in CPU-minutes (default: 10 20 40)')
     parser.add_argument('--keep', type=float, default=0.5, help='share of arms advanced per rung (default: 0.5)')
-    parser.add_argument(
-        '--always',
-        nargs='*',
-        default=list(DEFAULT_ALWAYS),
-        help=f'arms that always advance (default: {" ".join(DEFAULT_ALWAYS)})')
-    parser.add_argument(
-        '--horizon',
-        type=float,
-        default=None,
-        help='learning-rate schedule length in CPU-minutes (default: the last budget)')
+    parser.add_argument('--always', nargs='*', default=list(DEFAULT_ALWAYS),
+                        help=f'arms that always advance (default: {" ".join(DEFAULT_ALWAYS)})')
+    parser.add_argument('--horizon', type=float, default=None,
+                        help='learning-rate schedule length in CPU-minutes (default: the last budget)')
     parser.add_argument('--eval-every', type=float, default=5, help='extra scoring points, CPU-minutes (default: 5)')
     parser.add_argument('--save-every', type=float, default=2, help='save the state every N CPU-minutes (default: 2)')
     parser.add_argument('--data', default=osp.join(ROOT, DEFAULT_DATA), help='data folder (default: datasets/study)')
-    parser.add_argument(
-        '--work',
-        default=osp.join(ROOT, DEFAULT_WORK),
-        help='work folder with the per-arm states (default: experiments/design_study)')
-    parser.add_argument(
-        '--threads', type=int, default=1, help='torch CPU threads (default: 1; 2 only on an idle machine, see above)')
-    parser.add_argument(
-        '--precision',
-        choices=('auto', 'bf16', 'fp32'),
-        default='auto',
-        help='auto: bfloat16 autocast + channels-last where the CPU has native bfloat16 (default)')
+    parser.add_argument('--work', default=osp.join(ROOT, DEFAULT_WORK),
+                        help='work folder with the per-arm states (default: experiments/design_study)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch CPU threads (default: 1; 2 only on an idle machine, see above)')
+    parser.add_argument('--precision', choices=('auto', 'bf16', 'fp32'), default='auto',
+                        help='auto: bfloat16 autocast + channels-last where the CPU has native bfloat16 (default)')
     parser.add_argument('--seed', type=int, default=0, help='seed of initialisation and batches (default: 0)')
     parser.add_argument('--prepare', action='store_true', help='make the data under --data, then stop')
     parser.add_argument('--calibrate', action='store_true', help='CPU seconds per iteration of every arm, then stop')
     parser.add_argument('--calibrate-steps', type=int, default=3, help='timed steps per arm (default: 3)')
-    parser.add_argument(
-        '--report',
-        nargs='?',
-        const=osp.join(ROOT, 'docs', 'design_study.md'),
-        default=None,
-        metavar='PATH',
-        help='write the report (default: docs/design_study.md), then stop')
+    parser.add_argument('--report', nargs='?', const=osp.join(ROOT, 'docs', 'design_study.md'), default=None,
+                        metavar='PATH', help='write the report (default: docs/design_study.md), then stop')
     args = parser.parse_args(argv)
     args.budgets = sorted(args.budgets)
     if args.minutes is not None and not args.arm:

@@ -39,12 +39,7 @@ class NAFNetBaseline(nn.Module):
             held-out renders; the paper does not say). Default: True.
     """
 
-    def __init__(self,
-                 width=32,
-                 enc_blocks=(1, 1, 1, 28),
-                 middle_blocks=1,
-                 dec_blocks=(1, 1, 1, 1),
-                 num_in_ch=3,
+    def __init__(self, width=32, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1), num_in_ch=3,
                  zero_start=True):
         super().__init__()
         if len(enc_blocks) != len(dec_blocks):

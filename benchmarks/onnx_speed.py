@@ -41,25 +41,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--size', type=parse_size, default=(1280, 720), help='WIDTHxHEIGHT (default: 1280x720)')
     parser.add_argument('--weights', default=None, help='weights file (default: the shipped weights)')
-    parser.add_argument(
-        '--deform-ops',
-        nargs='+',
-        default=list(DEFORM_OPS),
-        choices=list(DEFORM_OPS),
-        help='exported forms to time (default: all)')
+    parser.add_argument('--deform-ops', nargs='+', default=list(DEFORM_OPS), choices=list(DEFORM_OPS),
+                        help='exported forms to time (default: all)')
     parser.add_argument('--threads', type=int, default=1, help='CPU threads of both runtimes (default: 1)')
     parser.add_argument('--repeats', type=int, default=2, help='timed runs per row (default: 2)')
-    parser.add_argument(
-        '--clock',
-        choices=['wall', 'cpu'],
-        default='wall',
-        help='wall: elapsed time (default); cpu: CPU time of this process over all its threads')
-    parser.add_argument(
-        '--parity',
-        nargs='+',
-        default=None,
-        metavar='DIR',
-        help='compare outputs on the images of these GoPro-layout folders instead of timing')
+    parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
+                        help='wall: elapsed time (default); cpu: CPU time of this process over all its threads')
+    parser.add_argument('--parity', nargs='+', default=None, metavar='DIR',
+                        help='compare outputs on the images of these GoPro-layout folders instead of timing')
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:
         parser.error('--repeats and --threads must be at least 1')

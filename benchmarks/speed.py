@@ -41,21 +41,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--size', type=parse_size, default=(1280, 720), help='WIDTHxHEIGHT (default: 1280x720)')
     parser.add_argument('--presets', nargs='+', default=list(SDNET_PRESETS), choices=list(SDNET_PRESETS))
-    parser.add_argument(
-        '--backends',
-        nargs='+',
-        default=None,
-        choices=list(BACKENDS),
-        help='DCN backends to time (default: every available one)')
-    parser.add_argument(
-        '--devices', nargs='+', default=None, choices=['cpu', 'cuda'], help='default: cpu, plus cuda when present')
+    parser.add_argument('--backends', nargs='+', default=None, choices=list(BACKENDS),
+                        help='DCN backends to time (default: every available one)')
+    parser.add_argument('--devices', nargs='+', default=None, choices=['cpu', 'cuda'],
+                        help='default: cpu, plus cuda when present')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per row (default: 3)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed runs first (default: 1; CUDA adds 2)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s choice)')
     parser.add_argument(
-        '--clock',
-        choices=['wall', 'cpu'],
-        default='wall',
+        '--clock', choices=['wall', 'cpu'], default='wall',
         help='wall: elapsed time (default); cpu: CPU time of this process, summed over its threads, '
         'which other load on a shared machine barely changes (use with --threads 1)')
     parser.add_argument('--macs-only', action='store_true', help='print the presets table only (no timing)')
@@ -301,16 +295,8 @@ def run(args):
     results = []
     for preset, backend, device, dtype in tqdm(rows, desc='timing', unit='row', file=sys.stderr):
         try:
-            seconds = time_forward(
-                preset,
-                backend,
-                device,
-                dtype,
-                width,
-                height,
-                args.repeats,
-                args.warmup,
-                clock=time.process_time if args.clock == 'cpu' else time.perf_counter)
+            seconds = time_forward(preset, backend, device, dtype, width, height, args.repeats, args.warmup,
+                                   clock=time.process_time if args.clock == 'cpu' else time.perf_counter)
             results.append((preset, backend, device, dtype, seconds, None))
         except Exception as error:  # e.g. a backend without a kernel for this dtype: report it, keep going
             results.append((preset, backend, device, dtype, None, f'{type(error).__name__}: {error}'.split('\n')[0]))

@@ -158,9 +158,8 @@ def load_resume_state(opt):
                 reason = 'it holds objects other than tensors and plain values (refused: loading would run code)'
             if index + 1 == len(candidates):
                 raise ValueError(f'cannot resume from {resume_state_path}: {reason}') from None
-            print(
-                f'warning: cannot resume from {resume_state_path} ({reason}); trying {candidates[index + 1]}',
-                file=sys.stderr)
+            print(f'warning: cannot resume from {resume_state_path} ({reason}); trying {candidates[index + 1]}',
+                  file=sys.stderr)
             continue
         opt['path']['resume_state'] = resume_state_path
         check_resume(opt, resume_state['iter'])
@@ -212,8 +211,8 @@ def model_to_device(self, net):
     net = net.to(self.device)
     if self.opt['dist']:
         device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
-        net = DistributedDataParallel(
-            net, device_ids=device_ids, find_unused_parameters=self.opt.get('find_unused_parameters', False))
+        net = DistributedDataParallel(net, device_ids=device_ids,
+                                      find_unused_parameters=self.opt.get('find_unused_parameters', False))
     elif self.opt['num_gpu'] > 1:
         net = DataParallel(net)
     return net

@@ -34,49 +34,33 @@ __all__ = ['main', 'parse_args']
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog='sdnet-deblur', description='Deblur photos and videos with SDNet (CVPR 2020).')
+    parser = argparse.ArgumentParser(prog='sdnet-deblur',
+                                     description='Deblur photos and videos with SDNet (CVPR 2020).')
     parser.add_argument('inputs', nargs='*', help='image or video files, folders, or glob patterns')
     parser.add_argument('-o', '--output', default='deblurred', help='output folder (default: deblurred)')
     parser.add_argument('-r', '--recursive', action='store_true', help='search folders (and ** globs) recursively')
     parser.add_argument('--suffix', default='', help='added to output file names, e.g. _sharp')
-    parser.add_argument(
-        '--weights', default=None, help=f'weights file or BasicSR checkpoint (default: shipped {DEFAULT_WEIGHTS_NAME})')
-    parser.add_argument(
-        '--onnx',
-        default=None,
-        metavar='MODEL',
-        help='run an ONNX model written by sdnet-export in onnxruntime instead of the weights')
-    parser.add_argument(
-        '--preset',
-        default='base',
-        choices=preset_names(),
-        help='SDNet preset, used only when the weights do not record their network (default: base)')
+    parser.add_argument('--weights', default=None,
+                        help=f'weights file or BasicSR checkpoint (default: shipped {DEFAULT_WEIGHTS_NAME})')
+    parser.add_argument('--onnx', default=None, metavar='MODEL',
+                        help='run an ONNX model written by sdnet-export in onnxruntime instead of the weights')
+    parser.add_argument('--preset', default='base', choices=preset_names(),
+                        help='SDNet preset, used only when the weights do not record their network (default: base)')
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument(
-        '--precision',
-        default='auto',
-        choices=('auto', 'bf16', 'fp16', 'fp32'),
+        '--precision', default='auto', choices=('auto', 'bf16', 'fp16', 'fp32'),
         help='auto: float16 on CUDA, bfloat16 on CPUs that compute it natively (AMX, AVX512-BF16), '
         'else float32 (default: auto)')
     parser.add_argument('--no-half', action='store_true', help='same as --precision fp32')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
-    parser.add_argument(
-        '--tile',
-        type=int,
-        default=None,
-        help='tile side in pixels; 0 disables tiling (default: chosen from free memory)')
+    parser.add_argument('--tile', type=int, default=None,
+                        help='tile side in pixels; 0 disables tiling (default: chosen from free memory)')
     parser.add_argument('--tile-overlap', type=int, default=96, help='context pixels around each tile (default: 96)')
     parser.add_argument('--compare', action='store_true', help='also write blurry | restored side by side')
-    parser.add_argument(
-        '--save-offsets',
-        action='store_true',
-        help='also write a picture of the sampling points (estimated blur) of one SVD module')
-    parser.add_argument(
-        '--offset-level',
-        type=int,
-        default=None,
-        help='SVD module to draw: 0 = full resolution, 1 = 1/2, 2 = 1/4 (default: coarsest)')
+    parser.add_argument('--save-offsets', action='store_true',
+                        help='also write a picture of the sampling points (estimated blur) of one SVD module')
+    parser.add_argument('--offset-level', type=int, default=None,
+                        help='SVD module to draw: 0 = full resolution, 1 = 1/2, 2 = 1/4 (default: coarsest)')
     args = parser.parse_args(argv)
     if not args.inputs:
         parser.error('give at least one input (file, folder or glob)')
@@ -110,14 +94,8 @@ def main(argv=None):
         offset_level = None
         if args.save_offsets:
             offset_level = 'coarsest' if args.offset_level is None else args.offset_level
-        restorer = SDNetRestorer(
-            **source,
-            device=device,
-            dtype=dtype,
-            tile=args.tile,
-            tile_overlap=args.tile_overlap,
-            offset_level=offset_level,
-            threads=args.threads)
+        restorer = SDNetRestorer(**source, device=device, dtype=dtype, tile=args.tile, tile_overlap=args.tile_overlap,
+                                 offset_level=offset_level, threads=args.threads)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         print(f'sdnet-deblur: error: {error}', file=sys.stderr)
         return 2
@@ -138,8 +116,8 @@ def main(argv=None):
         with termination_as_interrupt():
             return _process_all(inputs, failures, restorer, args)
     except KeyboardInterrupt as error:
-        print(
-            'sdnet-deblur: interrupted (outputs written so far are complete; no partial file is left)', file=sys.stderr)
+        print('sdnet-deblur: interrupted (outputs written so far are complete; no partial file is left)',
+              file=sys.stderr)
         return 128 + error.args[0] if isinstance(error, Terminated) else 130
 
 

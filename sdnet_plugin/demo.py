@@ -110,10 +110,8 @@ def main(argv=None):
     parser.add_argument('--val-count', type=int, default=8, help='held-out validation triplets (default 8)')
     parser.add_argument('--size', default='256x256', help='WxH of the synthetic images (default 256x256)')
     parser.add_argument('--workers', type=int, default=1, help='synthesis processes (default 1)')
-    parser.add_argument(
-        '--weights',
-        default=DEFAULT_WEIGHTS,
-        help='weights to fine-tune from if the file exists (default weights/sdnet_light_camera.pth)')
+    parser.add_argument('--weights', default=DEFAULT_WEIGHTS,
+                        help='weights to fine-tune from if the file exists (default weights/sdnet_light_camera.pth)')
     parser.add_argument('--scratch', action='store_true', help='train from scratch even if the weights exist')
     parser.add_argument('--train-options', default=TRAIN_OPTIONS, help='default options/train_sdnet_demo.yml')
     parser.add_argument('--test-options', default=TEST_OPTIONS, help='default options/test_sdnet_demo.yml')
@@ -155,8 +153,8 @@ def main(argv=None):
     except StepError as error:
         sys.exit(f'error: {error}')
 
-    summary.update(
-        pretrained=pretrained, total_iter=train_opt['train']['total_iter'], wall_time_s=round(time.time() - start, 1))
+    summary.update(pretrained=pretrained, total_iter=train_opt['train']['total_iter'],
+                   wall_time_s=round(time.time() - start, 1))
     with open(osp.join(results_dir, 'demo_summary.json'), 'w', encoding='utf-8') as f:
         json.dump(summary, f, indent=2)
     count = len(summary['images'])

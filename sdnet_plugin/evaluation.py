@@ -169,13 +169,7 @@ def mean_scores(per_image):
     }
 
 
-def evaluate(net,
-             pairs,
-             device='cpu',
-             tile_size=0,
-             tile_overlap=96,
-             offset_error=False,
-             dtype=None,
+def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_error=False, dtype=None,
              compare_fp32=False):
     """Mean metrics of blurry vs sharp and restored vs sharp over ``pairs``.
 
@@ -254,16 +248,11 @@ def format_table(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument(
-        '--weights',
-        default=str(DEFAULT_WEIGHTS),
-        help='weights or BasicSR checkpoint (default: weights/sdnet_base_synthetic.pth)')
+    parser.add_argument('--weights', default=str(DEFAULT_WEIGHTS),
+                        help='weights or BasicSR checkpoint (default: weights/sdnet_base_synthetic.pth)')
     parser.add_argument('--data', required=True, help='GoPro-layout folder: <data>/<SEQ>/{blur,sharp}/*.png')
-    parser.add_argument(
-        '--preset',
-        default='base',
-        choices=preset_names(),
-        help='SDNet preset when the weights store no network options (default: base)')
+    parser.add_argument('--preset', default='base', choices=preset_names(),
+                        help='SDNet preset when the weights store no network options (default: base)')
     parser.add_argument('--blur-folder', default='blur', help='blurry sub-folder: blur or blur_gamma (default: blur)')
     parser.add_argument('--sharp-folder', default='sharp', help='sharp sub-folder (default: sharp)')
     parser.add_argument('--max-images', type=int, default=0, help='evaluate only the first N pairs (default: all)')
@@ -271,19 +260,12 @@ def main(argv=None):
     parser.add_argument('--tile-overlap', type=int, default=96, help='tile context in pixels (default: 96)')
     parser.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default: auto)')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch default)')
-    parser.add_argument(
-        '--offset-error',
-        action='store_true',
-        help='also compare the sampling points with <SEQ>/flow/ (see above; SDNet only, no tiles)')
-    parser.add_argument(
-        '--precision',
-        default='auto',
-        choices=precision.PRECISIONS,
-        help='auto: bfloat16 where the processor computes it natively, else float32 (default: auto)')
-    parser.add_argument(
-        '--compare-fp32',
-        action='store_true',
-        help='also restore in float32 and report how closely the outputs and gains agree')
+    parser.add_argument('--offset-error', action='store_true',
+                        help='also compare the sampling points with <SEQ>/flow/ (see above; SDNet only, no tiles)')
+    parser.add_argument('--precision', default='auto', choices=precision.PRECISIONS,
+                        help='auto: bfloat16 where the processor computes it natively, else float32 (default: auto)')
+    parser.add_argument('--compare-fp32', action='store_true',
+                        help='also restore in float32 and report how closely the outputs and gains agree')
     parser.add_argument('--json', default=None, metavar='PATH', help="also write the result as JSON ('-': stdout)")
     args = parser.parse_args(argv)
 

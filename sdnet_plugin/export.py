@@ -96,18 +96,9 @@ def _register_deform_conv_symbolic():
     @parse_args('v', 'v', 'v', 'v', 'v', 'i', 'i', 'i', 'i', 'i', 'i', 'i', 'i', 'b')
     def deform_conv2d(g, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                       groups, offset_groups, use_mask):
-        return g.op(
-            'DeformConv',
-            input,
-            weight,
-            offset,
-            bias,
-            mask,
-            dilations_i=[dilation_h, dilation_w],
-            group_i=groups,
-            offset_group_i=offset_groups,
-            pads_i=[pad_h, pad_w, pad_h, pad_w],
-            strides_i=[stride_h, stride_w])
+        return g.op('DeformConv', input, weight, offset, bias, mask, dilations_i=[dilation_h, dilation_w],
+                    group_i=groups, offset_group_i=offset_groups, pads_i=[pad_h, pad_w, pad_h,
+                                                                          pad_w], strides_i=[stride_h, stride_w])
 
     register_custom_op_symbolic('torchvision::deform_conv2d', deform_conv2d, 19)
 
@@ -135,17 +126,11 @@ def _trace_to_file(wrapper, example, path, opset, deform_op):
     with warnings.catch_warnings():
         # deprecation notice, and tracer notes on shape checks in Python: the parity check covers both
         warnings.simplefilter('ignore')
-        torch.onnx.export(
-            wrapper, (example, ),
-            path,
-            dynamo=False,
-            input_names=['input'],
-            output_names=['output'],
-            opset_version=opset,
-            dynamic_axes={
-                'input': axes,
-                'output': axes
-            })
+        torch.onnx.export(wrapper, (example, ), path, dynamo=False, input_names=['input'], output_names=['output'],
+                          opset_version=opset, dynamic_axes={
+                              'input': axes,
+                              'output': axes
+                          })
 
 
 def export_onnx(out_path, weights=None, preset='base', deform_op='gridsample', opset=None, check_size=(70, 54)):
@@ -268,26 +253,18 @@ class OnnxNetwork:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog='sdnet-export', description='Export SDNet to ONNX or a weights file.')
     parser.add_argument(
-        '--format',
-        default='onnx',
-        choices=('onnx', 'weights'),
+        '--format', default='onnx', choices=('onnx', 'weights'),
         help='onnx: an ONNX model; weights: a float16 weights file from a training checkpoint '
         '(default: onnx)')
     parser.add_argument('-o', '--output', required=True, help='file to write')
     parser.add_argument(
-        '--weights',
-        default=None,
+        '--weights', default=None,
         help='weights file or BasicSR checkpoint (default: the shipped weights; required for '
         '--format weights)')
+    parser.add_argument('--preset', default='base', choices=preset_names(),
+                        help='SDNet preset, used only when the weights do not record their network (default: base)')
     parser.add_argument(
-        '--preset',
-        default='base',
-        choices=preset_names(),
-        help='SDNet preset, used only when the weights do not record their network (default: base)')
-    parser.add_argument(
-        '--deform-op',
-        default='gridsample',
-        choices=tuple(DEFORM_OPS),
+        '--deform-op', default='gridsample', choices=tuple(DEFORM_OPS),
         help='gridsample: any runtime with GridSample (opset 16+); deformconv: ONNX DeformConv '
         '(opset 19), for onnxruntime releases that implement it (default: gridsample)')
     parser.add_argument('--opset', type=int, default=None, help='ONNX opset (default: 18, or 19 for deformconv)')

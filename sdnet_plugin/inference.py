@@ -353,17 +353,8 @@ class SDNetRestorer:
         tile (int): Current tile side (0: whole images); lowered after an out-of-memory error.
     """
 
-    def __init__(self,
-                 weights=None,
-                 net=None,
-                 onnx=None,
-                 device='cpu',
-                 dtype=None,
-                 tile=0,
-                 tile_overlap=96,
-                 offset_level=None,
-                 preset='base',
-                 threads=None):
+    def __init__(self, weights=None, net=None, onnx=None, device='cpu', dtype=None, tile=0, tile_overlap=96,
+                 offset_level=None, preset='base', threads=None):
         if sum(source is not None for source in (weights, net, onnx)) != 1:
             raise ValueError('give exactly one of weights, net and onnx')
         self.device = torch.device(device)
@@ -442,13 +433,8 @@ class SDNetRestorer:
         while True:
             try:
                 with precision.autocast(self.device, self.autocast_dtype):
-                    return tiled_forward(
-                        self._network_outputs,
-                        x,
-                        self.tile,
-                        self.tile_overlap,
-                        progress=progress,
-                        align=getattr(self.net, 'pad_multiple', 1))
+                    return tiled_forward(self._network_outputs, x, self.tile, self.tile_overlap, progress=progress,
+                                         align=getattr(self.net, 'pad_multiple', 1))
             except torch.cuda.OutOfMemoryError:
                 # the memory estimate was optimistic (or other processes took memory): retry with smaller tiles
                 current = self.tile or max(x.shape[-2:])

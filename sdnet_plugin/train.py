@@ -341,8 +341,7 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
                 for k, v in state.items()
             },  # every key, e.g. a gradient scaler's state too
             'network': {
-                k: (_cast_tensors(v, ema_dtype) if k == 'params_ema' and ema_dtype else v)
-                for k, v in network.items()
+                k: (_cast_tensors(v, ema_dtype) if k == 'params_ema' and ema_dtype else v) for k, v in network.items()
             },
         }
         buffer = io.BytesIO()

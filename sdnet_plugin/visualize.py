@@ -85,8 +85,8 @@ def flow_to_color(motion, max_magnitude=None, axial=False):
     Returns:
         tuple[ndarray, float]: ``(H, W, 3)`` uint8 BGR picture and the ``max_magnitude`` used.
     """
-    magnitude, angle = cv2.cartToPolar(
-        motion[..., 0].astype(np.float32), motion[..., 1].astype(np.float32), angleInDegrees=True)
+    magnitude, angle = cv2.cartToPolar(motion[..., 0].astype(np.float32), motion[..., 1].astype(np.float32),
+                                       angleInDegrees=True)
     if max_magnitude is None:
         max_magnitude = float(np.percentile(magnitude, 99)) if magnitude.size else 0.0
     max_magnitude = max(max_magnitude, 1e-6)

@@ -22,17 +22,9 @@ def demo_options(name, train_set, val_set=None, total_iter=4, offset=True):
     with open(REPO / 'options' / 'train_sdnet_demo.yml') as f:
         opt = yaml.safe_load(f)
     opt.update(name=name, num_gpu=0, network_g=dict(NETWORK))
-    opt['datasets']['train'] = dict(
-        train_set,
-        name='tiny-train',
-        type='BlurSharpFlowDataset',
-        gt_size=32,
-        use_hflip=True,
-        use_vflip=True,
-        use_rot=True,
-        num_worker_per_gpu=0,
-        batch_size_per_gpu=2,
-        dataset_enlarge_ratio=100)
+    opt['datasets']['train'] = dict(train_set, name='tiny-train', type='BlurSharpFlowDataset', gt_size=32,
+                                    use_hflip=True, use_vflip=True, use_rot=True, num_worker_per_gpu=0,
+                                    batch_size_per_gpu=2, dataset_enlarge_ratio=100)
     if val_set is None:
         del opt['datasets']['val'], opt['val']
     else:
@@ -55,10 +47,7 @@ def write_options(opt, folder):
 def run(script, option_file, *args, cwd=None, check=True):
     """Run an entry point from an unrelated working directory, as a user would."""
     result = subprocess.run(
-        [sys.executable, str(script), '-opt', str(option_file), *args],
-        cwd=cwd or '/',
-        capture_output=True,
-        text=True,
+        [sys.executable, str(script), '-opt', str(option_file), *args], cwd=cwd or '/', capture_output=True, text=True,
         timeout=300)
     if check and result.returncode != 0:
         raise AssertionError(f'{script.name} failed ({result.returncode}):\n{result.stderr[-3000:]}')
@@ -142,9 +131,7 @@ def test_lmdb_training_interrupted_then_auto_resumed(synthetic_gopro, experiment
     option_file = write_options(opt, tmp_path)
     states = REPO / 'experiments' / experiment / 'training_states'
     process = subprocess.Popen(
-        [sys.executable, str(TRAIN), '-opt', str(option_file)],
-        cwd='/',
-        stdout=subprocess.DEVNULL,
+        [sys.executable, str(TRAIN), '-opt', str(option_file)], cwd='/', stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -246,15 +233,10 @@ def test_sdnet_model_trains_on_data_without_flow(synthetic_gopro, tmp_path):
     dataset_opt = dict(opt['datasets']['train'], phase='train')
     sample = build_dataset(dataset_opt)[0]
     assert 'flow' not in sample
-    opt.update(
-        dist=False,
-        is_train=True,
-        rank=0,
-        world_size=1,
-        path={
-            'models': str(tmp_path),
-            'training_states': str(tmp_path)
-        })
+    opt.update(dist=False, is_train=True, rank=0, world_size=1, path={
+        'models': str(tmp_path),
+        'training_states': str(tmp_path)
+    })
     model = build_model(copy.deepcopy(opt))
     model.feed_data({k: v[None] for k, v in sample.items() if torch.is_tensor(v)})
     model.optimize_parameters(1)
@@ -272,11 +254,8 @@ def test_torchrun_two_cpu_processes(synthetic_gopro, experiment, tmp_path):
         port = sock.getsockname()[1]
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}']
     result = subprocess.run(
-        torchrun + [str(TRAIN), '-opt', str(write_options(opt, tmp_path)), '--launcher', 'pytorch'],
-        cwd='/',
-        capture_output=True,
-        text=True,
-        timeout=120)
+        torchrun + [str(TRAIN), '-opt', str(write_options(opt, tmp_path)), '--launcher', 'pytorch'], cwd='/',
+        capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     exp = REPO / 'experiments' / experiment
     log = read_log(exp)
@@ -366,12 +345,8 @@ def test_data_errors_are_one_line(make_synthetic_gopro, experiment, tmp_path, ca
     opt['manual_seed'] = 0
     result = run(TRAIN, write_options(opt, tmp_path), check=False)
     seq, name = info['keys'][0].split('/')
-    expected = 'error: ' + message.format(
-        key=info['keys'][0],
-        root=info['root'],
-        key_path=f'{seq}/blur/{name}.png',
-        flow_db=info['lmdb']['flow'],
-        sharp_db=info['lmdb']['sharp'])
+    expected = 'error: ' + message.format(key=info['keys'][0], root=info['root'], key_path=f'{seq}/blur/{name}.png',
+                                          flow_db=info['lmdb']['flow'], sharp_db=info['lmdb']['sharp'])
     assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == expected
 

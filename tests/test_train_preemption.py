@@ -72,11 +72,8 @@ def test_sigterm_to_the_whole_job_saves_and_resume_continues_exactly(synthetic_g
     option_file = write_options(opt, tmp_path)
     exp = REPO / 'experiments' / experiment
     process = subprocess.Popen(
-        [sys.executable, str(TRAIN), '-opt', str(option_file)],
-        cwd='/',
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True)
+        [sys.executable, str(TRAIN), '-opt', str(option_file)], cwd='/', stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, start_new_session=True)
     try:
         _wait_for_iter(exp, process, 2)
         os.killpg(process.pid, signal.SIGTERM)  # as a scheduler does: every process of the job

@@ -26,45 +26,25 @@ SDNET_PRESET_VERSIONS = {
     # few feature pixels.
     'light_s': {
         1:
-        dict(
-            block_type='gated',
-            num_feat=16,
-            num_block=(0, 1, 2, 6),
-            num_dec_block=(0, 1, 1),
-            svd_levels=(2, 3),
-            svd_head_ratio=0.5)
+        dict(block_type='gated', num_feat=16, num_block=(0, 1, 2, 6), num_dec_block=(0, 1, 1), svd_levels=(2, 3),
+             svd_head_ratio=0.5)
     },
     'light_m': {
         1:
-        dict(
-            block_type='gated',
-            num_feat=16,
-            num_block=(0, 2, 4, 12),
-            num_dec_block=(0, 1, 2),
-            svd_levels=(2, 3),
-            svd_head_ratio=0.5)
+        dict(block_type='gated', num_feat=16, num_block=(0, 2, 4, 12), num_dec_block=(0, 1, 2), svd_levels=(2, 3),
+             svd_head_ratio=0.5)
     },
     'light_l': {
         1:
-        dict(
-            block_type='gated',
-            num_feat=24,
-            num_block=(0, 2, 4, 12),
-            num_dec_block=(0, 1, 2),
-            svd_levels=(2, 3),
-            svd_head_ratio=0.5)
+        dict(block_type='gated', num_feat=24, num_block=(0, 2, 4, 12), num_dec_block=(0, 1, 2), svd_levels=(2, 3),
+             svd_head_ratio=0.5)
     },
     # Five levels of normalized gated blocks (:class:`NormGatedBlock`), 28 of them at 1/8, SVD modules at 1/4 and
     # 1/8: the backbone of the design study's NAFNet-style peer with SVD modules added.
     'light': {
         1:
-        dict(
-            block_type='norm_gated',
-            num_feat=8,
-            num_block=(1, 1, 1, 28, 1),
-            num_dec_block=(1, 1, 1, 1),
-            svd_levels=(2, 3),
-            svd_head_ratio=0.5)
+        dict(block_type='norm_gated', num_feat=8, num_block=(1, 1, 1, 28, 1), num_dec_block=(1, 1, 1, 1),
+             svd_levels=(2, 3), svd_head_ratio=0.5)
     },
 }
 # The current version of every preset (what an option file without ``preset_version`` builds).
@@ -216,8 +196,8 @@ class SVDModule(nn.Module):
         if plain:
             self.conv = nn.Conv2d(num_feat, num_feat, kernel_size, 1, dilation * (kernel_size - 1) // 2, dilation)
         else:
-            self.dcn = ModulatedDeformConv2d(
-                num_feat, num_feat, kernel_size, dilation=dilation, hidden_channels=head_channels, backend=backend)
+            self.dcn = ModulatedDeformConv2d(num_feat, num_feat, kernel_size, dilation=dilation,
+                                             hidden_channels=head_channels, backend=backend)
         self.act = nn.LeakyReLU(0.1, inplace=True)
 
     def forward(self, x):
@@ -271,21 +251,9 @@ class SDNet(nn.Module):
             Default: ``'auto'``.
     """
 
-    def __init__(self,
-                 preset=DEFAULT_PRESET,
-                 num_in_ch=3,
-                 num_out_ch=3,
-                 num_feat=None,
-                 num_block=None,
-                 svd_levels=None,
-                 deform_kernel_size=3,
-                 deform_dilation=1,
-                 dcn_backend='auto',
-                 preset_version=None,
-                 num_dec_block=None,
-                 block_type=None,
-                 plain_svd=False,
-                 svd_head_ratio=None):
+    def __init__(self, preset=DEFAULT_PRESET, num_in_ch=3, num_out_ch=3, num_feat=None, num_block=None, svd_levels=None,
+                 deform_kernel_size=3, deform_dilation=1, dcn_backend='auto', preset_version=None, num_dec_block=None,
+                 block_type=None, plain_svd=False, svd_head_ratio=None):
         super().__init__()
         self.preset = preset
         self.preset_version, settings = preset_settings(preset, preset_version)
@@ -334,8 +302,7 @@ class SDNet(nn.Module):
         self.svd = nn.ModuleDict({
             str(lv):
             SVDModule(chans[lv], deform_kernel_size, deform_dilation, dcn_backend, plain_svd,
-                      max(1, round(chans[lv] * head_ratio)))
-            for lv in svd_levels
+                      max(1, round(chans[lv] * head_ratio))) for lv in svd_levels
         })
         self.conv_last = nn.Conv2d(chans[0], num_out_ch, 3, 1, 1)
         if num_in_ch == num_out_ch:

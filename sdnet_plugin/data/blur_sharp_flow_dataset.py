@@ -68,12 +68,9 @@ class BlurSharpFlowDataset(data.Dataset):
                 'lq': s['blur'],
                 'gt': s['sharp'],
                 'flow': s['flow']
-            } for s in scan_gopro_split(
-                opt['dataroot'],
-                blur_folder=opt.get('blur_folder', 'blur'),
-                sharp_folder=opt.get('sharp_folder', 'sharp'),
-                flow_folder=opt.get('flow_folder', 'flow'),
-                use_flow=self.use_flow)]
+            } for s in scan_gopro_split(opt['dataroot'], blur_folder=opt.get('blur_folder', 'blur'),
+                                        sharp_folder=opt.get('sharp_folder', 'sharp'), flow_folder=opt.get(
+                                            'flow_folder', 'flow'), use_flow=self.use_flow)]
         else:
             raise ValueError(f"BlurSharpFlowDataset: io_backend type must be 'disk' or 'lmdb', got {self.backend!r}")
 

@@ -24,11 +24,7 @@ def backward_warp(image, displacement, border_value=0.0):
     map_x = grid_x + displacement[..., 0].astype(np.float32)
     map_y = grid_y + displacement[..., 1].astype(np.float32)
     warped = cv2.remap(
-        image.astype(np.float32),
-        map_x,
-        map_y,
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
+        image.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
         borderValue=border_value)
     inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
     return warped, inside

@@ -214,18 +214,8 @@ def _switch_to_build(dst, prefix, build, kinds):
     _remove_stale_builds(dst, prefix)
 
 
-def create_gopro_lmdb(src,
-                      dst,
-                      prefix,
-                      blur_folder='blur',
-                      use_flow=True,
-                      crop_size=None,
-                      step=256,
-                      thresh_size=0,
-                      compress_level=1,
-                      overwrite=False,
-                      progress=True,
-                      verify=False):
+def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_size=None, step=256, thresh_size=0,
+                      compress_level=1, overwrite=False, progress=True, verify=False):
     """Write a GoPro-layout split into ``<dst>/<prefix>_{blur,sharp,flow}.lmdb`` (BasicSR LMDB format).
 
     The databases are built (and verified) in a hidden folder, then switched in all at once (see

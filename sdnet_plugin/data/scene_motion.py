@@ -96,14 +96,7 @@ def _lognormal_extent(rng, median, sigma, limit):
     return float(min(limit, median * np.exp(sigma * rng.standard_normal())))
 
 
-def sample_motion(rng,
-                  width,
-                  height,
-                  centre,
-                  translation_median,
-                  max_extent,
-                  rotation_prob=0.5,
-                  zoom_prob=0.3,
+def sample_motion(rng, width, height, centre, translation_median, max_extent, rotation_prob=0.5, zoom_prob=0.3,
                   shake_prob=0.25):
     """Random smooth motion over the exposure, in pixels of an image of the given size.
 
@@ -177,14 +170,7 @@ def _random_shape(rng, width, height):
     return {'kind': 'polygon', 'points': points, 'feather': rng.uniform(0.6, 1.5), 'centre': centre}
 
 
-def sample_scene(rng,
-                 num_photos,
-                 width,
-                 height,
-                 blur_scale=1.0,
-                 max_blur=60.0,
-                 background=None,
-                 realism='gopro',
+def sample_scene(rng, num_photos, width, height, blur_scale=1.0, max_blur=60.0, background=None, realism='gopro',
                  without=()):
     """Random scene description (JSON-serialisable): photos, placement and motions of the background and layers.
 
@@ -221,16 +207,8 @@ def sample_scene(rng,
     others = [i for i in range(num_photos) if i != bg_index] or [bg_index]
     for _ in range(num_layers):
         shape = _random_shape(rng, width, height)
-        own = sample_motion(
-            rng,
-            width,
-            height,
-            shape['centre'],
-            14.0 * blur_scale,
-            max_blur,
-            rotation_prob=0.4,
-            zoom_prob=0.2,
-            shake_prob=0.1)
+        own = sample_motion(rng, width, height, shape['centre'], 14.0 * blur_scale, max_blur, rotation_prob=0.4,
+                            zoom_prob=0.2, shake_prob=0.1)
         layers.append({
             'photo': int(rng.choice(others)),
             'shape': shape,
@@ -293,11 +271,8 @@ def sample_camera(rng, scene, blur_scale=1.0, max_blur=60.0, static_camera=False
     motion = scene['background']['motion']
     if on['handshake'] and not static_camera and rng.random() < 0.7:
         extent = _lognormal_extent(rng, 10.0 * blur_scale, 0.6, max_blur)
-        motion.update(
-            velocity=[0.0, 0.0],
-            acceleration=[0.0, 0.0],
-            shake=[],
-            path=sample_handshake(rng, extent, 0.5 * np.hypot(width, height)))
+        motion.update(velocity=[0.0, 0.0], acceleration=[0.0, 0.0], shake=[],
+                      path=sample_handshake(rng, extent, 0.5 * np.hypot(width, height)))
     exposure = float(np.exp(rng.uniform(np.log(0.4), np.log(2.0)))) if on['exposure'] else 1.0
     corners = np.array([[0, 0, 1], [width, 0, 1], [0, height, 1], [width, height, 1]], np.float64).T
     surfaces = [[motion]] + [[motion, layer['motion']] for layer in scene['layers']]

@@ -61,11 +61,8 @@ def _shape_alpha(shape, width, height, margin):
 
 
 def _warp(image, dst_to_src, width, height):
-    return cv2.warpAffine(
-        image,
-        dst_to_src[:2].astype(np.float64), (width, height),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REFLECT101)
+    return cv2.warpAffine(image, dst_to_src[:2].astype(np.float64), (width, height),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT101)
 
 
 def _translation(dx, dy):

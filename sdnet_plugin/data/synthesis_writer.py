@@ -185,12 +185,9 @@ class SampleWriter:
         if 'camera' in scene:
             camera = scene['camera']
             record.update(
-                exposure=round(camera['exposure'], 3),
-                handshake='path' in scene['background']['motion'],
-                highlight_gain=round(camera['highlight_gain'], 3),
-                lights=len(camera['lights']),
-                shot_noise=camera['noise'] and round(camera['noise']['shot'], 6),
-                jpeg_quality=camera['jpeg_quality'])
+                exposure=round(camera['exposure'], 3), handshake='path' in scene['background']['motion'],
+                highlight_gain=round(camera['highlight_gain'], 3), lights=len(camera['lights']),
+                shot_noise=camera['noise'] and round(camera['noise']['shot'], 6), jpeg_quality=camera['jpeg_quality'])
         return record, hist
 
 
@@ -302,19 +299,8 @@ def check_replaceable(out_dir, photo_dir=None):
                               f'({", ".join(others[:3])}{", ..." if len(others) > 3 else ""})')
 
 
-def synthesize_dataset(out_dir,
-                       count,
-                       photo_dir=None,
-                       size=(256, 256),
-                       seed=0,
-                       workers=1,
-                       split='all',
-                       overwrite=False,
-                       blur_scale=1.0,
-                       max_blur=60.0,
-                       progress=True,
-                       realism='gopro',
-                       without=()):
+def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, workers=1, split='all', overwrite=False,
+                       blur_scale=1.0, max_blur=60.0, progress=True, realism='gopro', without=()):
     """Write ``count`` synthetic samples in GoPro layout ``out_dir/<SEQ>/{blur,blur_gamma,sharp,flow}/NNNNNN.png``.
 
     The tree is written in a hidden temporary folder next to ``out_dir`` and renamed at the end

@@ -91,14 +91,8 @@ class FlowGuidedOffsetLoss(nn.Module):
             Default: False (the ordered targets of :func:`flow_to_offsets`).
     """
 
-    def __init__(self,
-                 loss_weight=1.0,
-                 criterion='l1',
-                 eps=1e-3,
-                 module_weights=None,
-                 motion_threshold=0.0,
-                 reduction='mean',
-                 order_invariant=False):
+    def __init__(self, loss_weight=1.0, criterion='l1', eps=1e-3, module_weights=None, motion_threshold=0.0,
+                 reduction='mean', order_invariant=False):
         super().__init__()
         if criterion not in ('l1', 'charbonnier'):
             raise ValueError(f"criterion must be 'l1' or 'charbonnier', got {criterion!r}")

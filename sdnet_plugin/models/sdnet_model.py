@@ -268,12 +268,9 @@ class SDNetModel(SRModel):
         val_opt = self.opt.get('val') or {}
         was_training = net.training
         net.eval()
-        restorer = inference.SDNetRestorer(
-            net=net,
-            device=self.device,
-            dtype=self.val_dtype,
-            tile=int(val_opt.get('tile_size', 0) or 0),
-            tile_overlap=int(val_opt.get('tile_overlap', 96)))
+        restorer = inference.SDNetRestorer(net=net, device=self.device, dtype=self.val_dtype,
+                                           tile=int(val_opt.get('tile_size', 0)
+                                                    or 0), tile_overlap=int(val_opt.get('tile_overlap', 96)))
         self.output = restorer.forward(self.lq)['image'].to(self.lq.device)
         if was_training:
             net.train()

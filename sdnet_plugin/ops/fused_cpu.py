@@ -193,8 +193,8 @@ def _forward(sampler, weight_2d, bias, keep_columns):
     """Output ``(B, C_out, Ho, Wo)`` (channels-last memory) chunk by chunk, the bias added by the matrix product, and
     the columns of each chunk when ``keep_columns``."""
     b, c = sampler.x.shape[:2]
-    out = torch.empty(
-        b, weight_2d.shape[0], sampler.ho, sampler.wo, dtype=weight_2d.dtype, memory_format=torch.channels_last)
+    out = torch.empty(b, weight_2d.shape[0], sampler.ho, sampler.wo, dtype=weight_2d.dtype,
+                      memory_format=torch.channels_last)
     rows_view = out.permute(0, 2, 3, 1)  # (B, Ho, Wo, C_out), contiguous
     weight_t = weight_2d.t()
     bias = None if bias is None else bias.to(weight_2d.dtype)

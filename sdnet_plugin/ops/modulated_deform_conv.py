@@ -277,17 +277,8 @@ class ModulatedDeformConv2d(nn.Module):
         backend (str): DCN backend, see :func:`modulated_deform_conv2d`. Default: ``'auto'``.
     """
 
-    def __init__(self,
-                 in_channels,
-                 out_channels,
-                 kernel_size=3,
-                 stride=1,
-                 padding=None,
-                 dilation=1,
-                 bias=True,
-                 cond_channels=None,
-                 hidden_channels=None,
-                 backend='auto'):
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, dilation=1, bias=True,
+                 cond_channels=None, hidden_channels=None, backend='auto'):
         super().__init__()
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         self.padding = dilation * (kernel_size - 1) // 2 if padding is None else padding
@@ -318,8 +309,8 @@ class ModulatedDeformConv2d(nn.Module):
         num_points = self.kernel_size * self.kernel_size
         offset, mask_logits = head.split((2 * num_points, num_points), dim=1)
         mask = torch.sigmoid(mask_logits)
-        out = modulated_deform_conv2d(
-            x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation, backend=self.backend)
+        out = modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                      backend=self.backend)
         return out, offset, mask
 
     def extra_repr(self):

@@ -92,17 +92,11 @@ class PhotoSource:
 STELLARIUM = 'usr/share/stellarium/landscapes'
 SKLEARN_IMAGES = ['sklearn/datasets/images/china.jpg', 'sklearn/datasets/images/flower.jpg']
 SOURCES = [
+    PhotoSource('skimage', 'skimage', 'scikit-image',
+                files=['astronaut', 'chelsea', 'coffee', 'rocket',
+                       'stereo_motorcycle'], license='see the skimage.data docstring'),
     PhotoSource(
-        'skimage',
-        'skimage',
-        'scikit-image',
-        files=['astronaut', 'chelsea', 'coffee', 'rocket', 'stereo_motorcycle'],
-        license='see the skimage.data docstring'),
-    PhotoSource(
-        'opencv',
-        'deb',
-        'opencv-doc',
-        files=[
+        'opencv', 'deb', 'opencv-doc', files=[
             f'usr/share/doc/opencv-doc/examples/data/{n}'
             for n in ('apple.jpg', 'baboon.jpg', 'board.jpg', 'building.jpg', 'butterfly.jpg', 'chicky_512.png',
                       'fruits.jpg', 'home.jpg', 'messi5.jpg', 'orange.jpg', 'rubberwhale1.png', 'squirrel_cls.jpg',
@@ -111,49 +105,30 @@ SOURCES = [
              for n, group in (('aero1.jpg', 'aero'), ('aero3.jpg', 'aero'), ('graf1.png', 'graf'),
                               ('graf3.png', 'graf'), ('leuvenA.jpg', 'leuven'), ('leuvenB.jpg', 'leuven'))]),
     PhotoSource(
-        'libjxl',
-        'deb',
-        'libjxl-testdata',
+        'libjxl', 'deb', 'libjxl-testdata',
         files=['usr/share/libjxl-testdata/jxl/flower/flower.png', 'usr/share/libjxl-testdata/jxl/hdr_room.png'] + [
             f'usr/share/libjxl-testdata/external/wesaturate/500px/{n}_srgb8.png'
             for n in ('cvo9xd_keong_macan', 'tmshre_riaphotographs', 'u76c0g_bliznaca')
-        ],
-        license='BSD-3-Clause (libjxl); wesaturate photos: CC0-1.0'),
+        ], license='BSD-3-Clause (libjxl); wesaturate photos: CC0-1.0'),
     PhotoSource('mate', 'deb', 'mate-backgrounds', files=['usr/share/backgrounds/mate/nature/*.jpg']),
     PhotoSource('sklearn', 'wheel', 'scikit-learn', files=SKLEARN_IMAGES, license='CC-BY-2.0'),
     PhotoSource('palapeli', 'deb', 'palapeli-data', files=['usr/share/palapeli/collection/*.jpg']),
     PhotoSource(
-        'stellarium',
-        'deb',
-        'stellarium-data',
-        opaque_crop=True,
+        'stellarium', 'deb', 'stellarium-data', opaque_crop=True,
         files=[(f'{STELLARIUM}/{scene}/{name}', f'stellarium/{scene}')
                for scene, names in (('garching',
                                      ['garching-gl1.png', 'garching-gl2.png', 'garching-gl3.png', 'garching-gl4.png']),
                                     ('mars', ['mars.png'])) for name in names]),
+    PhotoSource('digikam', 'deb', 'digikam-data', files=['usr/share/digikam/about/images/body-background.jpg'],
+                license='GPL-2+ (package copyright: digiKam is GPL with listed exceptions)'),
+    PhotoSource('gimp', 'deb', 'gimp-data', files=['usr/share/gimp/2.0/images/gimp-splash.png'],
+                crop=(0.0, 0.0, 0.52, 1.0)),  # the photograph left of the printed title
+    PhotoSource('opencvvideo', 'deb', 'opencv-doc', video_frames=1,
+                files=['usr/share/doc/opencv-doc/examples/data/vtest.avi']),
+    PhotoSource('matplotlib', 'wheel', 'matplotlib', files=['matplotlib/mpl-data/sample_data/grace_hopper.jpg'],
+                license='public domain (U.S. Navy photograph)'),
     PhotoSource(
-        'digikam',
-        'deb',
-        'digikam-data',
-        files=['usr/share/digikam/about/images/body-background.jpg'],
-        license='GPL-2+ (package copyright: digiKam is GPL with listed exceptions)'),
-    PhotoSource(
-        'gimp', 'deb', 'gimp-data', files=['usr/share/gimp/2.0/images/gimp-splash.png'],
-        crop=(0.0, 0.0, 0.52, 1.0)),  # the photograph left of the printed title
-    PhotoSource(
-        'opencvvideo', 'deb', 'opencv-doc', video_frames=1, files=['usr/share/doc/opencv-doc/examples/data/vtest.avi']),
-    PhotoSource(
-        'matplotlib',
-        'wheel',
-        'matplotlib',
-        files=['matplotlib/mpl-data/sample_data/grace_hopper.jpg'],
-        license='public domain (U.S. Navy photograph)'),
-    PhotoSource(
-        'lomiri1604',
-        'deb',
-        'lomiri-wallpapers-16.04',
-        split='eval',
-        files=[
+        'lomiri1604', 'deb', 'lomiri-wallpapers-16.04', split='eval', files=[
             f'usr/share/backgrounds/{n}_by_{a}.jpg'
             for n, a in (('Bridge', 'Sander_Klootwijk'), ('Dragonfly', 'Bolly'), ('Picture_0B', 'freespace'),
                          ('Picture_1A', 'freespace'), ('Wine', 'Jakkub_Mede'), ('aitzgorri', 'Aitzol_Berasategi'),
@@ -161,19 +136,10 @@ SOURCES = [
                                                                                            'Aitzol_Berasategi'),
                          ('seeding', 'Clements_Engelhardt'), ('sunset', 'Aitzol_Berasategi'))
         ]),
+    PhotoSource('lomiri2004', 'deb', 'lomiri-wallpapers-20.04', split='eval',
+                files=['usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg']),
     PhotoSource(
-        'lomiri2004',
-        'deb',
-        'lomiri-wallpapers-20.04',
-        split='eval',
-        files=['usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg']),
-    PhotoSource(
-        'plasma',
-        'deb',
-        'plasma-workspace-wallpapers',
-        split='eval',
-        largest_per_glob=True,
-        files=[
+        'plasma', 'deb', 'plasma-workspace-wallpapers', split='eval', largest_per_glob=True, files=[
             f'usr/share/wallpapers/{n}/contents/images/*'
             for n in ('BytheWater', 'ColdRipple', 'EveningGlow', 'FallenLeaf', 'Grey', 'Kite', 'OneStandsOut', 'Path',
                       'Volna', 'summer_1am')
@@ -529,9 +495,8 @@ def collect(out_dir, cache_dir, max_side=1600, min_side=256, val_fraction=0.1, o
         usable.append(photo)
     usable, dropped = drop_duplicates(usable)
     for photo, kept in dropped:
-        print(
-            f'note: {photo.source.name}:{photo.entry} duplicates {kept.source.name}:{kept.entry}, skipped',
-            file=sys.stderr)
+        print(f'note: {photo.source.name}:{photo.entry} duplicates {kept.source.name}:{kept.entry}, skipped',
+              file=sys.stderr)
 
     if not usable:
         raise RuntimeError('no photographs could be collected (see the warnings above)')
@@ -561,10 +526,8 @@ def collect(out_dir, cache_dir, max_side=1600, min_side=256, val_fraction=0.1, o
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', default='datasets/photos', help='output folder (default: datasets/photos)')
-    parser.add_argument(
-        '--cache',
-        default=osp.join('datasets', '.photo_packages'),
-        help='download cache (default: datasets/.photo_packages)')
+    parser.add_argument('--cache', default=osp.join('datasets', '.photo_packages'),
+                        help='download cache (default: datasets/.photo_packages)')
     parser.add_argument('--max-side', type=int, default=1600, help='long side limit (default: 1600)')
     parser.add_argument('--min-side', type=int, default=256, help='skip photos with a shorter side (default: 256)')
     held_out = 'share of training photos held out for validation (default: 0.1)'

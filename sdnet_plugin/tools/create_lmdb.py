@@ -21,37 +21,22 @@ def main(argv=None):
     parser.add_argument('--src', required=True, help='split folder: SRC/<SEQ>/{blur,sharp,flow}/NNNNNN.png')
     parser.add_argument('--dst', required=True, help='output folder for the databases')
     parser.add_argument('--prefix', required=True, help='database name prefix, e.g. train')
-    parser.add_argument(
-        '--blur-folder',
-        default='blur',
-        choices=('blur', 'blur_gamma'),
-        help='which blurry images to store (default blur)')
+    parser.add_argument('--blur-folder', default='blur', choices=('blur', 'blur_gamma'),
+                        help='which blurry images to store (default blur)')
     parser.add_argument('--no-flow', action='store_true', help='store only blurry and sharp images')
     parser.add_argument('--crop-size', type=int, default=None, help='crop into sub-images of this size first')
     parser.add_argument('--step', type=int, default=256, help='step between sub-images (default 256)')
     edge = 'add an edge-aligned sub-image when more than this many pixels remain (default 0)'
     parser.add_argument('--thresh-size', type=int, default=0, help=edge)
     parser.add_argument('--compress-level', type=int, default=1, help='PNG compression level (default 1)')
-    parser.add_argument(
-        '--verify',
-        action='store_true',
-        help='re-read and decode every key before the new databases replace any old ones')
+    parser.add_argument('--verify', action='store_true',
+                        help='re-read and decode every key before the new databases replace any old ones')
     parser.add_argument('--overwrite', action='store_true', help='replace existing databases')
     args = parser.parse_args(argv)
     use_flow = not args.no_flow
     try:
-        result = create_gopro_lmdb(
-            args.src,
-            args.dst,
-            args.prefix,
-            args.blur_folder,
-            use_flow,
-            args.crop_size,
-            args.step,
-            args.thresh_size,
-            args.compress_level,
-            args.overwrite,
-            verify=args.verify)
+        result = create_gopro_lmdb(args.src, args.dst, args.prefix, args.blur_folder, use_flow, args.crop_size,
+                                   args.step, args.thresh_size, args.compress_level, args.overwrite, verify=args.verify)
         print(f'wrote {len(result["keys"])} keys to ' + ', '.join(result[k]
                                                                   for k in ('blur', 'sharp', 'flow') if k in result))
         if args.verify:

@@ -177,12 +177,7 @@ def _compute_flow(task):
     return task['out']
 
 
-def plan_split(gopro_split,
-               all_split=None,
-               estimator='dis',
-               search=None,
-               threshold=2.0,
-               overwrite=False,
+def plan_split(gopro_split, all_split=None, estimator='dis', search=None, threshold=2.0, overwrite=False,
                progress=True):
     """Map every blurry image of a GOPRO_Large split to its flow task, verifying the windows.
 
@@ -229,12 +224,9 @@ def plan_split(gopro_split,
             if all_split is None:
                 # the window's first / last frame lie frames // 2 and frames - 1 - frames // 2 frames from the
                 # middle; the neighbouring sharp images lie a whole window (frames) away
-                task.update(
-                    middle=sharp_frames[index],
-                    first=sharp_frames.get(index - 1),
-                    last=sharp_frames.get(index + 1),
-                    scale_first=(frames // 2) / frames,
-                    scale_last=(frames - 1 - frames // 2) / frames)
+                task.update(middle=sharp_frames[index], first=sharp_frames.get(index - 1),
+                            last=sharp_frames.get(index + 1), scale_first=(frames // 2) / frames,
+                            scale_last=(frames - 1 - frames // 2) / frames)
                 if task['first'] is None and task['last'] is None:
                     entry['unmatched'][name] = 'no neighbouring sharp image'
                     continue
@@ -254,12 +246,8 @@ def plan_split(gopro_split,
                     entry['matched'] += 1
                 offset = middle - guess
                 half = frames // 2
-                task.update(
-                    middle=available[middle],
-                    first=available[middle - half],
-                    last=available[middle + frames - 1 - half],
-                    scale_first=1.0,
-                    scale_last=1.0)
+                task.update(middle=available[middle], first=available[middle - half],
+                            last=available[middle + frames - 1 - half], scale_first=1.0, scale_last=1.0)
             tasks.append(task)
     return tasks, report
 
@@ -294,20 +282,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--gopro', required=True, help='GOPRO_Large folder (holding train/ and test/)')
     parser.add_argument('--gopro-all', default=None, help='GOPRO_Large_all folder (all 240 fps frames)')
-    parser.add_argument(
-        '--approximate',
-        action='store_true',
-        help='without GOPRO_Large_all: flows from neighbouring sharp images, scaled by time')
+    parser.add_argument('--approximate', action='store_true',
+                        help='without GOPRO_Large_all: flows from neighbouring sharp images, scaled by time')
     parser.add_argument('--splits', nargs='+', default=['train', 'test'], help='splits to process (default both)')
     parser.add_argument('--estimator', default='dis', help="'dis' (default), 'farneback' or 'module:function'")
-    parser.add_argument(
-        '--search', type=int, default=None, help='frames searched around the expected middle '
-        '(default: two windows)')
-    parser.add_argument(
-        '--match-threshold',
-        type=float,
-        default=2.0,
-        help='largest mean absolute difference (0-255) between sharp image and middle frame')
+    parser.add_argument('--search', type=int, default=None, help='frames searched around the expected middle '
+                        '(default: two windows)')
+    parser.add_argument('--match-threshold', type=float, default=2.0,
+                        help='largest mean absolute difference (0-255) between sharp image and middle frame')
     parser.add_argument('--workers', type=int, default=1, help='processes computing flows (default 1)')
     parser.add_argument('--overwrite', action='store_true', help='recompute existing flow files')
     args = parser.parse_args(argv)

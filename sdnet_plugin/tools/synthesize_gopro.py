@@ -36,28 +36,17 @@ def main(argv=None):
     parser.add_argument('--size', type=parse_size, default=(256, 256), help='WxH of every sample (default 256x256)')
     parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     parser.add_argument('--workers', type=int, default=1, help='worker processes (default 1)')
-    parser.add_argument(
-        '--split',
-        choices=('train', 'val', 'all'),
-        default='all',
-        help='disjoint photo partition to draw from (default all)')
+    parser.add_argument('--split', choices=('train', 'val', 'all'), default='all',
+                        help='disjoint photo partition to draw from (default all)')
     parser.add_argument('--blur-scale', type=float, default=1.0, help='multiplies every motion (default 1.0)')
+    parser.add_argument('--max-blur', type=float, default=60.0,
+                        help='cap of each surface\'s first-to-last translation in pixels (default 60)')
     parser.add_argument(
-        '--max-blur',
-        type=float,
-        default=60.0,
-        help='cap of each surface\'s first-to-last translation in pixels (default 60)')
-    parser.add_argument(
-        '--realism',
-        choices=REALISM_CHOICES,
-        default='gopro',
+        '--realism', choices=REALISM_CHOICES, default='gopro',
         help='gopro: sub-frames averaged as GoPro does (default); camera: a handheld camera (linear '
         'light with streaking highlights, hand shake, mixed exposures, sensor noise, JPEG)')
-    parser.add_argument(
-        '--without',
-        type=parse_features,
-        default=(),
-        help=f'camera features to switch off, comma-separated: {",".join(CAMERA_FEATURES)}')
+    parser.add_argument('--without', type=parse_features, default=(),
+                        help=f'camera features to switch off, comma-separated: {",".join(CAMERA_FEATURES)}')
     parser.add_argument('--histogram', default=None, help='also save the blur-extent histogram image here')
     parser.add_argument('--overwrite', action='store_true', help='replace OUT if it exists')
     args = parser.parse_args(argv)

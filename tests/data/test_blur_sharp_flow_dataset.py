@@ -89,23 +89,16 @@ def test_augmentations_keep_triplets_physically_consistent(make_synthetic_gopro,
         assert np.array_equal(aug['lq'], flip_transpose_image(ref['lq'], *flags))
         # re-blurring along the transformed flow gives the transformed re-blur, and explains the blurry image
         reblurred = reblur(aug['gt'], aug['flow'], samples_per_side=8)
-        assert np.allclose(
-            reblurred, flip_transpose_image(reblur(ref['gt'], ref['flow'], samples_per_side=8), *flags), atol=1e-4)
+        assert np.allclose(reblurred, flip_transpose_image(reblur(ref['gt'], ref['flow'], samples_per_side=8), *flags),
+                           atol=1e-4)
         err_reblur = np.mean((reblurred - aug['lq'])**2)
         err_identity = np.mean((aug['gt'] - aug['lq'])**2)
         assert err_reblur < err_identity / 2
 
 
 def test_works_with_basicsr_dataloader(synthetic_gopro):
-    opt = _lmdb_opt(
-        synthetic_gopro['lmdb'],
-        phase='train',
-        gt_size=32,
-        use_hflip=True,
-        use_rot=True,
-        num_worker_per_gpu=0,
-        batch_size_per_gpu=2,
-        use_shuffle=True)
+    opt = _lmdb_opt(synthetic_gopro['lmdb'], phase='train', gt_size=32, use_hflip=True, use_rot=True,
+                    num_worker_per_gpu=0, batch_size_per_gpu=2, use_shuffle=True)
     loader = build_dataloader(build_dataset(opt), opt, num_gpu=0, dist=False, sampler=None, seed=0)
     batch = next(iter(loader))
     assert batch['lq'].shape == (2, 3, 32, 32) and batch['flow'].shape == (2, 4, 32, 32)

@@ -146,8 +146,8 @@ def test_camera_dense_subframes_move_at_most_a_pixel(photos):
 def test_camera_highlights_streak_after_clipping(photos):
     scene = _camera_scenes(len(photos), count=1, without=('noise', 'jpeg', 'handshake', 'exposure'))[0]
     scene['layers'] = []
-    scene['background']['motion'].update(
-        velocity=[8.0, 0.0], acceleration=[0.0, 0.0], shake=[], angular_velocity=0.0, zoom_rate=0.0)
+    scene['background']['motion'].update(velocity=[8.0, 0.0], acceleration=[0.0, 0.0], shake=[], angular_velocity=0.0,
+                                         zoom_rate=0.0)
     scene['camera'].update(lights=[{'centre': [40.0, 32.0], 'sigma': 1.0, 'rgb': [30.0, 30.0, 30.0]}])
     sample = synthesis.render_scene(scene, photos, return_subframes=True)
     assert sample['sharp'][32, 40].min() == 1.0  # saturated in the sharp frame

@@ -135,8 +135,7 @@ def test_switch_to_new_databases_is_all_or_nothing(make_synthetic_gopro, tmp_pat
         kind: {
             label: cv2.imread(osp.join(tree['root'], seq, kind, f'{name}.png'), cv2.IMREAD_UNCHANGED)
             for label, tree in (('old', old), ('new', new))
-        }
-        for kind in ('blur', 'sharp', 'flow')
+        } for kind in ('blur', 'sharp', 'flow')
     }
     real_replace, real_rmtree = os.replace, gopro_layout.shutil.rmtree
     for kill_at in range(1, 12):

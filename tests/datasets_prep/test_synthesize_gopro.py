@@ -15,14 +15,12 @@ from sdnet_plugin.tools import synthesize_gopro
 WRAPPER = osp.abspath(osp.join(osp.dirname(__file__), '..', '..', 'datasets_prep', 'synthesize_gopro.py'))
 
 
-@pytest.mark.parametrize(
-    'command', [[WRAPPER], ['-m', 'sdnet_plugin.tools.synthesize_gopro']], ids=['datasets_prep', 'module'])
+@pytest.mark.parametrize('command', [[WRAPPER], ['-m', 'sdnet_plugin.tools.synthesize_gopro']],
+                         ids=['datasets_prep', 'module'])
 def test_script_runs_from_another_folder(tmp_path, command):
     out = tmp_path / 'syn'
     subprocess.run([sys.executable, *command, '--out',
-                    str(out), '--count', '2', '--size', '40x32', '--seed', '1'],
-                   cwd=str(tmp_path),
-                   check=True,
+                    str(out), '--count', '2', '--size', '40x32', '--seed', '1'], cwd=str(tmp_path), check=True,
                    capture_output=True)
     seqs = [d for d in os.listdir(out) if osp.isdir(out / d)]
     assert len(seqs) == 1

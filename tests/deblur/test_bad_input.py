@@ -209,10 +209,7 @@ def test_sigterm_during_a_video_leaves_no_temporary_file(tmp_path, tiny_weights)
         sys.executable, '-m', 'sdnet_plugin.deblur', video, '-o', out, '--weights', tiny_weights, '--threads', '1',
         '--compare'
     ]
-    process = subprocess.Popen([str(c) for c in command],
-                               env=ENV,
-                               stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE,
+    process = subprocess.Popen([str(c) for c in command], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
         deadline = time.time() + 60

@@ -111,9 +111,7 @@ def test_reference_bilinear_by_hand():
 def test_backend_matches_reference(backend, config, device, dtype):
     tensors, geometry = make_inputs(config, dtype=dtype, device=device)
     upstream = torch.randn(
-        make_inputs(config)[0]['offset'].shape[0],
-        4,
-        *tensors['offset'].shape[-2:],
+        make_inputs(config)[0]['offset'].shape[0], 4, *tensors['offset'].shape[-2:],
         generator=torch.Generator().manual_seed(1)).to(device)
     ref_tensors = {k: v.detach().double().requires_grad_() for k, v in tensors.items()}
     expected, expected_grads = forward_and_grads(reference_deform_conv, ref_tensors, geometry, upstream)
@@ -135,14 +133,8 @@ def test_backend_matches_reference(backend, config, device, dtype):
 def test_zero_offsets_unit_mask_equal_conv2d(backend, config, device):
     tensors, geometry = make_inputs(config, dtype=torch.float32, device=device, seed=3)
     x, weight, bias = tensors['input'].detach(), tensors['weight'].detach(), tensors['bias'].detach()
-    out = modulated_deform_conv2d(
-        x,
-        torch.zeros_like(tensors['offset']),
-        torch.ones_like(tensors['mask']),
-        weight,
-        bias,
-        backend=backend,
-        **geometry)
+    out = modulated_deform_conv2d(x, torch.zeros_like(tensors['offset']), torch.ones_like(tensors['mask']), weight,
+                                  bias, backend=backend, **geometry)
     torch.testing.assert_close(out, F.conv2d(x, weight, bias, **geometry), rtol=1e-5, atol=1e-5)
 
 
@@ -253,8 +245,8 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match='mask must have shape'):
         modulated_deform_conv2d(args['input'], args['offset'], args['mask'][:, :1], args['weight'], **geometry)
     with pytest.raises(ValueError, match='unknown backend'):
-        modulated_deform_conv2d(
-            args['input'], args['offset'], args['mask'], args['weight'], backend='cudnn', **geometry)
+        modulated_deform_conv2d(args['input'], args['offset'], args['mask'], args['weight'], backend='cudnn',
+                                **geometry)
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -380,8 +372,8 @@ def test_fused_is_cpu_only():
         pytest.skip('needs CUDA and the fused kernel')
     tensors, geometry = make_inputs('plain', dtype=torch.float32, device='cuda')
     with pytest.raises(RuntimeError, match='CPU only'):
-        modulated_deform_conv2d(
-            *(tensors[k] for k in ('input', 'offset', 'mask', 'weight', 'bias')), backend='fused', **geometry)
+        modulated_deform_conv2d(*(tensors[k] for k in ('input', 'offset', 'mask', 'weight', 'bias')), backend='fused',
+                                **geometry)
 
 
 @pytest.mark.parametrize('backend', BACKEND_PARAMS)
@@ -393,12 +385,12 @@ def test_non_finite_or_huge_offsets_never_crash(backend, bad):
     args = {k: v.detach() for k, v in tensors.items()}
     args['offset'][0, :, 2, 3] = bad
     with torch.no_grad():
-        out = modulated_deform_conv2d(
-            args['input'], args['offset'], args['mask'], args['weight'], args['bias'], backend=backend, **geometry)
+        out = modulated_deform_conv2d(args['input'], args['offset'], args['mask'], args['weight'], args['bias'],
+                                      backend=backend, **geometry)
         clean = args['offset'].clone()
         clean[0, :, 2, 3] = 0
-        reference = modulated_deform_conv2d(
-            args['input'], clean, args['mask'], args['weight'], args['bias'], backend=backend, **geometry)
+        reference = modulated_deform_conv2d(args['input'], clean, args['mask'], args['weight'], args['bias'],
+                                            backend=backend, **geometry)
     assert out.shape == reference.shape
     keep = torch.ones_like(out, dtype=torch.bool)
     keep[0, :, 2, 3] = False
