@@ -131,16 +131,17 @@ def _sdnet(preset, **kwargs):
 ARMS = [
     Arm('base', 'SDNet base as shipped: L1 + order-invariant offset loss, lr 4e-4', _sdnet('base'), lr=4e-4,
         offset_loss='order_invariant'),
-    Arm('base_plain', 'base with every SVD module a plain 3x3 conv (backbone alone)', _sdnet('base', plain_svd=True),
-        lr=4e-4),
+    Arm('base_plain', 'base with every SVD module a plain 3x3 conv (backbone alone)',
+        _sdnet('base', plain_svd=True), lr=4e-4),
     Arm('base_noflow', 'base, SVD modules without flow guidance', _sdnet('base'), lr=4e-4),
     Arm('base_ordered', 'base, flow guidance with ordered targets', _sdnet('base'), lr=4e-4, offset_loss='ordered'),
-    Arm('light_s', 'light SDNet, small (4 levels, gated blocks, SVD at 1/4, 1/8), flow-guided', _sdnet('light_s'),
-        offset_loss='order_invariant'),
+    Arm('light_s', 'light SDNet, small (4 levels, gated blocks, SVD at 1/4, 1/8), flow-guided',
+        _sdnet('light_s'), offset_loss='order_invariant'),
     Arm('light_m', 'light SDNet, medium, flow-guided', _sdnet('light_m'), offset_loss='order_invariant'),
     Arm('light_l', 'light SDNet, large, flow-guided', _sdnet('light_l'), offset_loss='order_invariant'),
     Arm('light_m_noflow', 'light_m, SVD modules without flow guidance', _sdnet('light_m')),
-    Arm('light_m_plain', 'light_m with plain 3x3 convs in place of the SVD modules', _sdnet('light_m', plain_svd=True)),
+    Arm('light_m_plain', 'light_m with plain 3x3 convs in place of the SVD modules',
+        _sdnet('light_m', plain_svd=True)),
     Arm('light_m_psnr', 'light_m, PSNR loss in place of L1', _sdnet('light_m'), pixel_loss='psnr',
         offset_loss='order_invariant'),
     Arm('light_m_charb', 'light_m, Charbonnier loss in place of L1', _sdnet('light_m'), pixel_loss='charbonnier',
@@ -158,7 +159,7 @@ ARMS = [
         offset_loss='order_invariant', offset_fade=0.25),
     Arm('nafnet_light', 'NAFNet-style peer at the 720p cost of light_m (width 8)', ('NAFNet', 'light')),
     Arm('nafnet32', 'NAFNet-style GoPro configuration (width 32)', ('NAFNet', 'gopro32')),
-]
+]  # yapf: disable
 ARMS_BY_NAME = {arm.name: arm for arm in ARMS}
 DEFAULT_ALWAYS = ('nafnet_light', )  # the peer the new default must beat at the largest budget
 

@@ -126,11 +126,9 @@ def _trace_to_file(wrapper, example, path, opset, deform_op):
     with warnings.catch_warnings():
         # deprecation notice, and tracer notes on shape checks in Python: the parity check covers both
         warnings.simplefilter('ignore')
+        dynamic_axes = {'input': axes, 'output': axes}
         torch.onnx.export(wrapper, (example, ), path, dynamo=False, input_names=['input'], output_names=['output'],
-                          opset_version=opset, dynamic_axes={
-                              'input': axes,
-                              'output': axes
-                          })
+                          opset_version=opset, dynamic_axes=dynamic_axes)
 
 
 def export_onnx(out_path, weights=None, preset='base', deform_op='gridsample', opset=None, check_size=(70, 54)):

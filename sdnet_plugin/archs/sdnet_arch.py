@@ -11,42 +11,22 @@ from sdnet_plugin.ops import ModulatedDeformConv2d
 # their own network. Checkpoints written before presets had versions store none and mean version 1.
 # Parameters and GMACs at 1280x720 (benchmarks/speed.py): tiny 0.43 M / 48.1, small 1.21 M / 149.1, base 2.46 M /
 # 311.4, light_s 1.10 M / 27.2, light_m 1.80 M / 42.1, light_l 3.98 M / 92.3.
+_COARSE = dict(svd_levels=(2, 3), svd_head_ratio=0.5)  # SVD modules at 1/4 and 1/8, narrow offset heads
 SDNET_PRESET_VERSIONS = {
-    'tiny': {
-        1: dict(num_feat=16, num_block=(1, 1, 2), svd_levels=(1, 2))
-    },
-    'small': {
-        1: dict(num_feat=24, num_block=(1, 2, 3), svd_levels=(0, 1, 2))
-    },
-    'base': {
-        1: dict(num_feat=32, num_block=(2, 2, 4), svd_levels=(0, 1, 2))
-    },
+    'tiny': {1: dict(num_feat=16, num_block=(1, 1, 2), svd_levels=(1, 2))},
+    'small': {1: dict(num_feat=24, num_block=(1, 2, 3), svd_levels=(0, 1, 2))},
+    'base': {1: dict(num_feat=32, num_block=(2, 2, 4), svd_levels=(0, 1, 2))},
     # Four levels of gated depthwise blocks, most of them at 1/8 and none at full resolution (memory traffic there
     # costs more than the arithmetic); SVD modules at 1/4 and 1/8, where the blur of GoPro-like footage spans a
     # few feature pixels.
-    'light_s': {
-        1:
-        dict(block_type='gated', num_feat=16, num_block=(0, 1, 2, 6), num_dec_block=(0, 1, 1), svd_levels=(2, 3),
-             svd_head_ratio=0.5)
-    },
-    'light_m': {
-        1:
-        dict(block_type='gated', num_feat=16, num_block=(0, 2, 4, 12), num_dec_block=(0, 1, 2), svd_levels=(2, 3),
-             svd_head_ratio=0.5)
-    },
-    'light_l': {
-        1:
-        dict(block_type='gated', num_feat=24, num_block=(0, 2, 4, 12), num_dec_block=(0, 1, 2), svd_levels=(2, 3),
-             svd_head_ratio=0.5)
-    },
+    'light_s': {1: dict(_COARSE, block_type='gated', num_feat=16, num_block=(0, 1, 2, 6), num_dec_block=(0, 1, 1))},
+    'light_m': {1: dict(_COARSE, block_type='gated', num_feat=16, num_block=(0, 2, 4, 12), num_dec_block=(0, 1, 2))},
+    'light_l': {1: dict(_COARSE, block_type='gated', num_feat=24, num_block=(0, 2, 4, 12), num_dec_block=(0, 1, 2))},
     # Five levels of normalized gated blocks (:class:`NormGatedBlock`), 28 of them at 1/8, SVD modules at 1/4 and
     # 1/8: the backbone of the design study's NAFNet-style peer with SVD modules added.
-    'light': {
-        1:
-        dict(block_type='norm_gated', num_feat=8, num_block=(1, 1, 1, 28, 1), num_dec_block=(1, 1, 1, 1),
-             svd_levels=(2, 3), svd_head_ratio=0.5)
-    },
-}
+    'light': {1: dict(_COARSE, block_type='norm_gated', num_feat=8, num_block=(1, 1, 1, 28, 1),
+                      num_dec_block=(1, 1, 1, 1))},
+}  # yapf: disable
 # The current version of every preset (what an option file without ``preset_version`` builds).
 SDNET_PRESETS = {name: versions[max(versions)] for name, versions in SDNET_PRESET_VERSIONS.items()}
 # What ``SDNet()`` (and ``type: SDNet`` without ``preset``) builds: the design study's pick (docs/design_study.md).
