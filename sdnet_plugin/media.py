@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from sdnet_plugin import image_io
-from sdnet_plugin.file_safety import is_temporary, temp_path
+from sdnet_plugin.file_safety import atomic_path, is_temporary, temp_path
 from sdnet_plugin.image_io import IMAGE_EXTENSIONS
 from sdnet_plugin.utils import error_line
 
@@ -191,22 +191,18 @@ def copy_audio(source, video_path):
         import av
     except ImportError:
         return "audio not copied: the 'av' package (PyAV) is not installed"
-    tmp_path = temp_path(video_path)
     try:
         with av.open(str(source)) as audio_in:
             if not audio_in.streams.audio:
                 return None
-            with av.open(str(video_path)) as video_in, av.open(tmp_path, 'w') as out:
-                video, audio = video_in.streams.video[0], audio_in.streams.audio[0]
-                streams = (_packets(video_in, video, out.add_stream_from_template(video)),
-                           _packets(audio_in, audio, out.add_stream_from_template(audio)))
-                for _, _, stream, packet in heapq.merge(*streams, key=lambda item: item[:2]):
-                    packet.stream = stream
-                    out.mux(packet)
-        os.replace(tmp_path, video_path)
+            with atomic_path(video_path) as tmp_path:
+                with av.open(str(video_path)) as video_in, av.open(tmp_path, 'w') as out:
+                    video, audio = video_in.streams.video[0], audio_in.streams.audio[0]
+                    streams = (_packets(video_in, video, out.add_stream_from_template(video)),
+                               _packets(audio_in, audio, out.add_stream_from_template(audio)))
+                    for _, _, stream, packet in heapq.merge(*streams, key=lambda item: item[:2]):
+                        packet.stream = stream
+                        out.mux(packet)
         return None
     except Exception as error:  # the video itself is fine: keep it, without audio
         return f'audio not copied: {error_line(error)}'
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
