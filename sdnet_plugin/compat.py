@@ -48,8 +48,8 @@ import sys
 import types
 
 __all__ = [
-    'TRAINING_STATE_TYPES', 'UnknownTypeError', 'apply', 'prepare', 'load_resume_state', 'get_optimizer',
-    'model_to_device', 'registry_get', 'unknown_type_message'
+    'TRAINING_STATE_TYPES', 'UnknownTypeError', 'apply', 'prepare', 'load_resume_state', 'load_training_state',
+    'get_optimizer', 'model_to_device', 'registry_get', 'unknown_type_message'
 ]
 
 _applied = False
@@ -126,11 +126,26 @@ def _wrap_parse_options(parse_options):
     return wrapper
 
 
+def load_training_state(path):
+    """Load a BasicSR training state onto the CPU without running code (``weights_only`` with
+    :data:`TRAINING_STATE_TYPES` allowed).
+
+    Raises:
+        ValueError: The file is not a training state (no integer ``iter``).
+        pickle.UnpicklingError: It holds other objects (loading them would run code).
+    """
+    import torch
+    with torch.serialization.safe_globals(list(TRAINING_STATE_TYPES)):
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    if not (isinstance(state, dict) and isinstance(state.get('iter'), int)):
+        raise ValueError('not a BasicSR training state')
+    return state
+
+
 def load_resume_state(opt):
     """BasicSR's ``load_resume_state`` that also works on CPU (fix 2)."""
     from os import path as osp
 
-    import torch
     from basicsr.utils import check_resume, scandir
 
     from sdnet_plugin.utils import error_line
@@ -148,10 +163,7 @@ def load_resume_state(opt):
         candidates = [opt['path']['resume_state']]
     for index, resume_state_path in enumerate(candidates):
         try:
-            with torch.serialization.safe_globals(list(TRAINING_STATE_TYPES)):
-                resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=True)
-            if not (isinstance(resume_state, dict) and isinstance(resume_state.get('iter'), int)):
-                raise ValueError('not a BasicSR training state')
+            resume_state = load_training_state(resume_state_path)
         except Exception as error:
             reason = error_line(error)
             if isinstance(error, pickle.UnpicklingError):  # what torch raises for anything weights_only refuses

@@ -13,10 +13,15 @@ Images run through :class:`sdnet_plugin.inference.SDNetRestorer`. The command li
 
     python scripts/eval_heldout.py --weights weights/sdnet_base_synthetic.pth --data datasets/synthetic/eval
     python scripts/eval_heldout.py --weights experiments/X/models/net_g_latest.pth --data DIR --json result.json
+
+:func:`heldout_curve` scores the checkpoints of a training run against the CPU time spent to reach each (stored in
+its training states); ``scripts/heldout_curve.py`` (:func:`curve_main`) is its command line.
 """
 import argparse
+import glob
 import json
 import os.path as osp
+import re
 import sys
 import time
 
@@ -28,16 +33,18 @@ from tqdm import tqdm
 
 import sdnet_plugin  # noqa: F401  (BasicSR fixes and registries; before any basicsr import)
 from sdnet_plugin import image_io, precision
+from sdnet_plugin.compat import load_training_state
 from sdnet_plugin.data.flow_io import read_flow
 from sdnet_plugin.data.gopro_layout import gopro_pairs
-from sdnet_plugin.file_safety import write_text
+from sdnet_plugin.file_safety import atomic_path, write_text
 from sdnet_plugin.inference import DEFAULT_WEIGHTS, SDNetRestorer, load_network
 from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss
+from sdnet_plugin.ops.modulated_deform_conv import ModulatedDeformConv2d
 from sdnet_plugin.utils import pick_device, preset_names
 
 __all__ = [
-    'evaluate', 'find_pairs', 'format_table', 'image_metrics', 'main', 'mean_scores', 'offset_errors', 'read_image',
-    'restore', 'score_pair'
+    'curve_main', 'evaluate', 'find_pairs', 'format_curve', 'format_table', 'heldout_curve', 'image_metrics', 'main',
+    'mean_scores', 'offset_errors', 'read_image', 'restore', 'run_checkpoints', 'score_pair'
 ]
 
 
@@ -244,6 +251,128 @@ def format_table(result):
                      f'{fp32["min_agreement_psnr"]:.2f} dB); float32 gain {fp32["gain_psnr"]:+.3f} dB, difference '
                      f'{result["gain"]["psnr"] - fp32["gain_psnr"]:+.3f} dB')
     return '\n'.join(lines)
+
+
+def run_checkpoints(experiment):
+    """The checkpoints of a training run whose training state records its cost (``SDNetModel`` stores it).
+
+    Args:
+        experiment (str): Experiment folder (``experiments/<name>``, with ``models/`` and ``training_states/``).
+
+    Returns:
+        list[dict]: ``iter``, ``weights`` (``models/net_g_<iter>.pth``), ``cpu_hours`` and ``wall_hours`` per
+        checkpoint, by iteration; checkpoints whose state is missing or records no cost are left out.
+    """
+    rows = []
+    for weights in glob.glob(osp.join(experiment, 'models', 'net_g_*.pth')):
+        match = re.fullmatch(r'net_g_(\d+)\.pth', osp.basename(weights))
+        state_path = osp.join(experiment, 'training_states', f'{match.group(1)}.state') if match else ''
+        if not osp.isfile(state_path):
+            continue
+        state = load_training_state(state_path)
+        if 'cpu_seconds' in state:
+            rows.append({
+                'iter': int(match.group(1)),
+                'weights': weights,
+                'cpu_hours': state['cpu_seconds'] / 3600,
+                'wall_hours': state.get('wall_seconds', float('nan')) / 3600
+            })
+    return sorted(rows, key=lambda row: row['iter'])
+
+
+def heldout_curve(experiment, data, every=1, device='cpu', dtype=None, cache=None):
+    """Held-out gain of a run's checkpoints against the CPU-hours spent to reach them.
+
+    Args:
+        experiment (str): Experiment folder, see :func:`run_checkpoints`.
+        data (str): GoPro-layout held-out folder (:func:`find_pairs`).
+        every (int): Score only iterations that are multiples of this (the newest checkpoint always). Default: 1.
+        device (str | torch.device): Default: ``'cpu'``.
+        dtype (torch.dtype | None): Autocast dtype; None runs float32. Default: None.
+        cache (str | None): JSON file of earlier results (rows keyed by weights file and data), read and rewritten
+            after each checkpoint, so an interrupted or repeated call scores only new checkpoints. Default: None.
+
+    Returns:
+        list[dict]: One row per scored checkpoint: :func:`run_checkpoints`'s keys plus ``blurry``, ``restored`` and
+        ``gain`` (``psnr``, ``ssim``) and ``offset_error`` when the folder has flows and the network offsets.
+    """
+    checkpoints = run_checkpoints(experiment)
+    if not checkpoints:
+        raise FileNotFoundError(f'no checkpoint of {experiment} has a training state that records its CPU time')
+    chosen = [row for row in checkpoints if row['iter'] % every == 0 or row is checkpoints[-1]]
+    done = {}
+    if cache and osp.isfile(cache):
+        with open(cache, encoding='utf-8') as f:
+            done = {(row['weights'], row['data']): row for row in json.load(f)}
+    pairs = find_pairs(data)
+    with_flow = all(osp.isdir(osp.join(osp.dirname(osp.dirname(blur)), 'flow')) for _, blur, _ in pairs)
+    rows = []
+    for checkpoint in chosen:
+        key = (checkpoint['weights'], data)
+        if key not in done:
+            net, _ = load_network(checkpoint['weights'], device)
+            if precision.use_channels_last('auto', device, dtype):
+                net = net.to(memory_format=torch.channels_last)
+            offsets = with_flow and any(isinstance(m, ModulatedDeformConv2d) for m in net.modules())
+            result = evaluate(net, pairs, device, offset_error=offsets, dtype=dtype)
+            done[key] = dict(checkpoint, data=data, **{k: result[k] for k in ('blurry', 'restored', 'gain')})
+            if offsets:
+                done[key]['offset_error'] = result['offset_error']
+            if cache:
+                write_text(cache, json.dumps(sorted(done.values(), key=lambda r: (r['data'], r['iter'])), indent=1))
+        rows.append(done[key])
+    return rows
+
+
+def format_curve(rows):
+    """Markdown table of :func:`heldout_curve`'s rows."""
+    lines = [
+        '| iteration | CPU-hours | wall-hours | restored PSNR / SSIM | gain PSNR | gain SSIM | offset error |',
+        '| ---: | ---: | ---: | --- | ---: | ---: | ---: |'
+    ]
+    for row in rows:
+        offset = f'{row["offset_error"]["learned"]:.3f}' if 'offset_error' in row else ''
+        lines.append(f'| {row["iter"]} | {row["cpu_hours"]:.2f} | {row["wall_hours"]:.2f} | '
+                     f'{row["restored"]["psnr"]:.2f} / {row["restored"]["ssim"]:.4f} | {row["gain"]["psnr"]:+.3f} | '
+                     f'{row["gain"]["ssim"]:+.4f} | {offset} |')
+    return '\n'.join(lines)
+
+
+def curve_main(argv=None):
+    """Command line of :func:`heldout_curve` (``scripts/heldout_curve.py``)."""
+    parser = argparse.ArgumentParser(description='Held-out gain of a training run\'s checkpoints against the CPU-hours '
+                                     'spent to reach them: a table, a JSON cache and a plot.')
+    parser.add_argument('experiment', help='experiment folder, e.g. experiments/SDNet_light_camera')
+    parser.add_argument('--data', required=True, help='GoPro-layout held-out folder: <data>/<SEQ>/{blur,sharp}/*.png')
+    parser.add_argument('--every', type=int, default=2000,
+                        help='score iterations that are multiples of this, and the newest (default: 2000)')
+    parser.add_argument('--json', default=None,
+                        help='results cache (default: <experiment>/heldout_curve.json; only new checkpoints run)')
+    parser.add_argument('--plot', default=None, help='plot file (default: <experiment>/heldout_curve.png)')
+    parser.add_argument('--device', default='auto', help='auto, cpu or cuda[:N] (default: auto)')
+    parser.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch default)')
+    parser.add_argument('--precision', default='auto', choices=precision.PRECISIONS,
+                        help='auto: bfloat16 where the processor computes it natively, else float32 (default: auto)')
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        if args.every < 1:
+            raise ValueError(f'--every must be at least 1, got {args.every}')
+        device = pick_device(args.device)
+        dtype = precision.resolve(args.precision, device)
+        rows = heldout_curve(args.experiment, args.data, args.every, device, dtype, args.json
+                             or osp.join(args.experiment, 'heldout_curve.json'))
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        sys.exit(f'error: {error}')
+    from sdnet_plugin.visualize import plot_training_curve
+    plot = args.plot or osp.join(args.experiment, 'heldout_curve.png')
+    with atomic_path(plot) as temporary:
+        plot_training_curve(
+            rows, temporary, title=f'{osp.basename(osp.normpath(args.experiment))} on '
+            f'{osp.basename(osp.normpath(args.data))}')
+    print(format_curve(rows))
+    print(f'plot: {plot}')
 
 
 def main(argv=None):

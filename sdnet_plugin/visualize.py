@@ -183,3 +183,23 @@ def plot_blur_histogram(meta, path, title=None):
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_training_curve(rows, path, title=None):
+    """Save held-out PSNR and SSIM gain against training CPU-hours (rows of
+    :func:`sdnet_plugin.evaluation.heldout_curve`) as an image."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    hours = [row['cpu_hours'] for row in rows]
+    fig, (psnr_ax, ssim_ax) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    for ax, key, unit in ((psnr_ax, 'psnr', 'dB'), (ssim_ax, 'ssim', '')):
+        ax.plot(hours, [row['gain'][key] for row in rows], 'o-', color='#4477aa')
+        ax.axhline(0, color='k', lw=0.8)
+        ax.set_xlabel('training CPU-hours')
+        ax.set_ylabel(f'held-out {key.upper()} gain {unit}'.strip())
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or 'Held-out gain over the blurry input')
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

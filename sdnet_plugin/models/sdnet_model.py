@@ -17,16 +17,21 @@ Adds to ``SRModel`` (all options are read from the usual option file, see ``docs
 * Atomic checkpoints (:func:`sdnet_plugin.file_safety.save_torch`: temp file, fsync, ``os.replace``) that also store
   the network options under ``network_g``; a failed save (full disk, read-only folder) warns and keeps the previous
   checkpoints.
+* Training cost: the CPU seconds the run has used (this process and its data-loading children, summed over
+  resumes) are logged as ``cpu_h`` (hours) and stored in every training state as ``cpu_seconds``, next to
+  ``wall_seconds``, so that progress can be plotted against compute (``scripts/heldout_curve.py``).
 * Validation on full images, optionally tiled (``val.tile_size`` / ``val.tile_overlap``, the blending tiler of
   :mod:`sdnet_plugin.inference`) to bound memory, with image names that stay unique across GoPro sequences.
 """
 import inspect
 import math
 import os
+import time
 from collections import OrderedDict
 from copy import deepcopy
 from os import path as osp
 
+import psutil
 import torch
 import torch.distributed as dist
 from basicsr.losses import build_loss
@@ -48,6 +53,18 @@ _SCHEDULER_POSITION_KEYS = ('last_epoch', '_step_count', '_last_lr', 'base_lrs',
                             '_is_initial', 'verbose')
 # Suffix given to the newest checkpoints when a run stops for non-finite steps: BasicSR's resume never picks them up.
 DIVERGED_SUFFIX = '.diverged'
+
+
+def process_cpu_seconds():
+    """User + system CPU seconds of this process and its live children (data-loader workers)."""
+    process = psutil.Process()
+    total = sum(process.cpu_times()[:2])
+    for child in process.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:  # a worker that just exited
+            pass
+    return total
 
 
 class NonFiniteStop(RuntimeError):
@@ -89,6 +106,8 @@ class SDNetModel(SRModel):
         self.channels_last = precision.use_channels_last(
             train_opt.get('channels_last', 'auto'), device, self.amp_dtype or self.val_dtype)
         self.nonfinite_since = None
+        self._cost_base = {'cpu_seconds': 0.0, 'wall_seconds': 0.0}  # spent before this process (from a resume)
+        self._cost_start = {'cpu_seconds': process_cpu_seconds(), 'wall_seconds': time.monotonic()}
         super().__init__(opt)
         if self.amp_dtype == torch.float16:
             self.grad_scaler = torch.amp.GradScaler(self.device.type)
@@ -219,8 +238,14 @@ class SDNetModel(SRModel):
             self.optimizer_g.step()
         self.nonfinite_steps = 0
         self.log_dict = self.reduce_loss_dict(loss_dict)
+        self.log_dict['cpu_h'] = self.training_cost()['cpu_seconds'] / 3600
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def training_cost(self):
+        """``{'cpu_seconds', 'wall_seconds'}`` of the run so far, resumes included (this process's share)."""
+        now = {'cpu_seconds': process_cpu_seconds(), 'wall_seconds': time.monotonic()}
+        return {k: self._cost_base[k] + now[k] - self._cost_start[k] for k in now}
 
     def _any_rank(self, flag):
         """``flag`` OR-ed over all processes, so that every rank takes the same branch (DDP would hang otherwise)."""
@@ -382,6 +407,8 @@ class SDNetModel(SRModel):
         super().resume_training(resume_state)
         if self.grad_scaler is not None and resume_state.get('grad_scaler'):
             self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
+        self._cost_base = {k: float(resume_state.get(k, 0.0)) for k in self._cost_base}
+        self._cost_start = {'cpu_seconds': process_cpu_seconds(), 'wall_seconds': time.monotonic()}
         self._apply_configured_lrs(configured_lrs)
         for scheduler, config in zip(self.schedulers, configured):
             saved = scheduler.state_dict()
@@ -415,6 +442,7 @@ class SDNetModel(SRModel):
             'iter': current_iter,
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
+            **self.training_cost(),
         }
         if self.grad_scaler is not None:
             state['grad_scaler'] = self.grad_scaler.state_dict()

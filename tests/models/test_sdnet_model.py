@@ -81,7 +81,7 @@ def test_offset_loss_is_added_and_logged_separately(tmp_path):
     model.feed_data(data)
     model.optimize_parameters(1)
     log = model.get_current_log()
-    assert set(log) == {'l_pix', 'l_offset', 'l_total', 'grad_norm'}
+    assert set(log) == {'l_pix', 'l_offset', 'l_total', 'grad_norm', 'cpu_h'}
     assert log['l_offset'] > 0
     assert log['l_total'] == pytest.approx(log['l_pix'] + log['l_offset'], rel=1e-5)
 
@@ -270,6 +270,21 @@ def test_resume_restores_optimizer_and_scheduler_on_cpu(tmp_path):
     assert restored['state'][0]['step'] == original['state'][0]['step'] == 3
     assert torch.equal(restored['state'][0]['exp_avg'], original['state'][0]['exp_avg'])
     assert restored['state'][0]['exp_avg'].device.type == 'cpu'
+
+
+def test_training_cost_is_logged_stored_and_summed_over_resumes(tmp_path):
+    model, state = _trained_state(tmp_path)
+    assert model.log_dict['cpu_h'] > 0
+    assert 0 < state['cpu_seconds'] and 0 < state['wall_seconds']
+    assert state['cpu_seconds'] <= sdnet_model.process_cpu_seconds()  # never more than the process has used
+    state = dict(state, cpu_seconds=7200.0, wall_seconds=9000.0)  # as if two CPU-hours had been spent before
+    resumed = build_model(make_opt(tmp_path))
+    resumed.resume_training(state)
+    resumed.feed_data(batch(seed=9))
+    resumed.optimize_parameters(4)
+    cost = resumed.training_cost()
+    assert 7200 < cost['cpu_seconds'] < 7200 + 60 and 9000 < cost['wall_seconds'] < 9000 + 60
+    assert resumed.log_dict['cpu_h'] == pytest.approx(2.0, abs=60 / 3600)
 
 
 @pytest.mark.parametrize('period', [10, 40])

@@ -153,3 +153,50 @@ def test_bfloat16_is_compared_with_float32(tmp_path):
     assert result['fp32']['gain_psnr'] == pytest.approx(fp32['gain']['psnr'])
     assert 35 < result['fp32']['min_agreement_psnr'] <= result['fp32']['agreement_psnr'] < float('inf')
     assert 'against float32: outputs agree at' in eval_heldout.format_table(result)
+
+
+def make_run(root, costs):
+    """An experiment folder with a tiny SDNet checkpoint and a training state per ``{iter: cpu_seconds or None}``
+    (None: a state without cost, as runs before cost accounting wrote)."""
+    (root / 'models').mkdir(parents=True)
+    (root / 'training_states').mkdir()
+    for it, cpu in costs.items():
+        torch.manual_seed(it)
+        net = SDNet(preset='tiny', dcn_backend='torch')
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.01)
+        save_checkpoint(root / 'models' / f'net_g_{it}.pth', net, {'type': 'SDNet', 'preset': 'tiny'})
+        state = {'epoch': 0, 'iter': it, 'optimizers': [], 'schedulers': []}
+        if cpu is not None:
+            state.update(cpu_seconds=cpu, wall_seconds=2 * cpu)
+        torch.save(state, root / 'training_states' / f'{it}.state')
+    return root
+
+
+def test_heldout_curve_scores_checkpoints_against_cpu_hours_and_caches(tmp_path, monkeypatch, capsys):
+    make_tree(tmp_path / 'data')
+    run = make_run(tmp_path / 'run', {2: None, 4: 360.0, 6: 720.0, 8: 1080.0})
+    assert [row['iter'] for row in eval_heldout.run_checkpoints(str(run))] == [4, 6, 8]  # 2 records no cost
+    cache = str(tmp_path / 'curve.json')
+    rows = eval_heldout.heldout_curve(str(run), str(tmp_path / 'data'), every=4, cache=cache)
+    assert [row['iter'] for row in rows] == [4, 8]  # multiples of 4, and the newest
+    assert [row['cpu_hours'] for row in rows] == pytest.approx([0.1, 0.3])
+    assert [row['wall_hours'] for row in rows] == pytest.approx([0.2, 0.6])
+    net, _ = eval_heldout.load_network(rows[0]['weights'])
+    direct = eval_heldout.evaluate(net, eval_heldout.find_pairs(str(tmp_path / 'data')))
+    assert rows[0]['gain']['psnr'] == pytest.approx(direct['gain']['psnr'])
+    assert 'offset_error' not in rows[0]  # no flows in the folder
+
+    calls = []
+    monkeypatch.setattr(eval_heldout, 'evaluate', lambda *a, **k: calls.append(a) or direct)
+    again = eval_heldout.heldout_curve(str(run), str(tmp_path / 'data'), every=2, cache=cache)
+    assert [row['iter'] for row in again] == [4, 6, 8] and len(calls) == 1  # only iteration 6 is new
+    assert again[0] == rows[0]
+
+    eval_heldout.curve_main(
+        [str(run), '--data',
+         str(tmp_path / 'data'), '--every', '2', '--json', cache, '--precision', 'fp32'])
+    out = capsys.readouterr().out
+    assert '| 6 | 0.20 | 0.40 |' in out and (run / 'heldout_curve.png').stat().st_size > 0
+    with pytest.raises(SystemExit, match='records its CPU time'):
+        eval_heldout.curve_main([str(make_run(tmp_path / 'old', {2: None})), '--data', str(tmp_path / 'data')])
