@@ -11,6 +11,15 @@ def textured(seed, height=48, width=64):
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
+def write_clip(path):
+    """A 10-frame MJPG video of growing brightness (frame i is grey level 20 i)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10, (32, 24))
+    for value in range(0, 200, 20):
+        writer.write(np.full((24, 32, 3), value, np.uint8))
+    writer.release()
+    return str(path)
+
+
 def photo(name, image, group=None, split='trainval'):
     source = collect_photos.PhotoSource(name.split('_')[0], 'deb', 'pkg', split=split)
     return collect_photos.Photo(source, name, group or name, image, '1', 'CC0')
@@ -129,11 +138,7 @@ def test_opaque_part_keeps_the_largest_fully_opaque_band():
 
 
 def test_video_frames_are_read_evenly_and_named_by_frame(tmp_path):
-    path = str(tmp_path / 'clip.avi')
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), 10, (32, 24))
-    for value in range(0, 200, 20):  # 10 frames of growing brightness
-        writer.write(np.full((24, 32, 3), value, np.uint8))
-    writer.release()
+    path = write_clip(tmp_path / 'clip.avi')
     frames = collect_photos.read_video_frames(path, 2)
     assert [index for index, _ in frames] == [2, 8]
     assert abs(float(frames[1][1].mean()) - 160) < 4
@@ -166,11 +171,7 @@ def test_a_training_copy_of_a_held_out_photo_is_dropped_even_when_larger():
 
 def test_wheel_globs_exclusions_and_chosen_video_frames(tmp_path, monkeypatch):
     import zipfile
-    clip = str(tmp_path / 'clip.avi')
-    writer = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*'MJPG'), 10, (32, 24))
-    for value in range(0, 200, 20):
-        writer.write(np.full((24, 32, 3), value, np.uint8))
-    writer.release()
+    clip = write_clip(tmp_path / 'clip.avi')
     wheel = tmp_path / 'pkg-2.0-py3-none-any.whl'
     with zipfile.ZipFile(wheel, 'w') as archive:
         for name in ('a.jpg', 'b.jpg', 'logo.jpg', 'clock_motion.png'):
