@@ -146,9 +146,8 @@ SOURCES = [
             for n in ('desert2', 'earthrise', 'hills4', 'mountain2', 'nasa8', 'nasa9', 'space6', 'valley7', 'water6')
         ]),  # recoloured, mostly black, planets, light art
     PhotoSource('maldives', 'deb', 'sddm-theme-maldives', files=['usr/share/sddm/themes/maldives/background.jpg']),
-    PhotoSource('ultralytics', 'wheel', 'ultralytics',
-                files=['ultralytics/assets/bus.jpg',
-                       'ultralytics/assets/zidane.jpg'], license='AGPL-3.0 (ultralytics package)'),
+    PhotoSource('ultralytics', 'wheel', 'ultralytics', files=[f'ultralytics/assets/{n}.jpg' for n in ('bus', 'zidane')],
+                license='AGPL-3.0 (ultralytics package)'),
     PhotoSource('imgaug', 'wheel', 'imgaug', files=['imgaug/quokka.jpg'], license='MIT (imgaug package)'),
     PhotoSource('mahotas', 'wheel', 'mahotas', files=['mahotas/demos/data/luispedro.jpg'],
                 license='MIT (mahotas package)'),
@@ -350,7 +349,7 @@ def load_source(source, cache_dir):
             path for path in paths if not is_showcase(path) and not any(
                 fnmatch.fnmatch(osp.basename(path), pattern) for pattern in source.exclude)
         ]
-        if source.largest_per_glob:
+        if source.largest_per_glob and paths:
             paths = [max(paths, key=image_area)]
         for path in paths:
             rel = osp.relpath(path, root)
