@@ -48,8 +48,8 @@ import sys
 import types
 
 __all__ = [
-    'TRAINING_STATE_TYPES', 'UnknownTypeError', 'apply', 'prepare', 'load_resume_state', 'get_optimizer',
-    'model_to_device', 'registry_get', 'unknown_type_message'
+    'TRAINING_STATE_TYPES', 'UnknownTypeError', 'apply', 'prepare', 'load_resume_state', 'load_training_state',
+    'get_optimizer', 'model_to_device', 'registry_get', 'unknown_type_message'
 ]
 
 _applied = False
@@ -126,11 +126,42 @@ def _wrap_parse_options(parse_options):
     return wrapper
 
 
+def load_training_state(path):
+    """Load a training state (BasicSR's ``<iter>.state``, or a packed one) onto the CPU without running code.
+
+    Every training state is read here, with ``torch.load(weights_only=True)``: besides tensors, numbers, strings,
+    lists, tuples and dicts only the types in :data:`TRAINING_STATE_TYPES` are allowed, so a state made by someone
+    else cannot run theirs.
+
+    Args:
+        path (str): The file.
+
+    Returns:
+        object: What the file holds.
+
+    Raises:
+        ValueError: The file holds other objects (refused), or cannot be read (truncated, not a torch file).
+        OSError: The file cannot be opened.
+    """
+    import torch
+
+    from sdnet_plugin.utils import error_line
+    try:
+        with torch.serialization.safe_globals(list(TRAINING_STATE_TYPES)):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError:  # what torch raises for anything weights_only refuses
+        raise ValueError('it holds objects other than tensors and plain values (refused: loading would run code)') \
+            from None
+    except Exception as error:  # truncated (RuntimeError), empty (EOFError), not a torch file (KeyError, ...)
+        raise ValueError(f'unreadable ({error_line(error)})') from None
+
+
 def load_resume_state(opt):
     """BasicSR's ``load_resume_state`` that also works on CPU (fix 2)."""
     from os import path as osp
 
-    import torch
     from basicsr.utils import check_resume, scandir
 
     from sdnet_plugin.utils import error_line
@@ -148,14 +179,11 @@ def load_resume_state(opt):
         candidates = [opt['path']['resume_state']]
     for index, resume_state_path in enumerate(candidates):
         try:
-            with torch.serialization.safe_globals(list(TRAINING_STATE_TYPES)):
-                resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=True)
+            resume_state = load_training_state(resume_state_path)
             if not (isinstance(resume_state, dict) and isinstance(resume_state.get('iter'), int)):
                 raise ValueError('not a BasicSR training state')
         except Exception as error:
             reason = error_line(error)
-            if isinstance(error, pickle.UnpicklingError):  # what torch raises for anything weights_only refuses
-                reason = 'it holds objects other than tensors and plain values (refused: loading would run code)'
             if index + 1 == len(candidates):
                 raise ValueError(f'cannot resume from {resume_state_path}: {reason}') from None
             print(f'warning: cannot resume from {resume_state_path} ({reason}); trying {candidates[index + 1]}',

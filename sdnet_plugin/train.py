@@ -298,6 +298,15 @@ def _cast_tensors(value, dtype):
     return value
 
 
+def _read_training_state(path):
+    """:func:`sdnet_plugin.compat.load_training_state` (no code runs), its errors naming ``path``."""
+    from sdnet_plugin.compat import load_training_state
+    try:
+        return load_training_state(path)
+    except ValueError as error:
+        raise ValueError(f'cannot read {path}: {error}') from None
+
+
 def pack_training_state(experiment_dir, out_path, max_mb=25.0):
     """Pack the newest training state of an experiment and its checkpoint into one file of at most ``max_mb``.
 
@@ -329,9 +338,8 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
     net_path = osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth')
     if not osp.isfile(net_path):
         raise FileNotFoundError(f'{net_path} is missing: a training state needs the checkpoint of its iteration')
-    state = torch.load(
-        osp.join(experiment_dir, 'training_states', f'{current_iter}.state'), map_location='cpu', weights_only=False)
-    network = torch.load(net_path, map_location='cpu', weights_only=True)
+    state = _read_training_state(osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
+    network = _read_training_state(net_path)
     for precision, ema_dtype, moment_dtype in PACK_PRECISIONS:
         packed = {
             'format': 'sdnet-training-state',
@@ -362,10 +370,8 @@ def unpack_training_state(packed_path, experiment_dir):
     Returns:
         int: The iteration.
     """
-    import torch
-
     from sdnet_plugin.file_safety import save_torch
-    packed = torch.load(packed_path, map_location='cpu', weights_only=False)
+    packed = _read_training_state(packed_path)
     if not isinstance(packed, dict) or packed.get('format') != 'sdnet-training-state':
         raise ValueError(f'{packed_path} is not a packed training state')
     for folder in ('training_states', 'models'):

@@ -16,7 +16,7 @@ Adds to ``SRModel`` (all options are read from the usual option file, see ``docs
   extended, or continued with a lower learning rate after it diverged.
 * Atomic checkpoints (:func:`sdnet_plugin.file_safety.save_torch`: temp file, fsync, ``os.replace``) that also store
   the network options under ``network_g``; a failed save (full disk, read-only folder) warns and keeps the previous
-  checkpoints.
+  checkpoints, and no training state is written without the checkpoint of its iteration.
 * Validation on full images, optionally tiled (``val.tile_size`` / ``val.tile_overlap``, the blending tiler of
   :mod:`sdnet_plugin.inference`) to bound memory, with image names that stay unique across GoPro sequences.
 """
@@ -89,6 +89,7 @@ class SDNetModel(SRModel):
         self.channels_last = precision.use_channels_last(
             train_opt.get('channels_last', 'auto'), device, self.amp_dtype or self.val_dtype)
         self.nonfinite_since = None
+        self.network_saved = True
         super().__init__(opt)
         if self.amp_dtype == torch.float16:
             self.grad_scaler = torch.amp.GradScaler(self.device.type)
@@ -345,6 +346,7 @@ class SDNetModel(SRModel):
             get_root_logger().warning(f'Not saving at iter {current_iter}: the last {self.nonfinite_steps} step(s) '
                                       'were non-finite; the previous checkpoints are kept.')
             return
+        self.network_saved = True
         super().save(epoch, current_iter)
 
     @master_only
@@ -367,7 +369,8 @@ class SDNetModel(SRModel):
             if version is not None:  # the preset and version it was built with, so the file always rebuilds it
                 save_dict[f'network_{network_key}'].update(preset=bare.preset, preset_version=version)
         iter_name = 'latest' if current_iter == -1 else current_iter
-        save_torch(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{iter_name}.pth'))
+        path = osp.join(self.opt['path']['models'], f'{net_label}_{iter_name}.pth')
+        self.network_saved = save_torch(save_dict, path) and self.network_saved
 
     def resume_training(self, resume_state):
         """BasicSR's resume, except that the learning rates and the schedule's shape come from the option file.
@@ -407,8 +410,13 @@ class SDNetModel(SRModel):
 
     @master_only
     def save_training_state(self, epoch, current_iter):
-        """BasicSR's ``save_training_state`` (optimizers, schedulers, epoch, iter), written atomically."""
+        """BasicSR's ``save_training_state`` (optimizers, schedulers, epoch, iter), written atomically; skipped when
+        the checkpoint of the same iteration could not be written (a resume needs both)."""
         if current_iter == -1:
+            return
+        if not self.network_saved:
+            get_root_logger().warning(f'Not saving the training state of iter {current_iter}: its checkpoint could '
+                                      'not be written; the previous training states are kept.')
             return
         state = {
             'epoch': epoch,

@@ -360,12 +360,16 @@ def test_non_finite_stop_leaves_no_diverged_checkpoint_as_newest(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['1.state.diverged', 'net_g_1.pth.diverged']
 
 
-@pytest.mark.parametrize('failure', ['full disk', 'read-only folder'])
+@pytest.mark.parametrize('failure', ['full disk', 'read-only folder', 'checkpoint only'])
 def test_failed_checkpoint_save_warns_and_keeps_the_previous_ones(tmp_path, monkeypatch, failure):
     model = build_model(make_opt(tmp_path))
     model.save(epoch=0, current_iter=1)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    if failure == 'full disk':  # torch.save reports a full disk as a RuntimeError, after writing part of the file
+    if failure == 'checkpoint only':  # a training state without its checkpoint could not be resumed from
+        real_save_torch = sdnet_model.save_torch
+        monkeypatch.setattr(sdnet_model, 'save_torch',
+                            lambda obj, path: 'net_g' not in os.path.basename(path) and real_save_torch(obj, path))
+    elif failure == 'full disk':  # torch.save reports a full disk as a RuntimeError, after writing part of the file
         real_save = torch.save
 
         def full_disk(obj, f):
