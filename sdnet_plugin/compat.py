@@ -151,11 +151,13 @@ def load_training_state(path):
             return torch.load(path, map_location='cpu', weights_only=True)
     except OSError:
         raise
-    except pickle.UnpicklingError:  # what torch raises for anything weights_only refuses
-        raise ValueError('it holds objects other than tensors and plain values (refused: loading would run code)') \
-            from None
     except Exception as error:  # truncated (RuntimeError), empty (EOFError), not a torch file (KeyError, ...)
-        raise ValueError(f'unreadable ({error_line(error)})') from None
+        if isinstance(error, pickle.UnpicklingError) and 'global' in str(error).lower():  # a refused type
+            raise ValueError('it holds objects other than tensors and plain values (refused: loading would run '
+                             'code)') from None
+        reason = error_line(error).split('. ')[0] if isinstance(error, RuntimeError) else 'empty, cut short or not a ' \
+            'torch file'  # torch's first sentence, or what the unpickler's KeyError / EOFError mean
+        raise ValueError(f'unreadable: {reason}') from None
 
 
 def load_resume_state(opt):

@@ -407,6 +407,24 @@ def test_training_states_load_without_running_code(tmp_path):
     assert not marker.exists()
 
 
+def test_training_state_loader_reasons(tmp_path):
+    from collections import Counter
+
+    from sdnet_plugin.compat import load_training_state
+    good = tmp_path / 'good.state'
+    torch.save({'iter': 1, 'schedulers': [{'milestones': Counter([5, 10])}], 'w': torch.ones(3)}, good)
+    assert load_training_state(good)['schedulers'][0]['milestones'] == Counter([5, 10])
+    cases = {
+        'truncated': (good.read_bytes()[:300], 'unreadable: PytorchStreamReader failed reading zip archive'),
+        'empty': (b'', 'unreadable: empty, cut short or not a torch file'),
+        'not a torch file': (b'\x80\x02zzzz', 'unreadable: empty, cut short or not a torch file'),
+    }
+    for name, (data, reason) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f'^{reason}'):
+            load_training_state(tmp_path / name)
+
+
 def test_truncated_newest_state_falls_back_to_the_previous_one(tmp_path, monkeypatch, capsys):
     from sdnet_plugin.compat import load_resume_state
     model = build_model(make_opt(tmp_path))
