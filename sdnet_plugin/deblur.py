@@ -87,7 +87,8 @@ def main(argv=None):
     try:
         device = pick_device(args.device)
     except ValueError as error:
-        raise SystemExit(f'sdnet-deblur: error: --{error}') from None
+        print(f'sdnet-deblur: error: --{error}', file=sys.stderr)
+        return 2
     try:
         dtype = torch.float32 if args.onnx else inference_dtype('fp32' if args.no_half else args.precision, device)
         source = {'onnx': args.onnx} if args.onnx else {'weights': weights, 'preset': args.preset}

@@ -71,9 +71,10 @@ def test_empty_weights_file_is_one_line(tmp_path, capsys):
     assert not (tmp_path / 'out').exists() and not (tmp_path / 'w.pth').exists()
 
 
-def test_unknown_device_is_one_line(tmp_path, tiny_weights):
-    with pytest.raises(SystemExit, match="sdnet-deblur: error: --device 'foo' is not one of 'auto', 'cpu'"):
-        deblur.main([str(tmp_path / 'a.png'), '--weights', str(tiny_weights), '--device', 'foo'])
+def test_unknown_device_is_one_line(tmp_path, tiny_weights, capsys):
+    status, _, stderr = _run([tmp_path / 'a.png', '--weights', tiny_weights, '--device', 'foo'], capsys)
+    assert status == 2 and _one_error(stderr) == \
+        "sdnet-deblur: error: --device 'foo' is not one of 'auto', 'cpu', 'cuda', 'cuda:N'"
 
 
 def _edsr_checkpoint(path):
