@@ -149,6 +149,11 @@ def test_long_file_names(tmp_path, tiny_weights, capsys):
     status, _, stderr = _run([tmp_path / name, '-o', tmp_path / 'out', '--weights', tiny_weights], capsys)
     assert status == 0, stderr
     assert [p.name for p in (tmp_path / 'out').iterdir()] == [name]
+    status, _, stderr = _run([tmp_path / name, '-o', tmp_path / 'out2', '--weights', tiny_weights, '--compare'], capsys)
+    assert status == 1 and 'Traceback' not in stderr and stderr.strip().splitlines()[-1] == (
+        f'sdnet-deblur: {tmp_path / name}: its compare output name would be 258 bytes, over the 255 a file name may '
+        'have; rename the file or shorten --suffix')
+    assert not (tmp_path / 'out2').exists()  # no output when one of them cannot be written
     longest = 'é' * 125 + '.jpg'  # 254 bytes in UTF-8
     write_bytes(tmp_path / longest, b'data')
     assert (tmp_path / longest).read_bytes() == b'data'
