@@ -307,6 +307,13 @@ def _read_training_state(path):
         raise ValueError(f'cannot read {path}: {error}') from None
 
 
+def _write_training_state(obj, path):
+    """:func:`sdnet_plugin.file_safety.save_torch`, raising ``OSError`` when the file could not be written."""
+    from sdnet_plugin.file_safety import save_torch
+    if not save_torch(obj, path):
+        raise OSError(f'could not write {path} (see the warnings above); nothing was replaced')
+
+
 def pack_training_state(experiment_dir, out_path, max_mb=25.0):
     """Pack the newest training state of an experiment and its checkpoint into one file of at most ``max_mb``.
 
@@ -328,7 +335,6 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
 
     import torch
 
-    from sdnet_plugin.file_safety import save_torch
     states = [int(name[:-len('.state')]) for name in os.listdir(osp.join(experiment_dir, 'training_states'))
               if name.endswith('.state') and name[:-len('.state')].isdigit()] \
         if osp.isdir(osp.join(experiment_dir, 'training_states')) else []
@@ -359,7 +365,7 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
     else:
         raise ValueError(f'the training state of {experiment_dir} needs {buffer.tell() / 1e6:.1f} MB even in '
                          f'{precision}; raise the limit (max_mb)')
-    save_torch(packed, out_path)
+    _write_training_state(packed, out_path)
     return {'iter': state['iter'], 'precision': precision, 'bytes': osp.getsize(out_path)}
 
 
@@ -370,7 +376,6 @@ def unpack_training_state(packed_path, experiment_dir):
     Returns:
         int: The iteration.
     """
-    from sdnet_plugin.file_safety import save_torch
     packed = _read_training_state(packed_path)
     if not isinstance(packed, dict) or packed.get('format') != 'sdnet-training-state':
         raise ValueError(f'{packed_path} is not a packed training state')
@@ -378,7 +383,7 @@ def unpack_training_state(packed_path, experiment_dir):
         os.makedirs(osp.join(experiment_dir, folder), exist_ok=True)
     state = dict(packed['state'], optimizers=_cast_tensors(packed['state']['optimizers'], 'float32'))
     current_iter = state['iter']
-    save_torch(
+    _write_training_state(
         _cast_tensors(packed['network'], 'float32'), osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth'))
-    save_torch(state, osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
+    _write_training_state(state, osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
     return current_iter

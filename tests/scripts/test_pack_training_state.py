@@ -113,3 +113,18 @@ def test_states_holding_code_are_refused_without_running_it(tmp_path, command):
         pack_script.main(args)
     assert not marker.exists() and not (tmp_path / 'resumed').exists()
     assert (command == 'unpack') == (tmp_path / 'packed.pth').exists()
+
+
+@pytest.mark.parametrize('command', ['pack', 'unpack'])
+def test_failed_writes_are_one_line_errors(tmp_path, monkeypatch, command):
+    from sdnet_plugin import file_safety
+    _experiment(tmp_path / 'exp')
+    pack_script.main(['pack', str(tmp_path / 'exp'), str(tmp_path / 'packed.pth')])
+    before = (tmp_path / 'packed.pth').read_bytes()
+    monkeypatch.setattr(file_safety, 'save_torch', lambda obj, path: False)  # full disk: it warned and gave up
+    args = ['pack', str(tmp_path / 'exp'), str(tmp_path / 'packed.pth')] if command == 'pack' else \
+        ['unpack', str(tmp_path / 'packed.pth'), str(tmp_path / 'resumed')]
+    with pytest.raises(SystemExit, match=r'^error: could not write .*(packed|net_g_30)\.pth \(see the warnings'):
+        pack_script.main(args)
+    assert (tmp_path / 'packed.pth').read_bytes() == before
+    assert not list((tmp_path / 'resumed').rglob('*.*'))
