@@ -15,9 +15,10 @@ applied to BasicSR at all: :class:`~sdnet_plugin.models.SDNetModel` overrides th
    a CPU-only machine. We load onto the CPU (optimizers move their state to the parameters' device when loading)
    with ``weights_only=True``: a training state made elsewhere can hold only tensors, numbers, strings, lists,
    dicts and the types in :data:`TRAINING_STATE_TYPES`, never code. With ``--auto_resume`` an unreadable newest
-   state (truncated copy, full disk) is skipped with a warning for the previous one, and the states are looked for
-   under ``opt['root_path']``, the root the pipeline was given (the working directory when unset). Remove when:
-   basicsr maps resume states to the model's device and loads them safely.
+   state (truncated copy, full disk), or one whose checkpoint is missing or cut short, is skipped with a warning for
+   the previous one, and the states are looked for under ``opt['root_path']``, the root the pipeline was given (the
+   working directory when unset). Remove when: basicsr maps resume states to the model's device and loads them
+   safely.
 3. ``basicsr.utils.dist_util._init_dist_pytorch`` always calls ``torch.cuda.set_device`` and uses NCCL, so
    ``torchrun ... --launcher pytorch`` cannot run without GPUs. Without CUDA we initialise a ``gloo`` group.
    Remove when: basicsr chooses the backend from the available devices.
@@ -46,6 +47,7 @@ import os
 import pickle
 import sys
 import types
+import zipfile
 
 __all__ = [
     'TRAINING_STATE_TYPES', 'UnknownTypeError', 'apply', 'prepare', 'load_resume_state', 'load_training_state',
@@ -160,6 +162,18 @@ def load_training_state(path):
         raise ValueError(f'unreadable: {reason}') from None
 
 
+def _broken_checkpoint(opt, current_iter):
+    """The first checkpoint that resuming from ``current_iter`` loads (``models/net_<x>_<iter>.pth``, as BasicSR's
+    ``check_resume`` names them) that is missing or cut short (not a complete zip archive, which is what
+    ``torch.save`` writes), or None."""
+    models, ignored = opt['path'].get('models'), opt['path'].get('ignore_resume_networks') or ()
+    for network in (key for key in opt if key.startswith('network_') and key not in ignored and models):
+        path = os.path.join(models, f'net_{network[len("network_"):]}_{current_iter}.pth')
+        if not zipfile.is_zipfile(path):
+            return path
+    return None
+
+
 def load_resume_state(opt):
     """BasicSR's ``load_resume_state`` that also works on CPU (fix 2)."""
     from os import path as osp
@@ -184,6 +198,9 @@ def load_resume_state(opt):
             resume_state = load_training_state(resume_state_path)
             if not (isinstance(resume_state, dict) and isinstance(resume_state.get('iter'), int)):
                 raise ValueError('not a BasicSR training state')
+            broken = _broken_checkpoint(opt, resume_state['iter'])
+            if broken:
+                raise ValueError(f'its checkpoint {broken} is missing or cut short')
         except Exception as error:
             reason = error_line(error)
             if index + 1 == len(candidates):

@@ -425,22 +425,30 @@ def test_training_state_loader_reasons(tmp_path):
             load_training_state(tmp_path / name)
 
 
-def test_truncated_newest_state_falls_back_to_the_previous_one(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize('damage', ['state cut short', 'checkpoint cut short', 'checkpoint missing'])
+def test_truncated_newest_state_falls_back_to_the_previous_one(tmp_path, monkeypatch, capsys, damage):
     from sdnet_plugin.compat import load_resume_state
-    model = build_model(make_opt(tmp_path))
-    states = tmp_path / 'experiments' / 'unit' / 'training_states'
-    states.mkdir(parents=True)
-    model.opt['path']['training_states'] = str(states)
+    opt = make_opt(tmp_path)
+    exp = tmp_path / 'experiments' / 'unit'
+    opt['path'].update(training_states=str(exp / 'training_states'), models=str(exp / 'models'))
+    model = build_model(opt)
     for current_iter in (2, 10):
-        model.save_training_state(epoch=0, current_iter=current_iter)
-    (states / '10.state').write_bytes((states / '10.state').read_bytes()[:1000])  # a copy cut short
+        model.save(epoch=0, current_iter=current_iter)
+    damaged = exp / ('training_states/10.state' if damage == 'state cut short' else 'models/net_g_10.pth')
+    if damage == 'checkpoint missing':
+        damaged.unlink()
+    else:
+        damaged.write_bytes(damaged.read_bytes()[:1000])  # a copy cut short
     monkeypatch.chdir(tmp_path)
     opt = make_opt(tmp_path)
     opt.update(auto_resume=True)
-    opt['path']['resume_state'] = None
+    opt['path'].update(resume_state=None, models=str(exp / 'models'))
     assert load_resume_state(opt)['iter'] == 2
-    assert opt['path']['resume_state'].endswith('2.state')
-    assert 'warning: cannot resume from experiments/unit/training_states/10.state' in capsys.readouterr().err
+    assert opt['path']['resume_state'].endswith('2.state') and opt['path']['pretrain_network_g'].endswith('_2.pth')
+    reason = 'unreadable: PytorchStreamReader' if damage == 'state cut short' else \
+        f'its checkpoint {damaged} is missing or cut short'
+    assert f'warning: cannot resume from experiments/unit/training_states/10.state ({reason}' in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize('section, key, value, message', [
