@@ -15,9 +15,10 @@ applied to BasicSR at all: :class:`~sdnet_plugin.models.SDNetModel` overrides th
    a CPU-only machine. We load onto the CPU (optimizers move their state to the parameters' device when loading)
    with ``weights_only=True``: a training state made elsewhere can hold only tensors, numbers, strings, lists,
    dicts and the types in :data:`TRAINING_STATE_TYPES`, never code. With ``--auto_resume`` an unreadable newest
-   state (truncated copy, full disk) is skipped with a warning for the previous one, and the states are looked for
-   under ``opt['root_path']``, the root the pipeline was given (the working directory when unset). Remove when:
-   basicsr maps resume states to the model's device and loads them safely.
+   state (truncated copy, full disk), or one whose checkpoint is missing or cut short, is skipped with a warning for
+   the previous one, and the states are looked for under ``opt['root_path']``, the root the pipeline was given (the
+   working directory when unset). Remove when: basicsr maps resume states to the model's device and loads them
+   safely.
 3. ``basicsr.utils.dist_util._init_dist_pytorch`` always calls ``torch.cuda.set_device`` and uses NCCL, so
    ``torchrun ... --launcher pytorch`` cannot run without GPUs. Without CUDA we initialise a ``gloo`` group.
    Remove when: basicsr chooses the backend from the available devices.
@@ -46,6 +47,7 @@ import os
 import pickle
 import sys
 import types
+import zipfile
 
 __all__ = [
     'TRAINING_STATE_TYPES', 'UnknownTypeError', 'apply', 'prepare', 'load_resume_state', 'load_training_state',
@@ -127,19 +129,49 @@ def _wrap_parse_options(parse_options):
 
 
 def load_training_state(path):
-    """Load a BasicSR training state onto the CPU without running code (``weights_only`` with
-    :data:`TRAINING_STATE_TYPES` allowed).
+    """Load a training state (BasicSR's ``<iter>.state``, or a packed one) onto the CPU without running code.
+
+    Every training state is read here, with ``torch.load(weights_only=True)``: besides tensors, numbers, strings,
+    lists, tuples and dicts only the types in :data:`TRAINING_STATE_TYPES` are allowed, so a state made by someone
+    else cannot run theirs.
+
+    Args:
+        path (str): The file.
+
+    Returns:
+        object: What the file holds.
 
     Raises:
-        ValueError: The file is not a training state (no integer ``iter``).
-        pickle.UnpicklingError: It holds other objects (loading them would run code).
+        ValueError: The file holds other objects (refused), or cannot be read (truncated, not a torch file).
+        OSError: The file cannot be opened.
     """
     import torch
-    with torch.serialization.safe_globals(list(TRAINING_STATE_TYPES)):
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    if not (isinstance(state, dict) and isinstance(state.get('iter'), int)):
-        raise ValueError('not a BasicSR training state')
-    return state
+
+    from sdnet_plugin.utils import error_line
+    try:
+        with torch.serialization.safe_globals(list(TRAINING_STATE_TYPES)):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # truncated (RuntimeError), empty (EOFError), not a torch file (KeyError, ...)
+        if isinstance(error, pickle.UnpicklingError) and 'global' in str(error).lower():  # a refused type
+            raise ValueError('it holds objects other than tensors and plain values (refused: loading would run '
+                             'code)') from None
+        reason = error_line(error).split('. ')[0] if isinstance(error, RuntimeError) else 'empty, cut short or not a ' \
+            'torch file'  # torch's first sentence, or what the unpickler's KeyError / EOFError mean
+        raise ValueError(f'unreadable: {reason}') from None
+
+
+def _broken_checkpoint(opt, current_iter):
+    """The first checkpoint that resuming from ``current_iter`` loads (``models/net_<x>_<iter>.pth``, as BasicSR's
+    ``check_resume`` names them) that is missing or cut short (not a complete zip archive, which is what
+    ``torch.save`` writes), or None."""
+    models, ignored = opt['path'].get('models'), opt['path'].get('ignore_resume_networks') or ()
+    for network in (key for key in opt if key.startswith('network_') and key not in ignored and models):
+        path = os.path.join(models, f'net_{network[len("network_"):]}_{current_iter}.pth')
+        if not zipfile.is_zipfile(path):
+            return path
+    return None
 
 
 def load_resume_state(opt):
@@ -164,10 +196,13 @@ def load_resume_state(opt):
     for index, resume_state_path in enumerate(candidates):
         try:
             resume_state = load_training_state(resume_state_path)
+            if not (isinstance(resume_state, dict) and isinstance(resume_state.get('iter'), int)):
+                raise ValueError('not a BasicSR training state')
+            broken = _broken_checkpoint(opt, resume_state['iter'])
+            if broken:
+                raise ValueError(f'its checkpoint {broken} is missing or cut short')
         except Exception as error:
             reason = error_line(error)
-            if isinstance(error, pickle.UnpicklingError):  # what torch raises for anything weights_only refuses
-                reason = 'it holds objects other than tensors and plain values (refused: loading would run code)'
             if index + 1 == len(candidates):
                 raise ValueError(f'cannot resume from {resume_state_path}: {reason}') from None
             print(f'warning: cannot resume from {resume_state_path} ({reason}); trying {candidates[index + 1]}',

@@ -24,6 +24,7 @@ import cv2
 import torch
 from tqdm import tqdm
 
+from sdnet_plugin.file_safety import NAME_MAX
 from sdnet_plugin.inference import (DEFAULT_WEIGHTS_NAME, SDNetRestorer, find_default_weights, inference_dtype,
                                     missing_weights_message)
 from sdnet_plugin.media import VIDEO_CODECS, InputError, collect_inputs
@@ -87,7 +88,8 @@ def main(argv=None):
     try:
         device = pick_device(args.device)
     except ValueError as error:
-        raise SystemExit(f'sdnet-deblur: error: --{error}') from None
+        print(f'sdnet-deblur: error: --{error}', file=sys.stderr)
+        return 2
     try:
         dtype = torch.float32 if args.onnx else inference_dtype('fp32' if args.no_half else args.precision, device)
         source = {'onnx': args.onnx} if args.onnx else {'weights': weights, 'preset': args.preset}
@@ -150,7 +152,10 @@ def _process_all(inputs, failures, restorer, args):
     for path, rel_path in tqdm(inputs, desc='sdnet-deblur', unit='file', disable=len(inputs) < 2):
         try:
             paths = output_paths(rel_path, args.output, args.suffix, args.compare, args.save_offsets)
-            for out in paths.values():
+            for kind, out in paths.items():
+                if len(out.name.encode()) > NAME_MAX:  # checked before any output is written
+                    raise InputError(f'its {kind} output name would be {len(out.name.encode())} bytes, over the '
+                                     f'{NAME_MAX} a file name may have; rename the file or shorten --suffix')
                 resolved = out.resolve()
                 if resolved in input_paths:
                     raise InputError(f'output {out} would overwrite an input; choose another -o or a --suffix')

@@ -269,8 +269,11 @@ def run_checkpoints(experiment):
         state_path = osp.join(experiment, 'training_states', f'{match.group(1)}.state') if match else ''
         if not osp.isfile(state_path):
             continue
-        state = load_training_state(state_path)
-        if 'cpu_seconds' in state:
+        try:
+            state = load_training_state(state_path)
+        except ValueError:  # unreadable (cut short) or refused: no cost to plot against
+            continue
+        if isinstance(state, dict) and 'cpu_seconds' in state:
             rows.append({
                 'iter': int(match.group(1)),
                 'weights': weights,

@@ -298,6 +298,22 @@ def _cast_tensors(value, dtype):
     return value
 
 
+def _read_training_state(path):
+    """:func:`sdnet_plugin.compat.load_training_state` (no code runs), its errors naming ``path``."""
+    from sdnet_plugin.compat import load_training_state
+    try:
+        return load_training_state(path)
+    except ValueError as error:
+        raise ValueError(f'cannot read {path}: {error}') from None
+
+
+def _write_training_state(obj, path):
+    """:func:`sdnet_plugin.file_safety.save_torch`, raising ``OSError`` when the file could not be written."""
+    from sdnet_plugin.file_safety import save_torch
+    if not save_torch(obj, path):
+        raise OSError(f'could not write {path} (see the warnings above); nothing was replaced')
+
+
 def pack_training_state(experiment_dir, out_path, max_mb=25.0):
     """Pack the newest training state of an experiment and its checkpoint into one file of at most ``max_mb``.
 
@@ -319,7 +335,6 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
 
     import torch
 
-    from sdnet_plugin.file_safety import save_torch
     states = [int(name[:-len('.state')]) for name in os.listdir(osp.join(experiment_dir, 'training_states'))
               if name.endswith('.state') and name[:-len('.state')].isdigit()] \
         if osp.isdir(osp.join(experiment_dir, 'training_states')) else []
@@ -329,9 +344,8 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
     net_path = osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth')
     if not osp.isfile(net_path):
         raise FileNotFoundError(f'{net_path} is missing: a training state needs the checkpoint of its iteration')
-    state = torch.load(
-        osp.join(experiment_dir, 'training_states', f'{current_iter}.state'), map_location='cpu', weights_only=False)
-    network = torch.load(net_path, map_location='cpu', weights_only=True)
+    state = _read_training_state(osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
+    network = _read_training_state(net_path)
     for precision, ema_dtype, moment_dtype in PACK_PRECISIONS:
         packed = {
             'format': 'sdnet-training-state',
@@ -351,7 +365,7 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
     else:
         raise ValueError(f'the training state of {experiment_dir} needs {buffer.tell() / 1e6:.1f} MB even in '
                          f'{precision}; raise the limit (max_mb)')
-    save_torch(packed, out_path)
+    _write_training_state(packed, out_path)
     return {'iter': state['iter'], 'precision': precision, 'bytes': osp.getsize(out_path)}
 
 
@@ -362,17 +376,14 @@ def unpack_training_state(packed_path, experiment_dir):
     Returns:
         int: The iteration.
     """
-    import torch
-
-    from sdnet_plugin.file_safety import save_torch
-    packed = torch.load(packed_path, map_location='cpu', weights_only=False)
+    packed = _read_training_state(packed_path)
     if not isinstance(packed, dict) or packed.get('format') != 'sdnet-training-state':
         raise ValueError(f'{packed_path} is not a packed training state')
     for folder in ('training_states', 'models'):
         os.makedirs(osp.join(experiment_dir, folder), exist_ok=True)
     state = dict(packed['state'], optimizers=_cast_tensors(packed['state']['optimizers'], 'float32'))
     current_iter = state['iter']
-    save_torch(
+    _write_training_state(
         _cast_tensors(packed['network'], 'float32'), osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth'))
-    save_torch(state, osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
+    _write_training_state(state, osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
     return current_iter

@@ -70,12 +70,16 @@ def test_resume_state_loads_on_cpu(tmp_path):
         'auto_resume': False,
         'path': {
             'resume_state': str(state_dir / '40.state'),
-            'models': 'm'
+            'models': str(tmp_path / 'models')
         },
         'network_g': {
             'type': 'SDNet'
         }
     }
+    with pytest.raises(ValueError, match=f'40.state: its checkpoint {tmp_path}/models/net_g_40.pth is missing'):
+        compat.load_resume_state(opt)
+    (tmp_path / 'models').mkdir()
+    torch.save({'params': {}}, tmp_path / 'models' / 'net_g_40.pth')
     state = compat.load_resume_state(opt)
     assert state['iter'] == 40 and state['schedulers'][0]['milestones'] == {10: 1}
     assert opt['path']['pretrain_network_g'].endswith('net_g_40.pth')  # basicsr's check_resume ran

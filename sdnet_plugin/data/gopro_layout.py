@@ -9,6 +9,8 @@ writes them into three BasicSR LMDB databases (``<prefix>_blur.lmdb``, ``<prefix
 ``<prefix>_flow.lmdb``) with BasicSR's :class:`~basicsr.utils.lmdb_util.LmdbMaker`, keys ``<SEQ>/<NNNNNN>`` (plus
 ``_sXXX`` for sub-images), optionally cropping sub-images first.
 """
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -32,6 +34,8 @@ GOPRO_FOLDERS = ('blur', 'blur_gamma', 'sharp', 'flow')  # the folders of a sequ
 LMDB_KINDS = ('blur', 'sharp', 'flow')
 FRAMES_PER_SEQUENCE = 20  # synthetic samples per sequence folder
 IMAGE_SUFFIX = '.png'
+# what writing the databases raises when the disk is full, over quota, read-only or failing
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 def sample_key(sequence, stem):
@@ -285,18 +289,21 @@ def create_gopro_lmdb(src, dst, prefix, blur_folder='blur', use_flow=True, crop_
                         channels = 1 if patch.ndim == 2 else patch.shape[2]
                         makers[kind].put(buf.tobytes(), key, (patch.shape[0], patch.shape[1], channels))
                     keys.append(key)
-        while makers:  # the final commit: a full disk shows here
-            makers.popitem()[1].close()
+        for kind in list(makers):  # the final commit: a full disk shows here
+            makers[kind].close()
+            del makers[kind]
         if verify:
             verified = _verify_databases(paths, progress)
     except BaseException as error:
         for maker in makers.values():
-            maker.env.close()
-            maker.txt_file.close()
+            with contextlib.suppress(lmdb.Error, OSError):  # closing on a full disk fails too
+                maker.env.close()
+            with contextlib.suppress(OSError):
+                maker.txt_file.close()
         shutil.rmtree(build, ignore_errors=True)
-        if isinstance(error, lmdb.Error):
-            raise IOError(f'cannot write the databases in {dst}: {str(error).strip() or type(error).__name__}') \
-                from None
+        if isinstance(error, lmdb.Error) or isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            reason = (error.strerror if isinstance(error, OSError) else str(error).strip()) or type(error).__name__
+            raise IOError(f'cannot write the databases in {dst}: {reason}') from None
         raise
     _switch_to_build(dst, prefix, build, kinds)
     return dict(finals, keys=keys, **({'verified': verified} if verify else {}))

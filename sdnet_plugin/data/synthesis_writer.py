@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from sdnet_plugin.data.flow_io import FLOW_MAX, FLOW_MIN, encode_flow
 from sdnet_plugin.data.flow_utils import blur_extent
-from sdnet_plugin.data.gopro_layout import GOPRO_FOLDERS, image_path, split_key, synthetic_key
+from sdnet_plugin.data.gopro_layout import GOPRO_FOLDERS, image_name, image_path, split_key, synthetic_key
 from sdnet_plugin.data.scene_motion import sample_scene
 from sdnet_plugin.data.scene_rendering import render_scene, to_uint8_bgr
 from sdnet_plugin.file_safety import atomic_directory, is_temporary, remove_temporaries
@@ -271,7 +271,8 @@ def _write_samples(job, count, workers=1, progress=True):
 def check_replaceable(out_dir, photo_dir=None):
     """Refuse to replace ``out_dir`` unless it is a previous synthesis output and holds no input photographs.
 
-    A previous output holds ``synthesis.json`` and only the sequence folders it lists.
+    A previous output holds ``synthesis.json`` and only the sequence folders it lists, whose ``GOPRO_FOLDERS``
+    hold only the images of its samples.
 
     Raises:
         FileExistsError: ``out_dir`` is something else (named, with the reason).
@@ -281,17 +282,25 @@ def check_replaceable(out_dir, photo_dir=None):
         raise FileExistsError(f'refusing to replace {out_dir}: it contains the photo folder {photo_dir}')
     if osp.islink(out_dir) or not osp.isdir(out_dir):
         raise FileExistsError(f'refusing to replace {out_dir}: not a folder written by the synthesizer')
+    images = {}  # sequence -> the image names its folders may hold
     try:
         with open(osp.join(out_dir, 'synthesis.json')) as f:
-            sequences = {split_key(record['key'])[0] for record in json.load(f)['samples']}
+            for record in json.load(f)['samples']:
+                images.setdefault(split_key(record['key'])[0], set()).add(image_name(record['key']))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise FileExistsError(f'refusing to replace {out_dir}: no readable synthesis.json, so it is not a previous '
                               'synthesis output; choose another --out or remove it yourself') from None
 
+    def plain_folder(path):
+        return osp.isdir(path) and not osp.islink(path)
+
     def written(name):
         path = osp.join(out_dir, name)
-        return name == 'synthesis.json' or (name in sequences and osp.isdir(path) and not osp.islink(path)
-                                            and set(os.listdir(path)) <= set(GOPRO_FOLDERS))
+        if name not in images:
+            return name == 'synthesis.json'
+        return plain_folder(path) and set(os.listdir(path)) <= set(GOPRO_FOLDERS) and all(
+            plain_folder(osp.join(path, folder)) and set(os.listdir(osp.join(path, folder))) <= images[name]
+            for folder in os.listdir(path))
 
     others = sorted(name for name in os.listdir(out_dir) if not written(name))
     if others:

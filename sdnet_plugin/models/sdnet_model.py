@@ -16,7 +16,7 @@ Adds to ``SRModel`` (all options are read from the usual option file, see ``docs
   extended, or continued with a lower learning rate after it diverged.
 * Atomic checkpoints (:func:`sdnet_plugin.file_safety.save_torch`: temp file, fsync, ``os.replace``) that also store
   the network options under ``network_g``; a failed save (full disk, read-only folder) warns and keeps the previous
-  checkpoints.
+  checkpoints, and no training state is written without the checkpoint of its iteration.
 * Training cost: the CPU seconds the run has used (this process and its data-loading children, summed over
   resumes) are logged as ``cpu_h`` (hours) and stored in every training state as ``cpu_seconds``, next to
   ``wall_seconds``, so that progress can be plotted against compute (``scripts/heldout_curve.py``).
@@ -108,6 +108,7 @@ class SDNetModel(SRModel):
         self.nonfinite_since = None
         self._cost_base = {'cpu_seconds': 0.0, 'wall_seconds': 0.0}  # spent before this process (from a resume)
         self._cost_start = {'cpu_seconds': process_cpu_seconds(), 'wall_seconds': time.monotonic()}
+        self.network_saved = True
         super().__init__(opt)
         if self.amp_dtype == torch.float16:
             self.grad_scaler = torch.amp.GradScaler(self.device.type)
@@ -370,6 +371,7 @@ class SDNetModel(SRModel):
             get_root_logger().warning(f'Not saving at iter {current_iter}: the last {self.nonfinite_steps} step(s) '
                                       'were non-finite; the previous checkpoints are kept.')
             return
+        self.network_saved = True
         super().save(epoch, current_iter)
 
     @master_only
@@ -392,7 +394,8 @@ class SDNetModel(SRModel):
             if version is not None:  # the preset and version it was built with, so the file always rebuilds it
                 save_dict[f'network_{network_key}'].update(preset=bare.preset, preset_version=version)
         iter_name = 'latest' if current_iter == -1 else current_iter
-        save_torch(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{iter_name}.pth'))
+        path = osp.join(self.opt['path']['models'], f'{net_label}_{iter_name}.pth')
+        self.network_saved = save_torch(save_dict, path) and self.network_saved
 
     def resume_training(self, resume_state):
         """BasicSR's resume, except that the learning rates and the schedule's shape come from the option file.
@@ -434,8 +437,13 @@ class SDNetModel(SRModel):
 
     @master_only
     def save_training_state(self, epoch, current_iter):
-        """BasicSR's ``save_training_state`` (optimizers, schedulers, epoch, iter), written atomically."""
+        """BasicSR's ``save_training_state`` (optimizers, schedulers, epoch, iter), written atomically; skipped when
+        the checkpoint of the same iteration could not be written (a resume needs both)."""
         if current_iter == -1:
+            return
+        if not self.network_saved:
+            get_root_logger().warning(f'Not saving the training state of iter {current_iter}: its checkpoint could '
+                                      'not be written; the previous training states are kept.')
             return
         state = {
             'epoch': epoch,

@@ -1,3 +1,4 @@
+import errno
 import os
 import os.path as osp
 
@@ -187,16 +188,36 @@ def test_bad_crop_options_are_one_line_errors(make_synthetic_gopro, tmp_path, op
     assert _lmdb_names(dst) == []
 
 
-def test_full_disk_at_the_final_commit_is_one_line(make_synthetic_gopro, tmp_path, monkeypatch):
+class _FullDiskFile:
+    """A ``meta_info.txt`` on a full disk: flushing it fails."""
+
+    def write(self, *text):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    close = write
+
+
+@pytest.mark.parametrize('failure', ['final commit', 'final commit and meta_info', 'meta_info'])
+def test_full_disk_is_one_line(make_synthetic_gopro, tmp_path, monkeypatch, failure):
     from basicsr.utils.lmdb_util import LmdbMaker
     tree = make_synthetic_gopro(count=1, lmdb=False)
     dst = str(tmp_path / 'lmdb')
+    real_put = LmdbMaker.put
+
+    def put(self, *args):
+        if failure == 'meta_info':
+            self.txt_file = _FullDiskFile()
+        real_put(self, *args)
+        if failure == 'final commit and meta_info':
+            self.txt_file = _FullDiskFile()  # every database's meta_info.txt fails to close after the failed commit
 
     def full_disk(self):
         raise lmdb.DiskError('mdb_txn_commit: No space left on device')
 
-    monkeypatch.setattr(LmdbMaker, 'close', full_disk)
-    with pytest.raises(SystemExit, match=f'error: cannot write the databases in {dst}: .*No space left on device'):
+    monkeypatch.setattr(LmdbMaker, 'put', put)
+    if failure != 'meta_info':
+        monkeypatch.setattr(LmdbMaker, 'close', full_disk)
+    with pytest.raises(SystemExit, match=f'error: cannot write the databases in {dst}: .*No space left on device$'):
         create_lmdb.main(['--src', tree['root'], '--dst', dst, '--prefix', 'train'])
     assert _lmdb_names(dst) == []
 

@@ -61,7 +61,9 @@ def _previous_output(tmp_path):
     return out
 
 
-@pytest.mark.parametrize('case', ['unrelated folder', 'extra file', 'extra file in a sequence', 'holds the photos'])
+@pytest.mark.parametrize(
+    'case',
+    ['unrelated folder', 'extra file', 'extra file in a sequence', 'extra file among images', 'holds the photos'])
 def test_overwrite_replaces_only_a_previous_output(tmp_path, case):
     photos = None
     if case == 'unrelated folder':
@@ -74,6 +76,8 @@ def test_overwrite_replaces_only_a_previous_output(tmp_path, case):
             (out / 'notes.txt').write_text('keep me')
         elif case == 'extra file in a sequence':
             next(p for p in out.iterdir() if p.is_dir()).joinpath('mine').mkdir()
+        elif case == 'extra file among images':
+            next(p for p in out.iterdir() if p.is_dir()).joinpath('blur', 'mine.txt').write_text('keep me')
         else:
             photos = out / 'photos'
             photos.mkdir()

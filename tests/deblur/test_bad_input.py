@@ -71,9 +71,10 @@ def test_empty_weights_file_is_one_line(tmp_path, capsys):
     assert not (tmp_path / 'out').exists() and not (tmp_path / 'w.pth').exists()
 
 
-def test_unknown_device_is_one_line(tmp_path, tiny_weights):
-    with pytest.raises(SystemExit, match="sdnet-deblur: error: --device 'foo' is not one of 'auto', 'cpu'"):
-        deblur.main([str(tmp_path / 'a.png'), '--weights', str(tiny_weights), '--device', 'foo'])
+def test_unknown_device_is_one_line(tmp_path, tiny_weights, capsys):
+    status, _, stderr = _run([tmp_path / 'a.png', '--weights', tiny_weights, '--device', 'foo'], capsys)
+    assert status == 2 and _one_error(stderr) == \
+        "sdnet-deblur: error: --device 'foo' is not one of 'auto', 'cpu', 'cuda', 'cuda:N'"
 
 
 def _edsr_checkpoint(path):
@@ -148,6 +149,11 @@ def test_long_file_names(tmp_path, tiny_weights, capsys):
     status, _, stderr = _run([tmp_path / name, '-o', tmp_path / 'out', '--weights', tiny_weights], capsys)
     assert status == 0, stderr
     assert [p.name for p in (tmp_path / 'out').iterdir()] == [name]
+    status, _, stderr = _run([tmp_path / name, '-o', tmp_path / 'out2', '--weights', tiny_weights, '--compare'], capsys)
+    assert status == 1 and 'Traceback' not in stderr and stderr.strip().splitlines()[-1] == (
+        f'sdnet-deblur: {tmp_path / name}: its compare output name would be 258 bytes, over the 255 a file name may '
+        'have; rename the file or shorten --suffix')
+    assert not (tmp_path / 'out2').exists()  # no output when one of them cannot be written
     longest = 'é' * 125 + '.jpg'  # 254 bytes in UTF-8
     write_bytes(tmp_path / longest, b'data')
     assert (tmp_path / longest).read_bytes() == b'data'

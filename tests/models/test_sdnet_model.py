@@ -375,12 +375,16 @@ def test_non_finite_stop_leaves_no_diverged_checkpoint_as_newest(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['1.state.diverged', 'net_g_1.pth.diverged']
 
 
-@pytest.mark.parametrize('failure', ['full disk', 'read-only folder'])
+@pytest.mark.parametrize('failure', ['full disk', 'read-only folder', 'checkpoint only'])
 def test_failed_checkpoint_save_warns_and_keeps_the_previous_ones(tmp_path, monkeypatch, failure):
     model = build_model(make_opt(tmp_path))
     model.save(epoch=0, current_iter=1)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    if failure == 'full disk':  # torch.save reports a full disk as a RuntimeError, after writing part of the file
+    if failure == 'checkpoint only':  # a training state without its checkpoint could not be resumed from
+        real_save_torch = sdnet_model.save_torch
+        monkeypatch.setattr(sdnet_model, 'save_torch',
+                            lambda obj, path: 'net_g' not in os.path.basename(path) and real_save_torch(obj, path))
+    elif failure == 'full disk':  # torch.save reports a full disk as a RuntimeError, after writing part of the file
         real_save = torch.save
 
         def full_disk(obj, f):
@@ -418,22 +422,48 @@ def test_training_states_load_without_running_code(tmp_path):
     assert not marker.exists()
 
 
-def test_truncated_newest_state_falls_back_to_the_previous_one(tmp_path, monkeypatch, capsys):
+def test_training_state_loader_reasons(tmp_path):
+    from collections import Counter
+
+    from sdnet_plugin.compat import load_training_state
+    good = tmp_path / 'good.state'
+    torch.save({'iter': 1, 'schedulers': [{'milestones': Counter([5, 10])}], 'w': torch.ones(3)}, good)
+    assert load_training_state(good)['schedulers'][0]['milestones'] == Counter([5, 10])
+    cases = {
+        'truncated': (good.read_bytes()[:300], 'unreadable: PytorchStreamReader failed reading zip archive'),
+        'empty': (b'', 'unreadable: empty, cut short or not a torch file'),
+        'not a torch file': (b'\x80\x02zzzz', 'unreadable: empty, cut short or not a torch file'),
+    }
+    for name, (data, reason) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f'^{reason}'):
+            load_training_state(tmp_path / name)
+
+
+@pytest.mark.parametrize('damage', ['state cut short', 'checkpoint cut short', 'checkpoint missing'])
+def test_truncated_newest_state_falls_back_to_the_previous_one(tmp_path, monkeypatch, capsys, damage):
     from sdnet_plugin.compat import load_resume_state
-    model = build_model(make_opt(tmp_path))
-    states = tmp_path / 'experiments' / 'unit' / 'training_states'
-    states.mkdir(parents=True)
-    model.opt['path']['training_states'] = str(states)
+    opt = make_opt(tmp_path)
+    exp = tmp_path / 'experiments' / 'unit'
+    opt['path'].update(training_states=str(exp / 'training_states'), models=str(exp / 'models'))
+    model = build_model(opt)
     for current_iter in (2, 10):
-        model.save_training_state(epoch=0, current_iter=current_iter)
-    (states / '10.state').write_bytes((states / '10.state').read_bytes()[:1000])  # a copy cut short
+        model.save(epoch=0, current_iter=current_iter)
+    damaged = exp / ('training_states/10.state' if damage == 'state cut short' else 'models/net_g_10.pth')
+    if damage == 'checkpoint missing':
+        damaged.unlink()
+    else:
+        damaged.write_bytes(damaged.read_bytes()[:1000])  # a copy cut short
     monkeypatch.chdir(tmp_path)
     opt = make_opt(tmp_path)
     opt.update(auto_resume=True)
-    opt['path']['resume_state'] = None
+    opt['path'].update(resume_state=None, models=str(exp / 'models'))
     assert load_resume_state(opt)['iter'] == 2
-    assert opt['path']['resume_state'].endswith('2.state')
-    assert 'warning: cannot resume from experiments/unit/training_states/10.state' in capsys.readouterr().err
+    assert opt['path']['resume_state'].endswith('2.state') and opt['path']['pretrain_network_g'].endswith('_2.pth')
+    reason = 'unreadable: PytorchStreamReader' if damage == 'state cut short' else \
+        f'its checkpoint {damaged} is missing or cut short'
+    assert f'warning: cannot resume from experiments/unit/training_states/10.state ({reason}' in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize('section, key, value, message', [

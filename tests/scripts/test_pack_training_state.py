@@ -1,4 +1,6 @@
 """Packed training states: everything a resume needs, in one file under a size limit."""
+import os
+
 import pytest
 import torch
 
@@ -80,3 +82,49 @@ def test_pack_lowers_the_precision_of_what_does_not_steer_training_first(tmp_pat
     assert not (tmp_path / 'd.pth').exists()
     with pytest.raises(SystemExit, match='no training state'):
         pack_script.main(['pack', str(tmp_path / 'nothing'), str(tmp_path / 'e.pth')])
+
+
+class _Payload:
+    """Unpickling it creates a folder: stands for code hidden in a training state."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker, )
+
+
+@pytest.mark.parametrize('command', ['pack', 'unpack'])
+def test_states_holding_code_are_refused_without_running_it(tmp_path, command):
+    marker = tmp_path / 'code_ran'
+    state, _ = _experiment(tmp_path / 'exp')
+    evil = dict(state, optimizers=[_Payload(marker)])
+    if command == 'pack':
+        path = tmp_path / 'exp' / 'training_states' / '30.state'
+        torch.save(evil, path)
+        args = ['pack', str(tmp_path / 'exp'), str(tmp_path / 'packed.pth')]
+    else:
+        path = tmp_path / 'packed.pth'
+        torch.save({'format': 'sdnet-training-state', 'precision': 'exact', 'state': evil, 'network': {}}, path)
+        args = ['unpack', str(path), str(tmp_path / 'resumed')]
+    with pytest.raises(
+            SystemExit, match=f'error: cannot read {path}: it holds objects other than tensors and plain '
+            r'values \(refused: loading would run code\)'):
+        pack_script.main(args)
+    assert not marker.exists() and not (tmp_path / 'resumed').exists()
+    assert (command == 'unpack') == (tmp_path / 'packed.pth').exists()
+
+
+@pytest.mark.parametrize('command', ['pack', 'unpack'])
+def test_failed_writes_are_one_line_errors(tmp_path, monkeypatch, command):
+    from sdnet_plugin import file_safety
+    _experiment(tmp_path / 'exp')
+    pack_script.main(['pack', str(tmp_path / 'exp'), str(tmp_path / 'packed.pth')])
+    before = (tmp_path / 'packed.pth').read_bytes()
+    monkeypatch.setattr(file_safety, 'save_torch', lambda obj, path: False)  # full disk: it warned and gave up
+    args = ['pack', str(tmp_path / 'exp'), str(tmp_path / 'packed.pth')] if command == 'pack' else \
+        ['unpack', str(tmp_path / 'packed.pth'), str(tmp_path / 'resumed')]
+    with pytest.raises(SystemExit, match=r'^error: could not write .*(packed|net_g_30)\.pth \(see the warnings'):
+        pack_script.main(args)
+    assert (tmp_path / 'packed.pth').read_bytes() == before
+    assert not list((tmp_path / 'resumed').rglob('*.*'))
