@@ -227,6 +227,8 @@ class OnnxNetwork:
         self.input_name = self.session.get_inputs()[0].name
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.network_opt = json.loads(metadata.get('network_g', '{}'))
+        # tiles are cut on the padding multiple of the network, as for the PyTorch network (16 for ``light``)
+        self.pad_multiple = int(metadata.get('pad_multiple', 1))
         self.metadata = metadata
 
     def feature_channels(self):
