@@ -34,7 +34,7 @@ def tiny_weights(tmp_path_factory):
 
 @pytest.fixture
 def tiny_sdnet():
-    """Factory ``tiny_sdnet(seed=0, offset_std=0.05, offset_bias_std=1.0, preset='tiny')`` -> random tiny SDNet in eval mode."""
+    """Factory ``tiny_sdnet(seed=0, offset_std=0.05, offset_bias_std=1.0, preset='tiny')``: a random SDNet."""
     return make_tiny_sdnet
 
 
