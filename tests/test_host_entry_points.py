@@ -162,3 +162,14 @@ def test_wheel_installs_the_hook_and_the_weights(tmp_path):
     assert package_copy.relative_to(REPO).as_posix() in names  # where a regular install puts it
     entry_points = wheel.read('sdnet_plugin-0.1.0.dist-info/entry_points.txt')
     assert b'sdnet-export = sdnet_plugin.export:main' in entry_points and b'sdnet-deblur' in entry_points
+    # pip uninstall removes what RECORD lists; an editable install (PEP 660 wheel) carries the hook as well
+    build = ('import sys, setuptools.build_meta as backend; sys.stdout = sys.stderr; '
+             'print(backend.build_editable(sys.argv[1]), file=sys.__stdout__)')
+    editable = subprocess.run([sys.executable, '-c', build, str(tmp_path / 'editable')], cwd=source,
+                              capture_output=True, text=True, timeout=300, check=True).stdout.strip()
+    editable = zipfile.ZipFile(tmp_path / 'editable' / editable)
+    assert not any(name.startswith('sdnet_plugin/') for name in editable.namelist())  # the package stays in source
+    for archive in (wheel, editable):
+        record = archive.read('sdnet_plugin-0.1.0.dist-info/RECORD').decode().splitlines()
+        assert 'sdnet_plugin_hook.pth' in {line.split(',')[0] for line in record}
+        assert archive.read('sdnet_plugin_hook.pth') == (REPO / 'sdnet_plugin_hook.pth').read_bytes()
