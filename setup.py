@@ -1,14 +1,17 @@
+import glob
 import os
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 HOOK = 'sdnet_plugin_hook.pth'
-WEIGHTS = os.path.join('weights', 'sdnet_base_synthetic.pth')
+# Every weights file at the top of weights/ (not the training states in weights/resume/); sdnet_plugin.inference looks
+# them up by name inside the package first, then in the checkout.
+WEIGHTS = sorted(glob.glob(os.path.join('weights', '*.pth')))
 
 
 class BuildPy(build_py):
     """Also installs the import hook ``sdnet_plugin_hook.pth`` at the top of ``site-packages`` (editable installs
-    too) and, in a regular install, a copy of the shipped weights in ``sdnet_plugin/weights/``."""
+    too) and, in a regular install, a copy of the shipped weights files in ``sdnet_plugin/weights/``."""
 
     def run(self):
         super().run()
@@ -17,9 +20,9 @@ class BuildPy(build_py):
             self.copy_file(HOOK, os.path.join(self.get_finalized_command('install').install_lib, HOOK))
             return
         self.copy_file(HOOK, os.path.join(self.build_lib, HOOK))
-        if os.path.isfile(WEIGHTS):
+        for path in WEIGHTS:
             self.mkpath(os.path.join(self.build_lib, 'sdnet_plugin', 'weights'))
-            self.copy_file(WEIGHTS, os.path.join(self.build_lib, 'sdnet_plugin', WEIGHTS))
+            self.copy_file(path, os.path.join(self.build_lib, 'sdnet_plugin', path))
 
 
 setup(

@@ -8,13 +8,13 @@ Examples::
     sdnet-export --format weights -o weights/mine.pth --weights experiments/NAME/models/net_g_latest.pth
 
 The ONNX model maps ``input`` ``(N, 3, H, W)`` float32 RGB in [0, 1] to ``output`` of the same shape, clipped to
-[0, 1]; N, H and W are free (any size: the graph pads to a multiple of 4 by edge replication, as the network does,
-and crops back). Deformable convolutions become either the pure-PyTorch path (``GridSample`` + ``MatMul``, standard
-operators of every ONNX runtime) or ONNX's ``DeformConv`` (opset 19: only onnxruntime releases whose CPU provider
-implements it; faster there). The graph comes from torch's TorchScript exporter (``dynamo=False``, under a second;
-docs/deblur.md says why not the torch.export-based one). Before the file is written, onnxruntime runs it on a test
-input whose size is not a multiple of 4 and compares the output with PyTorch's; nothing is written when they differ
-by more than 1e-3.
+[0, 1]; N, H and W are free (any size: the graph pads to the network's ``pad_multiple`` by edge replication, as the
+network does, and crops back; the multiple is stored in the model's metadata). Deformable convolutions become either
+the pure-PyTorch path (``GridSample`` + ``MatMul``, standard operators of every ONNX runtime) or ONNX's
+``DeformConv`` (opset 19: only onnxruntime releases whose CPU provider implements it; faster there). The graph comes
+from torch's TorchScript exporter (``dynamo=False``, seconds; docs/deblur.md says why not the torch.export-based
+one). Before the file is written, onnxruntime runs it on a test input whose size needs padding and compares the
+output with PyTorch's; nothing is written when they differ by more than 1e-3.
 """
 import argparse
 import contextlib
@@ -227,6 +227,8 @@ class OnnxNetwork:
         self.input_name = self.session.get_inputs()[0].name
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.network_opt = json.loads(metadata.get('network_g', '{}'))
+        # tiles are cut on the padding multiple of the network, as for the PyTorch network (16 for ``light``)
+        self.pad_multiple = int(metadata.get('pad_multiple', 1))
         self.metadata = metadata
 
     def feature_channels(self):

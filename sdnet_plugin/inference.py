@@ -23,14 +23,22 @@ from sdnet_plugin.utils import error_line
 __all__ = [
     'DEFAULT_WEIGHTS', 'DEFAULT_WEIGHTS_CANDIDATES', 'NonFiniteOutputError', 'SDNetRestorer', 'auto_tile_size',
     'build_sdnet', 'export_weights', 'find_default_weights', 'inference_dtype', 'load_network', 'load_weights',
-    'missing_weights_message', 'tiled_forward'
+    'missing_weights_message', 'tiled_forward', 'weights_candidates'
 ]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_NAME = 'sdnet_base_synthetic.pth'
-# Where the shipped weights are looked for, in order: the copy a regular ``pip install .`` puts inside the package,
-# then the source checkout's ``weights/`` (editable installs, scripts run from the repository).
-DEFAULT_WEIGHTS_CANDIDATES = (Path(__file__).resolve().parent / 'weights' / DEFAULT_WEIGHTS_NAME,
-                              REPO_ROOT / 'weights' / DEFAULT_WEIGHTS_NAME)
+# Where shipped weights files are looked for by name, in order: inside the package, where a regular ``pip install .``
+# copies every ``weights/*.pth`` of the checkout (setup.py), then the checkout's ``weights/`` (editable installs,
+# scripts run from the repository).
+WEIGHTS_FOLDERS = (Path(__file__).resolve().parent / 'weights', REPO_ROOT / 'weights')
+
+
+def weights_candidates(name=DEFAULT_WEIGHTS_NAME):
+    """Paths of the shipped weights file ``name`` in :data:`WEIGHTS_FOLDERS`, in lookup order."""
+    return tuple(folder / name for folder in WEIGHTS_FOLDERS)
+
+
+DEFAULT_WEIGHTS_CANDIDATES = weights_candidates()
 
 
 def find_default_weights(candidates=None):

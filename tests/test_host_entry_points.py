@@ -134,16 +134,20 @@ def test_switched_off_the_host_does_not_know_sdnet(hooked_python, synthetic_gopr
 
 
 def test_wheel_installs_the_hook_and_the_weights(tmp_path):
-    """A regular install's files: the hook at the top of site-packages, the weights inside the package."""
+    """A regular install's files: the hook at the top of site-packages, every weights file of ``weights/`` (a new
+    one too, under any name) inside the package, where the lookup finds it; no training states."""
     import shutil
     import zipfile
     pytest.importorskip('setuptools')
     source = tmp_path / 'source'  # a copy, so that the build leaves nothing in the repository
     shutil.copytree(REPO / 'sdnet_plugin', source / 'sdnet_plugin', ignore=shutil.ignore_patterns('__pycache__'))
-    for name in ('setup.py', 'README.md', 'MANIFEST.in', 'sdnet_plugin_hook.py', 'sdnet_plugin_hook.pth',
-                 'weights/sdnet_base_synthetic.pth'):
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
+    for name in ('setup.py', 'README.md', 'MANIFEST.in', 'sdnet_plugin_hook.py', 'sdnet_plugin_hook.pth'):
         shutil.copy(REPO / name, source / name)
+    (source / 'weights' / 'resume').mkdir(parents=True)
+    (source / 'weights' / 'resume' / 'net_g_7000.pth').write_bytes(b'training state')
+    shipped = [path.name for path in REPO.glob('weights/*.pth')] + ['sdnet_light_camera.pth']
+    for name in shipped:
+        (source / 'weights' / name).write_bytes(name.encode())
     command = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', tmp_path, source]
     result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
@@ -151,6 +155,21 @@ def test_wheel_installs_the_hook_and_the_weights(tmp_path):
     wheel = zipfile.ZipFile(next(tmp_path.glob('*.whl')))
     names = set(wheel.namelist())
     assert {'sdnet_plugin_hook.pth', 'sdnet_plugin_hook.py', 'sdnet_plugin/export.py'} <= names
-    assert 'sdnet_plugin/weights/sdnet_base_synthetic.pth' in names
+    assert {f'sdnet_plugin/weights/{name}' for name in shipped} == {n for n in names if '/weights/' in n}
+    from sdnet_plugin.inference import DEFAULT_WEIGHTS_NAME, weights_candidates
+    assert DEFAULT_WEIGHTS_NAME in shipped
+    package_copy = weights_candidates('sdnet_light_camera.pth')[0]
+    assert package_copy.relative_to(REPO).as_posix() in names  # where a regular install puts it
     entry_points = wheel.read('sdnet_plugin-0.1.0.dist-info/entry_points.txt')
     assert b'sdnet-export = sdnet_plugin.export:main' in entry_points and b'sdnet-deblur' in entry_points
+    # pip uninstall removes what RECORD lists; an editable install (PEP 660 wheel) carries the hook as well
+    build = ('import sys, setuptools.build_meta as backend; sys.stdout = sys.stderr; '
+             'print(backend.build_editable(sys.argv[1]), file=sys.__stdout__)')
+    editable = subprocess.run([sys.executable, '-c', build, str(tmp_path / 'editable')], cwd=source,
+                              capture_output=True, text=True, timeout=300, check=True).stdout.strip()
+    editable = zipfile.ZipFile(tmp_path / 'editable' / editable)
+    assert not any(name.startswith('sdnet_plugin/') for name in editable.namelist())  # the package stays in source
+    for archive in (wheel, editable):
+        record = archive.read('sdnet_plugin-0.1.0.dist-info/RECORD').decode().splitlines()
+        assert 'sdnet_plugin_hook.pth' in {line.split(',')[0] for line in record}
+        assert archive.read('sdnet_plugin_hook.pth') == (REPO / 'sdnet_plugin_hook.pth').read_bytes()

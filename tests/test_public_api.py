@@ -47,3 +47,25 @@ def test_readme_examples():
     from sdnet_plugin.ops import ModulatedDeformConv2d, modulated_deform_conv2d  # noqa: F401
     assert sdnet_plugin.SDNet is sdnet_plugin.archs.sdnet_arch.SDNet
     assert sdnet_plugin.SDNetModel is sdnet_plugin.models.sdnet_model.SDNetModel
+
+
+def _resolve(dotted):
+    """The object ``dotted`` names (``package.module.attribute...``), importing modules as needed."""
+    parts = dotted.split('.')
+    obj = importlib.import_module(parts[0])
+    for index, part in enumerate(parts[1:], 2):
+        obj = getattr(obj, part) if hasattr(obj, part) else importlib.import_module('.'.join(parts[:index]))
+    return obj
+
+
+def test_every_name_the_docs_use_exists_where_they_say():
+    """``from sdnet_plugin... import ...`` lines and ``sdnet_plugin.x.y`` references of README.md and docs/*.md."""
+    checked = set()
+    for path in [README] + sorted(README.parent.glob('docs/*.md')):
+        text = path.read_text(encoding='utf-8')
+        for module_name, names in re.findall(r'from (sdnet_plugin[\w.]*) import ([\w, ]+)', text):
+            checked.update(f'{module_name}.{name.strip()}' for name in names.split(','))
+        checked.update(re.findall(r'\b(sdnet_plugin(?:\.\w+)+)', text))
+    assert {'sdnet_plugin.losses.flow_to_offsets', 'sdnet_plugin.inference.SDNetRestorer'} <= checked
+    for dotted in sorted(checked):
+        assert _resolve(dotted) is not None, dotted

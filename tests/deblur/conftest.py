@@ -3,13 +3,13 @@ import pytest
 import torch
 
 
-def make_tiny_sdnet(seed=0, offset_std=0.05, offset_bias_std=1.0):
-    """Random ``SDNet('tiny')`` whose offset heads are perturbed, so its sampling points really move (by about
+def make_tiny_sdnet(seed=0, offset_std=0.05, offset_bias_std=1.0, preset='tiny'):
+    """Random ``SDNet(preset)`` whose offset heads are perturbed, so its sampling points really move (by about
     ``offset_bias_std`` level pixels, varying with the content through ``offset_std``), and whose output layer is
     random (it starts at zero), so the output depends on every layer."""
     from sdnet_plugin.archs.sdnet_arch import SDNet
     torch.manual_seed(seed)
-    net = SDNet('tiny')
+    net = SDNet(preset)
     torch.nn.init.normal_(net.conv_last.weight, std=0.05)
     for module in net.svd.values():
         torch.nn.init.normal_(module.dcn.conv_offset[-1].weight, std=offset_std)
@@ -34,7 +34,7 @@ def tiny_weights(tmp_path_factory):
 
 @pytest.fixture
 def tiny_sdnet():
-    """Factory ``tiny_sdnet(seed=0, offset_std=0.05, offset_bias_std=1.0)`` -> random tiny SDNet in eval mode."""
+    """Factory ``tiny_sdnet(seed=0, offset_std=0.05, offset_bias_std=1.0, preset='tiny')``: a random SDNet."""
     return make_tiny_sdnet
 
 

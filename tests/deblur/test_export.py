@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sdnet_plugin import deblur, export
-from sdnet_plugin.inference import load_network
+from sdnet_plugin.inference import SDNetRestorer, load_network
 from sdnet_plugin.ops import ModulatedDeformConv2d
 
 onnx = pytest.importorskip('onnx')
@@ -55,6 +55,24 @@ def test_onnx_model_matches_pytorch_at_any_size(tiny_onnx, tiny_weights):
         assert out.shape == x.shape and out.dtype == np.float32
         assert np.abs(out - _reference(tiny_weights, x)).max() <= 1e-4, shape
         assert out.min() >= 0 and out.max() <= 1
+
+
+def test_default_preset_light_exports_and_tiles_like_pytorch(tiny_sdnet, checkpoint_writer, tmp_path):
+    """``light`` pads to a multiple of 16: the graph pads any size itself, and ``sdnet-deblur --onnx`` cuts tiles on
+    that multiple, as it does for the PyTorch network, so both give the same tiled output."""
+    network_opt = {'type': 'SDNet', 'preset': 'light'}
+    weights = checkpoint_writer(tiny_sdnet(preset='light'), tmp_path / 'light.pth', network_opt)
+    info = export.export_onnx(tmp_path / 'light.onnx', weights)
+    assert info['max_abs_diff'] <= 1e-4 and info['network_g'] == dict(network_opt, preset_version=1)
+    runner = export.OnnxNetwork(tmp_path / 'light.onnx', threads=1)
+    assert runner.pad_multiple == 16
+    x = _image(2, 37, 53)
+    assert np.abs(runner.run(x.numpy()) - _reference(weights, x)).max() <= 1e-4
+    rgb = _image(1, 45, 70, seed=2)[0].permute(1, 2, 0).numpy()
+    tiles = {'device': 'cpu', 'tile': 24, 'tile_overlap': 20}  # cut on multiples of 4 they would differ
+    onnx_out, _ = SDNetRestorer(onnx=tmp_path / 'light.onnx', threads=1, **tiles).restore(rgb)
+    torch_out, _ = SDNetRestorer(weights=weights, dtype=torch.float32, **tiles).restore(rgb)
+    assert np.abs(onnx_out - torch_out).max() <= 1e-4
 
 
 def test_export_restores_the_layers_backends(tiny_sdnet):
