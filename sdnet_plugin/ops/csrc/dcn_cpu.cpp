@@ -146,14 +146,22 @@ inline void corners(RowPoints<A> &rp, int64_t i, const T *xb, int64_t x_row, int
   }
 }
 
-// Gradients of point i's mask and sampling position from its four corner dot products dot[q] = g . p[q].
+// Gradients of a point's mask and sampling position from its four corner dot products dot[q] = g . p[q], its mask m
+// and bilinear data (RowPoints); V is a scalar or a vector of points.
+template <typename V>
+inline void position_gradients(V m, const V *ay, const V *ax, const V *dy, const V *dx, const V *dot, V &gmask,
+                               V &goffset_y, V &goffset_x) {
+  const V row0 = ax[0] * dot[0] + ax[1] * dot[1], row1 = ax[0] * dot[2] + ax[1] * dot[3];
+  gmask = ay[0] * row0 + ay[1] * row1;
+  goffset_y = m * (dy[0] * row0 + dy[1] * row1);
+  goffset_x = m * (ay[0] * (dx[0] * dot[0] + dx[1] * dot[1]) + ay[1] * (dx[0] * dot[2] + dx[1] * dot[3]));
+}
+
 template <typename A>
 inline void point_gradients(RowPoints<A> &rp, int64_t i, const A *dot, A *gmask, A *goffset) {
-  const A m = rp.val(8)[i], ay[2] = {rp.val(0)[i], rp.val(1)[i]}, ax[2] = {rp.val(2)[i], rp.val(3)[i]};
+  const A ay[2] = {rp.val(0)[i], rp.val(1)[i]}, ax[2] = {rp.val(2)[i], rp.val(3)[i]};
   const A dy[2] = {rp.val(4)[i], rp.val(5)[i]}, dx[2] = {rp.val(6)[i], rp.val(7)[i]};
-  *gmask = ay[0] * (ax[0] * dot[0] + ax[1] * dot[1]) + ay[1] * (ax[0] * dot[2] + ax[1] * dot[3]);
-  goffset[0] = m * (dy[0] * (ax[0] * dot[0] + ax[1] * dot[1]) + dy[1] * (ax[0] * dot[2] + ax[1] * dot[3]));
-  goffset[1] = m * (ay[0] * (dx[0] * dot[0] + dx[1] * dot[1]) + ay[1] * (dx[0] * dot[2] + dx[1] * dot[3]));
+  position_gradients<A>(rp.val(8)[i], ay, ax, dy, dx, dot, *gmask, goffset[0], goffset[1]);
 }
 
 // One masked bilinear sample of C channels: dst = sum over corners of w[q] * p[q].
@@ -476,10 +484,10 @@ void forward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometry
 }
 
 // One sampling point of the backward pass (CC channels): the masked sample into col (bfloat16), the lane partials of
-// the four corner dot products g . p[q] into part (4 x kLanes), and gp[q] += scale[q] * g.
+// the four corner dot products g . p[q] into part + q * part_stride (kLanes each), and gp[q] += scale[q] * g.
 template <int64_t CC>
 inline void point_tiles(const float *g, const bf16 *const *p, float *const *gp, const float *scale, float *part,
-                        bf16 *col) {
+                        int64_t part_stride, bf16 *col) {
   __m512 dot[4], s[4];
   for (int q = 0; q < 4; ++q) {
     dot[q] = _mm512_setzero_ps();
@@ -496,7 +504,7 @@ inline void point_tiles(const float *g, const bf16 *const *p, float *const *gp, 
     }
     _mm256_storeu_si256(reinterpret_cast<__m256i *>(col + c), (__m256i)_mm512_cvtneps_pbh(v));
   }
-  for (int q = 0; q < 4; ++q) _mm512_storeu_ps(part + q * kLanes, dot[q]);
+  for (int q = 0; q < 4; ++q) _mm512_storeu_ps(part + q * part_stride, dot[q]);
 }
 
 // Backward pass from grad (B, Ho, Wo, C_out): per block of 32 pixels of a row, the column gradient grad @ weight
@@ -516,7 +524,7 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
   {
     RowPoints<float> rp(K, Wo);
     std::vector<bf16> x_zero(CC, 0), gout(32 * c_pad), gout_t(c_pad * 32), cols(32 * KC), pairs(32 * KC);
-    std::vector<float> gx_scratch(CC), dots(4 * K), part(4 * K * kLanes), gcols(32 * KC);
+    std::vector<float> gx_scratch(CC), part(4 * K * 16 * kLanes), gcols(16 * KC);
     std::vector<float> gw(mt_count * 16 * KC, 0.f), gb(c_out, 0.f);
     int tid = 0;
 #ifdef _OPENMP
@@ -538,31 +546,49 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
             gout[p * c_pad + co] = gout_t[co * 32 + p] = v;
             if (co < c_out) gb[co] += to_acc(v);
           }
-        for (int64_t half = 0; half < (count > 16 ? 2 : 1); ++half)  // column gradient, float32
-          for (int64_t nt = 0; nt < nt_count; ++nt) {
+        for (int64_t h0 = ow0; h0 < ow0 + count; h0 += 16) {  // 16 pixels at a time
+          const int64_t n16 = std::min<int64_t>(16, ow0 + count - h0);
+          for (int64_t nt = 0; nt < nt_count; ++nt) {  // their column gradient, float32
             _tile_zero(0);
             for (int64_t ct = 0; ct < ct_count; ++ct) {
-              _tile_loadd(1, gout.data() + half * 16 * c_pad + ct * 32, c_pad * 2);
+              _tile_loadd(1, gout.data() + (h0 - ow0) * c_pad + ct * 32, c_pad * 2);
               _tile_loadd(2, wpack.data() + (ct * nt_count + nt) * 512, 64);
               _tile_dpbf16ps(0, 1, 2);
             }
-            _tile_stored(0, gcols.data() + half * 16 * KC + nt * 16, KC * 4);
+            _tile_stored(0, gcols.data() + nt * 16, KC * 4);
           }
-        for (int64_t ow = ow0; ow < ow0 + count; ++ow) {
-          const int64_t n = r * Wo + ow;
+          for (int64_t ow = h0; ow < h0 + n16; ++ow)
+            for (int64_t k = 0; k < K; ++k) {
+              const int64_t i = k * Wo + ow;
+              if (ow + kPrefetchAhead < Wo)
+                prefetch_corners<bf16, float>(rp, i + kPrefetchAhead, xb, x_row, x_col, gxb, W, CC);
+              const bf16 *p[4];
+              float *gp[4], scale[4];
+              corners<bf16, float>(rp, i, xb, x_row, x_col, gxb, W, CC, x_zero.data(), gx_scratch.data(), p, gp,
+                                   scale);
+              point_tiles<CC>(gcols.data() + (ow - h0) * KC + k * CC, p, gp, scale,
+                              part.data() + (4 * k * 16 + ow - h0) * kLanes, 16 * kLanes,
+                              cols.data() + (ow - ow0) * KC + k * CC);
+            }
+          // Mask and position gradients, a vector of 16 pixels per kernel point.
+          const __mmask16 lanes = static_cast<__mmask16>((1u << n16) - 1);
           for (int64_t k = 0; k < K; ++k) {
-            const int64_t i = k * Wo + ow;
-            if (ow + kPrefetchAhead < Wo)
-              prefetch_corners<bf16, float>(rp, i + kPrefetchAhead, xb, x_row, x_col, gxb, W, CC);
-            const bf16 *p[4];
-            float *gp[4], scale[4];
-            corners<bf16, float>(rp, i, xb, x_row, x_col, gxb, W, CC, x_zero.data(), gx_scratch.data(), p, gp, scale);
-            point_tiles<CC>(gcols.data() + (ow - ow0) * KC + k * CC, p, gp, scale, part.data() + 4 * k * kLanes,
-                            cols.data() + (ow - ow0) * KC + k * CC);
+            const int64_t i = k * Wo + h0;
+            __m512 v[9], dot[4], gm, gy, gxo;
+            for (int a = 0; a < 9; ++a) v[a] = _mm512_maskz_loadu_ps(lanes, rp.val(a) + i);
+            for (int q = 0; q < 4; ++q) dot[q] = reduce16(part.data() + (4 * k + q) * 16 * kLanes);
+            position_gradients<__m512>(v[8], v, v + 2, v + 4, v + 6, dot, gm, gy, gxo);
+            alignas(64) float out[48];
+            _mm512_store_ps(out, gm);
+            _mm512_store_ps(out + 16, gy);
+            _mm512_store_ps(out + 32, gxo);
+            for (int64_t j = 0; j < n16; ++j) {
+              const int64_t n = r * Wo + h0 + j;
+              gmask[n * K + k] = out[j];
+              goffset[(n * K + k) * 2] = out[16 + j];
+              goffset[(n * K + k) * 2 + 1] = out[32 + j];
+            }
           }
-          lane_sums(part.data(), 4 * K, dots.data());
-          for (int64_t k = 0; k < K; ++k)
-            point_gradients<float>(rp, k * Wo + ow, dots.data() + 4 * k, gmask + n * K + k, goffset + (n * K + k) * 2);
         }
         // Columns of pixel pairs interleaved (the B operand layout); pixels past the row are zero.
         const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
