@@ -427,6 +427,23 @@ std::vector<bf16> pack_pairs(const bf16 *src, int64_t n_k, int64_t n_n, int64_t 
   return pack;
 }
 
+// Rows 2 r and 2 r + 1 of src (count rows of width elements, multiples of 16, row stride src_stride) interleaved
+// into dst row r (2 * width elements): the B operand layout of a product over those rows; missing rows are zero.
+inline void interleave_pairs(const bf16 *src, int64_t src_stride, int64_t count, int64_t width, bf16 *dst) {
+  const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  for (int64_t r = 0; r < 16; ++r) {
+    const bf16 *a = src + 2 * r * src_stride, *z = a + src_stride;
+    const bool has_a = 2 * r < count, has_z = 2 * r + 1 < count;
+    for (int64_t n = 0; n < width; n += 16) {
+      const __m256i va = has_a ? _mm256_loadu_si256(reinterpret_cast<const __m256i *>(a + n)) : _mm256_setzero_si256();
+      const __m256i vz = has_z ? _mm256_loadu_si256(reinterpret_cast<const __m256i *>(z + n)) : _mm256_setzero_si256();
+      _mm512_storeu_si512(dst + r * 2 * width + 2 * n,
+                          _mm512_permutexvar_epi16(order, _mm512_inserti64x4(_mm512_castsi256_si512(va), vz, 1)));
+    }
+  }
+}
+
 // out (B, Ho, Wo, C_out) = columns @ weight^T + bias; weight (C_out, K * C), bias float32 or null.
 template <typename O, int64_t CC>
 void forward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometry &g, const bf16 *weight,
@@ -523,7 +540,10 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
 #pragma omp parallel num_threads(threads)
   {
     RowPoints<float> rp(K, Wo);
-    std::vector<bf16> x_zero(CC, 0), gout(32 * c_pad), gout_t(c_pad * 32), cols(32 * KC), pairs(32 * KC);
+    std::vector<bf16> x_zero(CC, 0), gout(32 * c_pad), gout_pairs(32 * c_pad), gout_t(c_pad * 32), cols(32 * KC),
+        pairs(32 * KC);
+    const __m512i pair_rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                 _mm512_set1_epi32(static_cast<int>(c_pad)));
     std::vector<float> gx_scratch(CC), part(4 * K * 16 * kLanes), gcols(16 * KC);
     std::vector<float> gw(mt_count * 16 * KC, 0.f), gb(c_out, 0.f);
     int tid = 0;
@@ -539,19 +559,28 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
       float *gxb = gx + tid * gx_copy_stride + b * g.height * W * CC;
       for (int64_t ow0 = 0; ow0 < Wo; ow0 += 32) {
         const int64_t count = std::min<int64_t>(32, Wo - ow0);
-        // The block's output gradient, zero-padded, and its transpose; the bias gradient.
-        for (int64_t p = 0; p < 32; ++p)
-          for (int64_t co = 0; co < c_pad; ++co) {
-            const bf16 v = p < count && co < c_out ? grow[(ow0 + p) * c_out + co] : bf16(0);
-            gout[p * c_pad + co] = gout_t[co * 32 + p] = v;
-            if (co < c_out) gb[co] += to_acc(v);
-          }
+        // The block's output gradient (A operand of the column gradient; a zero-padded copy unless whole), its
+        // transpose (A operand of the weight gradient) and the bias gradient.
+        const bf16 *ga = grow + ow0 * c_out;
+        int64_t ga_stride = c_out;
+        if (c_out != c_pad || count < 32) {
+          for (int64_t p = 0; p < 32; ++p)
+            for (int64_t co = 0; co < c_pad; ++co)
+              gout[p * c_pad + co] = p < count && co < c_out ? ga[p * c_out + co] : bf16(0);
+          ga = gout.data();
+          ga_stride = c_pad;
+        }
+        for (int64_t p = 0; p < count; ++p)
+          for (int64_t co = 0; co < c_out; ++co) gb[co] += to_acc(ga[p * ga_stride + co]);
+        interleave_pairs(ga, ga_stride, count, c_pad, gout_pairs.data());
+        for (int64_t co = 0; co < mt_count * 16; ++co)  // pixel pairs are 32-bit elements: gather them
+          _mm512_storeu_si512(gout_t.data() + co * 32, _mm512_i32gather_epi32(pair_rows, gout_pairs.data() + 2 * co, 4));
         for (int64_t h0 = ow0; h0 < ow0 + count; h0 += 16) {  // 16 pixels at a time
           const int64_t n16 = std::min<int64_t>(16, ow0 + count - h0);
           for (int64_t nt = 0; nt < nt_count; ++nt) {  // their column gradient, float32
             _tile_zero(0);
             for (int64_t ct = 0; ct < ct_count; ++ct) {
-              _tile_loadd(1, gout.data() + (h0 - ow0) * c_pad + ct * 32, c_pad * 2);
+              _tile_loadd(1, ga + (h0 - ow0) * ga_stride + ct * 32, ga_stride * 2);
               _tile_loadd(2, wpack.data() + (ct * nt_count + nt) * 512, 64);
               _tile_dpbf16ps(0, 1, 2);
             }
@@ -590,19 +619,7 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
             }
           }
         }
-        // Columns of pixel pairs interleaved (the B operand layout); pixels past the row are zero.
-        const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
-                                               6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-        for (int64_t pr = 0; pr < 16; ++pr) {
-          const bf16 *c0 = cols.data() + 2 * pr * KC, *c1 = c0 + KC;
-          const bool has0 = 2 * pr < count, has1 = 2 * pr + 1 < count;
-          for (int64_t n = 0; n < KC; n += 16) {
-            const __m256i a = has0 ? _mm256_loadu_si256(reinterpret_cast<const __m256i *>(c0 + n)) : _mm256_setzero_si256();
-            const __m256i z = has1 ? _mm256_loadu_si256(reinterpret_cast<const __m256i *>(c1 + n)) : _mm256_setzero_si256();
-            _mm512_storeu_si512(pairs.data() + pr * 2 * KC + 2 * n,
-                                _mm512_permutexvar_epi16(order, _mm512_inserti64x4(_mm512_castsi256_si512(a), z, 1)));
-          }
-        }
+        interleave_pairs(cols.data(), KC, count, KC, pairs.data());  // pixels past the row are zero
         for (int64_t mt = 0; mt < mt_count; ++mt)  // weight gradient
           for (int64_t nt = 0; nt < nt_count; ++nt) {
             float *target = gw.data() + mt * 16 * KC + nt * 16;
