@@ -409,11 +409,62 @@ struct TileConfig {
 inline void tiles_begin() {
   TileConfig cfg = {};
   cfg.palette = 1;
-  for (int t = 0; t < 3; ++t) {
+  for (int t = 0; t < 8; ++t) {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
   _tile_loadconfig(&cfg);
+}
+
+// Groups of G <= 4 accumulators (tiles 0 .. G - 1) sharing an A operand (tile 4), B operands in tiles 6 and 7 in turn;
+// independent accumulators keep the tile unit busy. Steps and strides: elements and bytes.
+template <int G> inline void tiles_zero() {
+  _tile_zero(0);
+  if constexpr (G > 1) _tile_zero(1);
+  if constexpr (G > 2) _tile_zero(2);
+  if constexpr (G > 3) _tile_zero(3);
+}
+
+template <int G> inline void tiles_load(const float *c, int64_t step, int64_t stride) {
+  _tile_loadd(0, c, stride);
+  if constexpr (G > 1) _tile_loadd(1, c + step, stride);
+  if constexpr (G > 2) _tile_loadd(2, c + 2 * step, stride);
+  if constexpr (G > 3) _tile_loadd(3, c + 3 * step, stride);
+}
+
+template <int G> inline void tiles_store(float *c, int64_t step, int64_t stride) {
+  _tile_stored(0, c, stride);
+  if constexpr (G > 1) _tile_stored(1, c + step, stride);
+  if constexpr (G > 2) _tile_stored(2, c + 2 * step, stride);
+  if constexpr (G > 3) _tile_stored(3, c + 3 * step, stride);
+}
+
+// Accumulator g += A x B_g, B_g at b + g * b_step.
+template <int G>
+inline void tiles_dot(const bf16 *a, int64_t a_stride, const bf16 *b, int64_t b_step, int64_t b_stride) {
+  _tile_loadd(4, a, a_stride);
+  _tile_loadd(6, b, b_stride);
+  _tile_dpbf16ps(0, 4, 6);
+  if constexpr (G > 1) {
+    _tile_loadd(7, b + b_step, b_stride);
+    _tile_dpbf16ps(1, 4, 7);
+  }
+  if constexpr (G > 2) {
+    _tile_loadd(6, b + 2 * b_step, b_stride);
+    _tile_dpbf16ps(2, 4, 6);
+  }
+  if constexpr (G > 3) {
+    _tile_loadd(7, b + 3 * b_step, b_stride);
+    _tile_dpbf16ps(3, 4, 7);
+  }
+}
+
+// fn(std::integral_constant<int, G>, first tile) over tiles 0 .. count - 1 in groups of 4, 2 and 1.
+template <typename F> inline void tile_groups(int64_t count, F &&fn) {
+  int64_t t = 0;
+  for (; t + 4 <= count; t += 4) fn(std::integral_constant<int, 4>(), t);
+  for (; t + 2 <= count; t += 2) fn(std::integral_constant<int, 2>(), t);
+  for (; t < count; ++t) fn(std::integral_constant<int, 1>(), t);
 }
 
 // The B operand tiles of a product with reduction length n_k and width n_n, from m(k, n) = src[k * sk + n * sn]:
@@ -455,7 +506,7 @@ void forward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometry
   {
     RowPoints<float> rp(K, Wo);
     std::vector<bf16> cols(16 * stride, 0);  // 16 pixels' columns, zero-padded to whole tiles
-    alignas(64) float acc[256];
+    alignas(64) float acc[4 * 256];
     tiles_begin();
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < g.batch * g.rows; ++r) {
@@ -479,21 +530,22 @@ void forward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometry
                                    ay1 * ax1, CC);
           }
         }
-        for (int64_t nt = 0; nt < nt_count; ++nt) {
-          _tile_zero(0);
-          for (int64_t kt = 0; kt < kt_count; ++kt) {
-            _tile_loadd(1, cols.data() + kt * 32, stride * 2);
-            _tile_loadd(2, wpack.data() + (kt * nt_count + nt) * 512, 64);
-            _tile_dpbf16ps(0, 1, 2);
+        tile_groups(nt_count, [&](auto group, int64_t nt0) {
+          constexpr int G = decltype(group)::value;
+          tiles_zero<G>();
+          for (int64_t kt = 0; kt < kt_count; ++kt)
+            tiles_dot<G>(cols.data() + kt * 32, stride * 2, wpack.data() + (kt * nt_count + nt0) * 512, 512, 64);
+          tiles_store<G>(acc, 256, 64);
+          for (int64_t nt = nt0; nt < nt0 + G; ++nt) {
+            const int64_t n0 = nt * 16;
+            const __mmask16 lanes = static_cast<__mmask16>((1u << std::min<int64_t>(16, c_out - n0)) - 1);
+            const __m512 bv = bias ? _mm512_maskz_loadu_ps(lanes, bias + n0) : _mm512_setzero_ps();
+            const float *tile = acc + (nt - nt0) * 256;
+            for (int64_t p = 0; p < count; ++p)
+              _mm256_mask_storeu_epi16(orow + (ow0 + p) * c_out + n0, lanes,
+                                       (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(_mm512_loadu_ps(tile + 16 * p), bv)));
           }
-          _tile_stored(0, acc, 64);
-          const int64_t n0 = nt * 16;
-          const __mmask16 lanes = static_cast<__mmask16>((1u << std::min<int64_t>(16, c_out - n0)) - 1);
-          const __m512 bv = bias ? _mm512_maskz_loadu_ps(lanes, bias + n0) : _mm512_setzero_ps();
-          for (int64_t p = 0; p < count; ++p)
-            _mm256_mask_storeu_epi16(orow + (ow0 + p) * c_out + n0, lanes,
-                                     (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(_mm512_loadu_ps(acc + 16 * p), bv)));
-        }
+        });
       }
     }
     _tile_release();
@@ -527,6 +579,8 @@ inline void point_tiles(const float *g, const bf16 *const *p, float *const *gp, 
 // Backward pass from grad (B, Ho, Wo, C_out): per block of 32 pixels of a row, the column gradient grad @ weight
 // (tiles), the scatter into gx and the mask and position gradients, the columns sampled again, and
 // gweight += grad^T @ columns (tiles). gx as in col2im; gweight (C_out, K * C) and gbias (C_out) are written.
+constexpr int64_t kBlocks = 4;  // blocks of 32 pixels per weight-gradient update
+
 template <typename O, int64_t CC>
 void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometry &g, const bf16 *weight,
                     int64_t c_out, const bf16 *grad, float *gx, float *goffset, float *gmask, float *gweight,
@@ -540,8 +594,8 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
 #pragma omp parallel num_threads(threads)
   {
     RowPoints<float> rp(K, Wo);
-    std::vector<bf16> x_zero(CC, 0), gout(32 * c_pad), gout_pairs(32 * c_pad), gout_t(c_pad * 32), cols(32 * KC),
-        pairs(32 * KC);
+    std::vector<bf16> x_zero(CC, 0), gout(32 * c_pad), gout_pairs(32 * c_pad), gout_t(kBlocks * c_pad * 32),
+        cols(32 * KC), pairs(kBlocks * 32 * KC);
     const __m512i pair_rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                                  _mm512_set1_epi32(static_cast<int>(c_pad)));
     std::vector<float> gx_scratch(CC), part(4 * K * 16 * kLanes), gcols(16 * KC);
@@ -558,7 +612,7 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
       const bf16 *xb = x + b * g.x_strides[0], *grow = grad + (b * g.out_h + oh) * Wo * c_out;
       float *gxb = gx + tid * gx_copy_stride + b * g.height * W * CC;
       for (int64_t ow0 = 0; ow0 < Wo; ow0 += 32) {
-        const int64_t count = std::min<int64_t>(32, Wo - ow0);
+        const int64_t count = std::min<int64_t>(32, Wo - ow0), slot = ow0 / 32 % kBlocks;
         // The block's output gradient (A operand of the column gradient; a zero-padded copy unless whole), its
         // transpose (A operand of the weight gradient) and the bias gradient.
         const bf16 *ga = grow + ow0 * c_out;
@@ -574,18 +628,18 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
           for (int64_t co = 0; co < c_out; ++co) gb[co] += to_acc(ga[p * ga_stride + co]);
         interleave_pairs(ga, ga_stride, count, c_pad, gout_pairs.data());
         for (int64_t co = 0; co < mt_count * 16; ++co)  // pixel pairs are 32-bit elements: gather them
-          _mm512_storeu_si512(gout_t.data() + co * 32, _mm512_i32gather_epi32(pair_rows, gout_pairs.data() + 2 * co, 4));
+          _mm512_storeu_si512(gout_t.data() + (slot * c_pad + co) * 32,
+                              _mm512_i32gather_epi32(pair_rows, gout_pairs.data() + 2 * co, 4));
         for (int64_t h0 = ow0; h0 < ow0 + count; h0 += 16) {  // 16 pixels at a time
           const int64_t n16 = std::min<int64_t>(16, ow0 + count - h0);
-          for (int64_t nt = 0; nt < nt_count; ++nt) {  // their column gradient, float32
-            _tile_zero(0);
-            for (int64_t ct = 0; ct < ct_count; ++ct) {
-              _tile_loadd(1, ga + (h0 - ow0) * ga_stride + ct * 32, ga_stride * 2);
-              _tile_loadd(2, wpack.data() + (ct * nt_count + nt) * 512, 64);
-              _tile_dpbf16ps(0, 1, 2);
-            }
-            _tile_stored(0, gcols.data() + nt * 16, KC * 4);
-          }
+          tile_groups(nt_count, [&](auto group, int64_t nt) {  // their column gradient, float32
+            constexpr int G = decltype(group)::value;
+            tiles_zero<G>();
+            for (int64_t ct = 0; ct < ct_count; ++ct)
+              tiles_dot<G>(ga + (h0 - ow0) * ga_stride + ct * 32, ga_stride * 2,
+                           wpack.data() + (ct * nt_count + nt) * 512, 512, 64);
+            tiles_store<G>(gcols.data() + nt * 16, 16, KC * 4);
+          });
           for (int64_t ow = h0; ow < h0 + n16; ++ow)
             for (int64_t k = 0; k < K; ++k) {
               const int64_t i = k * Wo + ow;
@@ -619,16 +673,18 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
             }
           }
         }
-        interleave_pairs(cols.data(), KC, count, KC, pairs.data());  // pixels past the row are zero
-        for (int64_t mt = 0; mt < mt_count; ++mt)  // weight gradient
-          for (int64_t nt = 0; nt < nt_count; ++nt) {
-            float *target = gw.data() + mt * 16 * KC + nt * 16;
-            _tile_loadd(0, target, KC * 4);
-            _tile_loadd(1, gout_t.data() + mt * 16 * 32, 64);
-            _tile_loadd(2, pairs.data() + nt * 32, KC * 4);
-            _tile_dpbf16ps(0, 1, 2);
-            _tile_stored(0, target, KC * 4);
-          }
+        interleave_pairs(cols.data(), KC, count, KC, pairs.data() + slot * 32 * KC);  // pixels past the row: zero
+        if (slot + 1 == kBlocks || ow0 + 32 >= Wo)  // weight gradient of the last blocks
+          for (int64_t mt = 0; mt < mt_count; ++mt)
+            tile_groups(nt_count, [&](auto group, int64_t nt) {
+              constexpr int G = decltype(group)::value;
+              float *target = gw.data() + mt * 16 * KC + nt * 16;
+              tiles_load<G>(target, 16, KC * 4);
+              for (int64_t s = 0; s <= slot; ++s)
+                tiles_dot<G>(gout_t.data() + (s * c_pad + mt * 16) * 32, 64, pairs.data() + s * 32 * KC + nt * 32, 32,
+                             KC * 4);
+              tiles_store<G>(target, 16, KC * 4);
+            });
       }
     }
     _tile_release();
