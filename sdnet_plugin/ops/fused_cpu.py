@@ -199,7 +199,8 @@ class _Sampler:
 
     def backward_tiles(self, weight_2d, grad, gx, goffset, gmask, gweight, gbias):
         """From ``grad`` ``(B, Ho, Wo, C_out)``: accumulate ``gx`` ``(copies, B, H, W, C)``, write ``goffset``,
-        ``gmask`` (as in :meth:`col2im`, whole batch), ``gweight`` ``(C_out, K * C)`` and ``gbias`` ``(C_out)``."""
+        ``gmask`` (as in :meth:`col2im`, whole batch; the copies of ``gx`` summed into ``gx[0]``), ``gweight``
+        ``(C_out, K * C)`` and ``gbias`` ``(C_out)``."""
         self.backward_tiles_fn(*self._whole(), weight_2d.data_ptr(), weight_2d.shape[0], grad.data_ptr(), gx.data_ptr(),
                                goffset.data_ptr(), gmask.data_ptr(), gweight.data_ptr(), gbias.data_ptr(), gx.shape[0],
                                gx[0].numel())
@@ -302,7 +303,7 @@ class _FusedDeformConv(torch.autograd.Function):
                     gweight += torch.mm(grad_chunk.t(), chunk_cols).to(sampler.acc)
         grads = [None] * 9
         if need_sampling:
-            gx = gx.sum(0) if gx.shape[0] > 1 else gx[0]
+            gx = gx.sum(0) if gx.shape[0] > 1 and not sampler.tiles else gx[0]
             goffset = goffset.view(b, sampler.ho, sampler.wo, 2 * sampler.k)
             grads[:3] = (t.permute(0, 3, 1, 2).to(dtype) for t, dtype in zip((gx, goffset, gmask), in_dtypes))
         if need_weight:

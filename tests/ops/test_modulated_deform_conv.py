@@ -412,10 +412,11 @@ def test_fused_output_can_be_modified_in_place(bias):
 
 @requires_fused
 @pytest.mark.parametrize('threads', [1, 2])
-@pytest.mark.parametrize('channels, c_out, width', [(32, 40, 37), (16, 8, 16), (64, 33, 5)])
+@pytest.mark.parametrize('channels, c_out, width', [(32, 40, 37), (16, 8, 16), (64, 33, 5), (32, 32, 150)])
 def test_fused_tiles_match_reference(channels, c_out, width, threads, monkeypatch):
-    """The bfloat16 path on AMX tiles (matrix products inside the kernel, blocks of 16 and 32 pixels): rows that end
-    inside a block, output channels that fill part of a tile, one and two threads (per-thread gradient copies)."""
+    """The bfloat16 path on AMX tiles (matrix products inside the kernel, blocks of 16 and 32 pixels, weight gradient
+    every 4 blocks): rows that end inside a block or span more than 4, output channels that fill part of a tile, one
+    and two threads (per-thread input-gradient copies summed in the kernel)."""
     from sdnet_plugin.ops import fused_cpu
     if not fused_cpu.tiles_ready():
         pytest.skip('no AMX here')

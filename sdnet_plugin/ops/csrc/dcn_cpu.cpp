@@ -578,7 +578,8 @@ inline void point_tiles(const float *g, const bf16 *const *p, float *const *gp, 
 
 // Backward pass from grad (B, Ho, Wo, C_out): per block of 32 pixels of a row, the column gradient grad @ weight
 // (tiles), the scatter into gx and the mask and position gradients, the columns sampled again, and
-// gweight += grad^T @ columns (tiles). gx as in col2im; gweight (C_out, K * C) and gbias (C_out) are written.
+// gweight += grad^T @ columns (tiles). gx as in col2im, the sum of the copies left in the first one; gweight
+// (C_out, K * C) and gbias (C_out) are written.
 constexpr int64_t kBlocks = 4;  // blocks of 32 pixels per weight-gradient update
 
 template <typename O, int64_t CC>
@@ -688,6 +689,11 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
       }
     }
     _tile_release();
+    if (threads > 1) {  // the threads' copies of gx summed into the first one, in parallel
+#pragma omp for schedule(static)
+      for (int64_t j = 0; j < gx_copy_stride; ++j)
+        for (int t = 1; t < threads; ++t) gx[j] += gx[t * gx_copy_stride + j];
+    }
 #pragma omp critical
     {
       for (int64_t j = 0; j < c_out * KC; ++j) gweight[j] += gw[j];
