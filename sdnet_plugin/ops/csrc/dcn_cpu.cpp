@@ -193,13 +193,35 @@ inline void blend<bf16, float, 16>(bf16 *__restrict__ dst, const bf16 *__restric
   _mm256_storeu_si256(reinterpret_cast<__m256i *>(dst), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(acc)));
 }
 
+// 32 channels at a time: one load gives the even channels (lane j: channel 2 j) and the odd ones as float32.
+inline void split_bf16x32(const bf16 *p, __m512 &even, __m512 &odd) {
+  const __m512i raw = _mm512_loadu_si512(p);
+  even = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+  odd = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+inline void store_bf16x32(bf16 *dst, __m512 even, __m512 odd) {  // rounded, back in channel order
+  const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  _mm512_storeu_si512(dst, _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(odd, even)));
+}
+
 #define SDNET_BLEND_BF16(CC)                                                                                        \
   template <>                                                                                                       \
   inline void blend<bf16, float, CC>(bf16 *__restrict__ dst, const bf16 *__restrict__ p0,                         \
                                      const bf16 *__restrict__ p1, const bf16 *__restrict__ p2,                      \
                                      const bf16 *__restrict__ p3, float w0, float w1, float w2, float w3, int64_t) { \
-    for (int64_t ch = 0; ch < CC; ch += 16)                                                                         \
-      blend<bf16, float, 16>(dst + ch, p0 + ch, p1 + ch, p2 + ch, p3 + ch, w0, w1, w2, w3, 16);                     \
+    const bf16 *p[4] = {p0, p1, p2, p3};                                                                            \
+    const __m512 w[4] = {_mm512_set1_ps(w0), _mm512_set1_ps(w1), _mm512_set1_ps(w2), _mm512_set1_ps(w3)};          \
+    for (int64_t ch = 0; ch < CC; ch += 32) {                                                                       \
+      __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps(), e, o;                                           \
+      for (int q = 0; q < 4; ++q) {                                                                                 \
+        split_bf16x32(p[q] + ch, e, o);                                                                             \
+        even = _mm512_fmadd_ps(w[q], e, even);                                                                      \
+        odd = _mm512_fmadd_ps(w[q], o, odd);                                                                        \
+      }                                                                                                             \
+      store_bf16x32(dst + ch, even, odd);                                                                           \
+    }                                                                                                               \
   }
 SDNET_BLEND_BF16(32)
 SDNET_BLEND_BF16(64)
@@ -562,16 +584,33 @@ inline void point_tiles(const float *g, const bf16 *const *p, float *const *gp, 
     dot[q] = _mm512_setzero_ps();
     s[q] = _mm512_set1_ps(scale[q]);
   }
-  for (int64_t c = 0; c < CC; c += 16) {
-    const __m512 gv = _mm512_loadu_ps(g + c);
-    __m512 v = _mm512_setzero_ps();
-    for (int q = 0; q < 4; ++q) {
-      const __m512 pv = load_bf16x16(p[q] + c);
-      dot[q] = _mm512_fmadd_ps(gv, pv, dot[q]);
-      v = _mm512_fmadd_ps(s[q], pv, v);
-      _mm512_storeu_ps(gp[q] + c, _mm512_fmadd_ps(s[q], gv, _mm512_loadu_ps(gp[q] + c)));
+  if constexpr (CC % 32 == 0) {  // the dot products on bfloat16 pairs (g rounded), the sample from split channels
+    for (int64_t c = 0; c < CC; c += 32) {
+      const __m512 g0 = _mm512_loadu_ps(g + c), g1 = _mm512_loadu_ps(g + c + 16);
+      const __m512bh gh = _mm512_cvtne2ps_pbh(g1, g0);
+      __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps(), e, o;
+      for (int q = 0; q < 4; ++q) {
+        dot[q] = _mm512_dpbf16_ps(dot[q], gh, (__m512bh)_mm512_loadu_si512(p[q] + c));
+        split_bf16x32(p[q] + c, e, o);
+        even = _mm512_fmadd_ps(s[q], e, even);
+        odd = _mm512_fmadd_ps(s[q], o, odd);
+        _mm512_storeu_ps(gp[q] + c, _mm512_fmadd_ps(s[q], g0, _mm512_loadu_ps(gp[q] + c)));
+        _mm512_storeu_ps(gp[q] + c + 16, _mm512_fmadd_ps(s[q], g1, _mm512_loadu_ps(gp[q] + c + 16)));
+      }
+      store_bf16x32(col + c, even, odd);
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i *>(col + c), (__m256i)_mm512_cvtneps_pbh(v));
+  } else {
+    for (int64_t c = 0; c < CC; c += 16) {
+      const __m512 gv = _mm512_loadu_ps(g + c);
+      __m512 v = _mm512_setzero_ps();
+      for (int q = 0; q < 4; ++q) {
+        const __m512 pv = load_bf16x16(p[q] + c);
+        dot[q] = _mm512_fmadd_ps(gv, pv, dot[q]);
+        v = _mm512_fmadd_ps(s[q], pv, v);
+        _mm512_storeu_ps(gp[q] + c, _mm512_fmadd_ps(s[q], gv, _mm512_loadu_ps(gp[q] + c)));
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i *>(col + c), (__m256i)_mm512_cvtneps_pbh(v));
+    }
   }
   for (int q = 0; q < 4; ++q) _mm512_storeu_ps(part + q * part_stride, dot[q]);
 }
