@@ -133,7 +133,7 @@ def library():
                 ).argtypes = [pointer] * 3 + [i64p, i64p] + [pointer] * 2 + [ctypes.c_int64, pointer, c_int]
         getattr(lib,
                 f'sdnet_dcn_backward_tiles_{name}').argtypes = ([pointer] * 3 + [i64p, i64p, pointer, ctypes.c_int64] +
-                                                                [pointer] * 6 + [c_int, ctypes.c_int64])
+                                                                [pointer] * 6 + [c_int, c_int, ctypes.c_int64])
     return lib
 
 
@@ -198,12 +198,12 @@ class _Sampler:
         return out
 
     def backward_tiles(self, weight_2d, grad, gx, goffset, gmask, gweight, gbias):
-        """From ``grad`` ``(B, Ho, Wo, C_out)``: accumulate ``gx`` ``(copies, B, H, W, C)``, write ``goffset``,
-        ``gmask`` (as in :meth:`col2im`, whole batch; the copies of ``gx`` summed into ``gx[0]``), ``gweight``
-        ``(C_out, K * C)`` and ``gbias`` ``(C_out)``."""
+        """From ``grad`` ``(B, Ho, Wo, C_out)``: the input gradient into ``gx[0]`` (``gx`` ``(copies, B, H, W, C)``,
+        uninitialised: one copy, or one per thread), ``goffset`` and ``gmask`` (as in :meth:`col2im`, whole batch),
+        ``gweight`` ``(C_out, K * C)`` and ``gbias`` ``(C_out)``."""
         self.backward_tiles_fn(*self._whole(), weight_2d.data_ptr(), weight_2d.shape[0], grad.data_ptr(), gx.data_ptr(),
-                               goffset.data_ptr(), gmask.data_ptr(), gweight.data_ptr(), gbias.data_ptr(), gx.shape[0],
-                               gx[0].numel())
+                               goffset.data_ptr(), gmask.data_ptr(), gweight.data_ptr(), gbias.data_ptr(),
+                               torch.get_num_threads(), gx.shape[0], gx[0].numel())
 
     def im2col(self, cols, image, row0, rows):
         """Masked samples of rows ``row0 ...`` of one image into ``cols`` ``(rows * W_out, K * C)``."""
@@ -283,7 +283,11 @@ class _FusedDeformConv(torch.autograd.Function):
         grad = grad_out.to(weight_2d.dtype).permute(0, 2, 3, 1).contiguous()  # (B, Ho, Wo, C_out)
         need_sampling, need_weight = any(ctx.needs_input_grad[:3]) or sampler.tiles, ctx.needs_input_grad[3]
         if need_sampling:
-            gx = torch.zeros(torch.get_num_threads(), b, h, w, c, dtype=sampler.acc)
+            # One copy of the input gradient per thread; on tiles none when the threads can take whole images
+            # (disjoint scatter targets), and the kernel zeroes it just ahead of the scatter.
+            threads = torch.get_num_threads()
+            copies = 1 if sampler.tiles and b % threads == 0 else threads
+            gx = (torch.empty if sampler.tiles else torch.zeros)(copies, b, h, w, c, dtype=sampler.acc)
             goffset = torch.empty(b, sampler.ho, sampler.wo, sampler.k, 2, dtype=sampler.acc)
             gmask = torch.empty(b, sampler.ho, sampler.wo, sampler.k, dtype=sampler.acc)
         gbias = None

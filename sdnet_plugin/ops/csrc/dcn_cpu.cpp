@@ -429,12 +429,15 @@ struct TileConfig {
 };
 
 inline void tiles_begin() {
-  TileConfig cfg = {};
+  alignas(64) TileConfig cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
   cfg.palette = 1;
   for (int t = 0; t < 8; ++t) {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
+  // The compiler does not see the configuration instruction read the structure: make the stores happen first.
+  __asm__ __volatile__("" : : "r"(&cfg) : "memory");
   _tile_loadconfig(&cfg);
 }
 
@@ -617,14 +620,15 @@ inline void point_tiles(const float *g, const bf16 *const *p, float *const *gp, 
 
 // Backward pass from grad (B, Ho, Wo, C_out): per block of 32 pixels of a row, the column gradient grad @ weight
 // (tiles), the scatter into gx and the mask and position gradients, the columns sampled again, and
-// gweight += grad^T @ columns (tiles). gx as in col2im, the sum of the copies left in the first one; gweight
-// (C_out, K * C) and gbias (C_out) are written.
+// gweight += grad^T @ columns (tiles). gx (copies x (B, H, W, C), uninitialised) is written: with one copy the threads
+// take whole images (disjoint targets); with one copy per thread they take rows, and the copies are summed into the
+// first one. goffset and gmask as in col2im; gweight (C_out, K * C) and gbias (C_out) are written.
 constexpr int64_t kBlocks = 4;  // blocks of 32 pixels per weight-gradient update
 
 template <typename O, int64_t CC>
 void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometry &g, const bf16 *weight,
                     int64_t c_out, const bf16 *grad, float *gx, float *goffset, float *gmask, float *gweight,
-                    float *gbias, int threads, int64_t gx_copy_stride) {
+                    float *gbias, int threads, int copies, int64_t gx_copy_stride) {
   const int64_t K = g.kh * g.kw, KC = K * CC, Wo = g.out_w, W = g.width;
   const int64_t x_row = g.x_strides[1], x_col = g.x_strides[2];
   const int64_t ct_count = (c_out + 31) / 32, c_pad = ct_count * 32, mt_count = (c_out + 15) / 16, nt_count = KC / 16;
@@ -645,12 +649,9 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
     tid = omp_get_thread_num();
 #endif
     tiles_begin();
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < g.batch * g.rows; ++r) {
-      const int64_t b = r / g.rows, oh = g.row0 + r % g.rows;
-      row_points(g, offset, mask, b, oh, rp);
+    auto backward_row = [&](int64_t b, int64_t oh, float *gxb) {  // after row_points
+      const int64_t r = b * g.rows + oh - g.row0;
       const bf16 *xb = x + b * g.x_strides[0], *grow = grad + (b * g.out_h + oh) * Wo * c_out;
-      float *gxb = gx + tid * gx_copy_stride + b * g.height * W * CC;
       for (int64_t ow0 = 0; ow0 < Wo; ow0 += 32) {
         const int64_t count = std::min<int64_t>(32, Wo - ow0), slot = ow0 / 32 % kBlocks;
         // The block's output gradient (A operand of the column gradient; a zero-padded copy unless whole), its
@@ -726,13 +727,39 @@ void backward_tiles(const bf16 *x, const O *offset, const O *mask, const Geometr
               tiles_store<G>(target, 16, KC * 4);
             });
       }
-    }
-    _tile_release();
-    if (threads > 1) {  // the threads' copies of gx summed into the first one, in parallel
+    };
+    const int64_t row_size = W * CC;
+    if (copies == 1) {  // whole images per thread: disjoint scatter targets, zeroed just ahead of the scatter
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < g.batch; ++b) {
+        float *gxb = gx + b * g.height * row_size;
+        int64_t zeroed = 0;  // rows of gxb zeroed so far
+        for (int64_t oh = g.row0; oh < g.row0 + g.rows; ++oh) {
+          row_points(g, offset, mask, b, oh, rp);
+          int32_t last = 0;  // the row's lowest sampled input row (corner rows are clamped into the input)
+          for (int64_t j = 0; j < K * Wo; ++j) last = std::max(last, rp.idx(1)[j]);
+          if (last >= zeroed) {
+            std::fill(gxb + zeroed * row_size, gxb + (last + 1) * row_size, 0.f);
+            zeroed = last + 1;
+          }
+          backward_row(b, oh, gxb);
+        }
+        std::fill(gxb + zeroed * row_size, gxb + g.height * row_size, 0.f);
+      }
+    } else {  // rows per thread, each thread scattering into its own copy; the copies summed into the first one
+      std::fill(gx + tid * gx_copy_stride, gx + (tid + 1) * gx_copy_stride, 0.f);
+#pragma omp barrier
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < g.batch * g.rows; ++r) {
+        const int64_t b = r / g.rows, oh = g.row0 + r % g.rows;
+        row_points(g, offset, mask, b, oh, rp);
+        backward_row(b, oh, gx + tid * gx_copy_stride + b * g.height * row_size);
+      }
 #pragma omp for schedule(static)
       for (int64_t j = 0; j < gx_copy_stride; ++j)
-        for (int t = 1; t < threads; ++t) gx[j] += gx[t * gx_copy_stride + j];
+        for (int t = 1; t < copies; ++t) gx[j] += gx[t * gx_copy_stride + j];
     }
+    _tile_release();
 #pragma omp critical
     {
       for (int64_t j = 0; j < c_out * KC; ++j) gweight[j] += gw[j];
@@ -768,9 +795,9 @@ int forward_tiles_any(const bf16 *x, const O *offset, const O *mask, const Geome
 template <typename O>
 int backward_tiles_any(const bf16 *x, const O *offset, const O *mask, const Geometry &g, const bf16 *weight,
                        int64_t c_out, const bf16 *grad, float *gx, float *goffset, float *gmask, float *gweight,
-                       float *gbias, int threads, int64_t gx_copy_stride) {
+                       float *gbias, int threads, int copies, int64_t gx_copy_stride) {
   SDNET_DISPATCH_TILES(backward_tiles, g.channels, x, offset, mask, g, weight, c_out, grad, gx, goffset, gmask,
-                       gweight, gbias, threads, gx_copy_stride)
+                       gweight, gbias, threads, copies, gx_copy_stride)
 }
 
 Geometry make_geometry(const int64_t *dims, const int64_t *strides) {
@@ -824,13 +851,13 @@ int sdnet_dcn_tiles_ready() { return tiles_ready() ? 1 : 0; }
   int sdnet_dcn_backward_tiles_##NAME(const void *x, const void *offset, const void *mask, const int64_t *dims,   \
                                       const int64_t *strides, const void *weight, int64_t c_out, const void *grad, \
                                       void *gx, void *goffset, void *gmask, void *gweight, void *gbias,           \
-                                      int threads, int64_t gx_copy_stride) {                                      \
+                                      int threads, int copies, int64_t gx_copy_stride) {                          \
     return backward_tiles_any<O>(static_cast<const bf16 *>(x), static_cast<const O *>(offset),                     \
                                  static_cast<const O *>(mask), make_geometry(dims, strides),                       \
                                  static_cast<const bf16 *>(weight), c_out, static_cast<const bf16 *>(grad),        \
                                  static_cast<float *>(gx), static_cast<float *>(goffset),                         \
                                  static_cast<float *>(gmask), static_cast<float *>(gweight),                      \
-                                 static_cast<float *>(gbias), threads, gx_copy_stride);                           \
+                                 static_cast<float *>(gbias), threads, copies, gx_copy_stride);                   \
   }
 
 SDNET_DCN_TILES_ENTRY(float32, float)
