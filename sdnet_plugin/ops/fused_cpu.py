@@ -6,6 +6,13 @@ matrix product (oneDNN, on AMX for bfloat16). The backward pass runs the two wei
 and scatters the gradients of the input, offsets and masks in the kernel. Inference works through bands of output
 rows whose columns stay in the cache.
 
+In bfloat16 on a processor with AMX (16, 32, 64 or 128 input channels) the kernel does everything itself, one call
+for the forward and one for the backward pass: the columns of 16 pixels of a row are contracted with the weights on
+AMX tiles while still in the first-level cache, so no columns are written to memory or kept for the backward pass,
+which samples them again, computes the column gradient and the weight and bias gradients on tiles, and scatters the
+input gradient straight into one float32 buffer (threads take whole images when they divide the batch).
+``USE_TILES = False`` turns this path off.
+
 The kernel is plain C++ without Python or torch headers, loaded with :mod:`ctypes`, and compiled with the system's
 C++ compiler (``$CXX``, else ``g++`` or ``c++``; about a second) the first time it is needed, into a cache folder
 (``$SDNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/sdnet_plugin``, else ``~/.cache/sdnet_plugin``) keyed by the source,

@@ -306,8 +306,12 @@ def _relative_error(actual, expected):
 @requires_fused
 @pytest.mark.parametrize('config', list(CONFIGS))
 @pytest.mark.parametrize('autocast', [False, True])
-def test_fused_bfloat16_matches_reference(config, autocast):
-    """bfloat16 inputs, or float32 inputs inside a CPU autocast region: forward and every gradient."""
+@pytest.mark.parametrize('tiles', [True, False])
+def test_fused_bfloat16_matches_reference(config, autocast, tiles, monkeypatch):
+    """bfloat16 inputs, or float32 inputs inside a CPU autocast region: forward and every gradient, on AMX tiles
+    (where the processor has them) and with torch's matrix products."""
+    from sdnet_plugin.ops import fused_cpu
+    monkeypatch.setattr(fused_cpu, 'USE_TILES', tiles)
     tensors, geometry = make_inputs(config, dtype=torch.float32, c_in=16, c_out=8, h=12, w=10)
     with torch.no_grad():  # keep sampling positions off the kinks of bilinear interpolation (integer positions),
         offset = tensors['offset']  # where the derivative is one-sided, also after rounding to bfloat16
