@@ -416,23 +416,25 @@ def test_fused_output_can_be_modified_in_place(bias):
 
 @requires_fused
 @pytest.mark.parametrize('threads', [1, 2])
-@pytest.mark.parametrize('channels, c_out, width', [(32, 40, 37), (16, 8, 16), (64, 33, 5), (32, 32, 150)])
-def test_fused_tiles_match_reference(channels, c_out, width, threads, monkeypatch):
+@pytest.mark.parametrize('channels, c_out, width, batch', [(32, 40, 37, 3), (16, 8, 16, 2), (64, 33, 5, 1),
+                                                           (32, 32, 150, 2)])
+def test_fused_tiles_match_reference(channels, c_out, width, batch, threads, monkeypatch):
     """The bfloat16 path on AMX tiles (matrix products inside the kernel, blocks of 16 and 32 pixels, weight gradient
     every 4 blocks): rows that end inside a block or span more than 4, output channels that fill part of a tile, one
-    and two threads (per-thread input-gradient copies summed in the kernel)."""
+    and two threads (whole images per thread when they divide the batch, else rows and per-thread input-gradient
+    copies summed in the kernel)."""
     from sdnet_plugin.ops import fused_cpu
     if not fused_cpu.tiles_ready():
         pytest.skip('no AMX here')
     gen = torch.Generator().manual_seed(10)
-    x = torch.randn(2, channels, 6, width, generator=gen)
-    offset = torch.randn(2, 18, 6, width, generator=gen) * 3
+    x = torch.randn(batch, channels, 6, width, generator=gen)
+    offset = torch.randn(batch, 18, 6, width, generator=gen) * 3
     offset = offset.floor() + 0.125 + 0.75 * (offset - offset.floor())  # off the kinks of bilinear interpolation
-    tensors = dict(input=x, offset=offset, mask=torch.rand(2, 9, 6, width, generator=gen),
+    tensors = dict(input=x, offset=offset, mask=torch.rand(batch, 9, 6, width, generator=gen),
                    weight=torch.randn(c_out, channels, 3, 3, generator=gen) / 10,
                    bias=torch.randn(c_out, generator=gen))
     tensors = {k: v.bfloat16().requires_grad_() for k, v in tensors.items()}
-    upstream = torch.randn(2, c_out, 6, width, generator=gen)
+    upstream = torch.randn(batch, c_out, 6, width, generator=gen)
     ref_tensors = {k: v.detach().double().requires_grad_() for k, v in tensors.items()}
     expected, expected_grads = forward_and_grads(reference_deform_conv, ref_tensors,
                                                  dict(stride=1, padding=1, dilation=1), upstream)
