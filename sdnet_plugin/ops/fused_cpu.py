@@ -6,6 +6,13 @@ matrix product (oneDNN, on AMX for bfloat16). The backward pass runs the two wei
 and scatters the gradients of the input, offsets and masks in the kernel. Inference works through bands of output
 rows whose columns stay in the cache.
 
+In bfloat16 on a processor with AMX (16, 32, 64 or 128 input channels) the kernel does everything itself, one call
+for the forward and one for the backward pass: the columns of 16 pixels of a row are contracted with the weights on
+AMX tiles while still in the first-level cache, so no columns are written to memory or kept for the backward pass,
+which samples them again, computes the column gradient and the weight and bias gradients on tiles, and scatters the
+input gradient straight into one float32 buffer (threads take whole images when they divide the batch).
+``USE_TILES = False`` turns this path off.
+
 The kernel is plain C++ without Python or torch headers, loaded with :mod:`ctypes`, and compiled with the system's
 C++ compiler (``$CXX``, else ``g++`` or ``c++``; about a second) the first time it is needed, into a cache folder
 (``$SDNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/sdnet_plugin``, else ``~/.cache/sdnet_plugin``) keyed by the source,
@@ -31,7 +38,7 @@ from sdnet_plugin.file_safety import atomic_path
 SOURCE = osp.join(osp.dirname(osp.abspath(__file__)), 'csrc', 'dcn_cpu.cpp')
 CXXFLAGS = ('-O3', '-march=native', '-mprefer-vector-width=512', '-fno-trapping-math', '-fopenmp', '-shared', '-fPIC',
             '-std=c++17')
-_ABI_VERSION = 4
+_ABI_VERSION = 5
 _DTYPE_NAMES = {torch.float32: 'float32', torch.float64: 'float64', torch.bfloat16: 'bfloat16'}
 # Kernel variants: (element type of x and the columns, element type of the offsets and masks).
 _VARIANTS = ((torch.float32, torch.float32), (torch.float64, torch.float64), (torch.bfloat16, torch.float32),
@@ -42,6 +49,10 @@ _VARIANTS = ((torch.float32, torch.float32), (torch.float64, torch.float64), (to
 # 1280x720: 123 ms at 4 MB against 155 ms at 1 MB per call and thread); training with 1 MB (80 ms against 90 ms).
 _CHUNK_BYTES = 1 << 20
 _INFERENCE_CHUNK_BYTES = 1 << 22
+# bfloat16 with 16, 32, 64 or 128 input channels on a processor with AMX: the kernel runs the matrix products itself on
+# blocks of a row's pixels (no columns in memory, none kept for the backward pass, one call per convolution).
+USE_TILES = True
+_TILE_CHANNELS = (16, 32, 64, 128)
 
 
 def cache_dir():
@@ -124,11 +135,22 @@ def library():
         getattr(lib, f'sdnet_dcn_im2col_{name}').argtypes = [pointer] * 3 + [i64p, i64p, pointer, c_int]
         getattr(lib, f'sdnet_dcn_col2im_{name}').argtypes = ([pointer] * 3 + [i64p, i64p] + [pointer] * 4 +
                                                              [c_int, ctypes.c_int64])
+    for name in ('float32', 'bfloat16'):
+        getattr(lib, f'sdnet_dcn_forward_tiles_{name}'
+                ).argtypes = [pointer] * 3 + [i64p, i64p] + [pointer] * 2 + [ctypes.c_int64, pointer, c_int]
+        getattr(lib,
+                f'sdnet_dcn_backward_tiles_{name}').argtypes = ([pointer] * 3 + [i64p, i64p, pointer, ctypes.c_int64] +
+                                                                [pointer] * 6 + [c_int, c_int, ctypes.c_int64])
     return lib
 
 
 def is_available():
     return library() is not None
+
+
+def tiles_ready():
+    """Whether the fused bfloat16 path on AMX tiles runs here (and is not switched off by ``USE_TILES``)."""
+    return USE_TILES and library() is not None and library().sdnet_dcn_tiles_ready() == 1
 
 
 def _int64_array(values):
@@ -157,12 +179,38 @@ class _Sampler:
         self.chunk_rows = min(self.ho, max(threads, threads * (chunk_bytes or _CHUNK_BYTES) // row_bytes))
         self.chunks = [(i, row, min(self.chunk_rows, self.ho - row)) for i in range(b)
                        for row in range(0, self.ho, self.chunk_rows)]
+        self.tiles = x.dtype == torch.bfloat16 and c in _TILE_CHANNELS and tiles_ready()
+        if self.tiles:
+            self.forward_tiles_fn = getattr(lib, f'sdnet_dcn_forward_tiles_{_DTYPE_NAMES[offset.dtype]}')
+            self.backward_tiles_fn = getattr(lib, f'sdnet_dcn_backward_tiles_{_DTYPE_NAMES[offset.dtype]}')
 
     def _pointers(self, image, row0, rows):
         dims = list(self.dims)
         dims[6:8] = row0, rows
         return (self.x[image].data_ptr(), self.offset[image].data_ptr(), self.mask[image].data_ptr(),
                 _int64_array(dims), self.strides)
+
+    def _whole(self):
+        dims = list(self.dims)
+        dims[0] = self.x.shape[0]
+        return self.x.data_ptr(), self.offset.data_ptr(), self.mask.data_ptr(), _int64_array(dims), self.strides
+
+    def forward_tiles(self, weight_2d, bias):
+        """Output ``(B, C_out, Ho, Wo)`` (channels-last memory) of the whole batch in one kernel call."""
+        out = torch.empty(self.x.shape[0], weight_2d.shape[0], self.ho, self.wo, dtype=torch.bfloat16,
+                          memory_format=torch.channels_last)
+        bias = None if bias is None else bias.to(torch.float32).contiguous()
+        self.forward_tiles_fn(*self._whole(), weight_2d.data_ptr(), None if bias is None else bias.data_ptr(),
+                              weight_2d.shape[0], out.data_ptr(), torch.get_num_threads())
+        return out
+
+    def backward_tiles(self, weight_2d, grad, gx, goffset, gmask, gweight, gbias):
+        """From ``grad`` ``(B, Ho, Wo, C_out)``: the input gradient into ``gx[0]`` (``gx`` ``(copies, B, H, W, C)``,
+        uninitialised: one copy, or one per thread), ``goffset`` and ``gmask`` (as in :meth:`col2im`, whole batch),
+        ``gweight`` ``(C_out, K * C)`` and ``gbias`` ``(C_out)``."""
+        self.backward_tiles_fn(*self._whole(), weight_2d.data_ptr(), weight_2d.shape[0], grad.data_ptr(), gx.data_ptr(),
+                               goffset.data_ptr(), gmask.data_ptr(), gweight.data_ptr(), gbias.data_ptr(),
+                               torch.get_num_threads(), gx.shape[0], gx[0].numel())
 
     def im2col(self, cols, image, row0, rows):
         """Masked samples of rows ``row0 ...`` of one image into ``cols`` ``(rows * W_out, K * C)``."""
@@ -224,7 +272,10 @@ class _FusedDeformConv(torch.autograd.Function):
         in_dtypes = (x.dtype, offset.dtype, mask.dtype, weight.dtype, None if bias is None else bias.dtype)
         x, offset, mask, weight_2d = _prepare(x, offset, mask, weight, compute_dtype)
         sampler = _Sampler(x, offset, mask, weight.shape[-2:], stride, padding, dilation)
-        out, cols = _forward(sampler, weight_2d, bias, keep_columns=True)
+        if sampler.tiles:
+            out, cols = sampler.forward_tiles(weight_2d, bias), []
+        else:
+            out, cols = _forward(sampler, weight_2d, bias, keep_columns=True)
         ctx.save_for_backward(x, offset, mask, weight_2d, *cols)
         ctx.geometry = (tuple(weight.shape), stride, padding, dilation, in_dtypes)
         return out
@@ -237,35 +288,40 @@ class _FusedDeformConv(torch.autograd.Function):
         b, c, h, w = x.shape
         c_out, kc = weight_2d.shape
         grad = grad_out.to(weight_2d.dtype).permute(0, 2, 3, 1).contiguous()  # (B, Ho, Wo, C_out)
-        need_sampling, need_weight = any(ctx.needs_input_grad[:3]), ctx.needs_input_grad[3]
+        need_sampling, need_weight = any(ctx.needs_input_grad[:3]) or sampler.tiles, ctx.needs_input_grad[3]
         if need_sampling:
+            # One copy of the input gradient per thread; on tiles none when the threads can take whole images
+            # (disjoint scatter targets), and the kernel zeroes it just ahead of the scatter.
             threads = torch.get_num_threads()
-            gx = torch.zeros(threads, b, h, w, c, dtype=sampler.acc)
+            copies = 1 if sampler.tiles and b % threads == 0 else threads
+            gx = (torch.empty if sampler.tiles else torch.zeros)(copies, b, h, w, c, dtype=sampler.acc)
             goffset = torch.empty(b, sampler.ho, sampler.wo, sampler.k, 2, dtype=sampler.acc)
             gmask = torch.empty(b, sampler.ho, sampler.wo, sampler.k, dtype=sampler.acc)
-            gcols = torch.empty(sampler.chunk_rows * sampler.wo, kc, dtype=weight_2d.dtype)
-        gweight = torch.zeros(c_out, kc, dtype=sampler.acc) if need_weight else None
-        for (image, row, rows), chunk_cols in zip(sampler.chunks, cols):
-            grad_chunk = grad[image, row:row + rows].view(rows * sampler.wo, c_out)
-            if need_sampling:
-                chunk_gcols = gcols[:rows * sampler.wo]
-                torch.mm(grad_chunk, weight_2d, out=chunk_gcols)
-                sampler.col2im(chunk_gcols, image, row, rows, gx, goffset, gmask)
-            if need_weight:
-                gweight += torch.mm(grad_chunk.t(), chunk_cols).to(sampler.acc)
+        gbias = None
+        if sampler.tiles:  # every gradient in one kernel call
+            gweight, gbias = torch.empty(c_out, kc), torch.empty(c_out)
+            sampler.backward_tiles(weight_2d, grad, gx, goffset, gmask, gweight, gbias)
+        else:
+            gcols = torch.empty(sampler.chunk_rows * sampler.wo, kc, dtype=weight_2d.dtype) if need_sampling else None
+            gweight = torch.zeros(c_out, kc, dtype=sampler.acc) if need_weight else None
+            for (image, row, rows), chunk_cols in zip(sampler.chunks, cols):
+                grad_chunk = grad[image, row:row + rows].view(rows * sampler.wo, c_out)
+                if need_sampling:
+                    chunk_gcols = gcols[:rows * sampler.wo]
+                    torch.mm(grad_chunk, weight_2d, out=chunk_gcols)
+                    sampler.col2im(chunk_gcols, image, row, rows, gx, goffset, gmask)
+                if need_weight:
+                    gweight += torch.mm(grad_chunk.t(), chunk_cols).to(sampler.acc)
         grads = [None] * 9
         if need_sampling:
-            gx = gx.sum(0) if gx.shape[0] > 1 else gx[0]
-            grads[:3] = (gx.permute(0, 3, 1,
-                                    2).to(in_dtypes[0]), goffset.view(b, sampler.ho, sampler.wo,
-                                                                      2 * sampler.k).permute(0, 3, 1,
-                                                                                             2).to(in_dtypes[1]),
-                         gmask.permute(0, 3, 1, 2).to(in_dtypes[2]))
+            gx = gx.sum(0) if gx.shape[0] > 1 and not sampler.tiles else gx[0]
+            goffset = goffset.view(b, sampler.ho, sampler.wo, 2 * sampler.k)
+            grads[:3] = (t.permute(0, 3, 1, 2).to(dtype) for t, dtype in zip((gx, goffset, gmask), in_dtypes))
         if need_weight:
             kh, kw = weight_shape[-2:]
             grads[3] = gweight.view(c_out, kh, kw, c).permute(0, 3, 1, 2).to(in_dtypes[3])
         if in_dtypes[4] is not None and ctx.needs_input_grad[4]:
-            grads[4] = grad.sum((0, 1, 2), dtype=sampler.acc).to(in_dtypes[4])
+            grads[4] = (grad.sum((0, 1, 2), dtype=sampler.acc) if gbias is None else gbias).to(in_dtypes[4])
         return tuple(grads)
 
 
@@ -284,6 +340,8 @@ def deform_conv_fused(x, offset, mask, weight, bias, stride, padding, dilation):
             return _FusedDeformConv.apply(x, offset, mask, weight, bias, stride, padding, dilation, compute_dtype)
         x, offset, mask, weight_2d = _prepare(x, offset, mask, weight, compute_dtype)
         sampler = _Sampler(x, offset, mask, weight.shape[-2:], stride, padding, dilation, _INFERENCE_CHUNK_BYTES)
+        if sampler.tiles:
+            return sampler.forward_tiles(weight_2d, bias)
         return _forward(sampler, weight_2d, bias, keep_columns=False)[0]
 
 

@@ -10,8 +10,8 @@ Backends:
 * ``'torch'``: pure PyTorch (one ``grid_sample`` of all K sampling points, then one batched matrix product; bands
   of rows without autograd). Differentiable, works on every device and dtype, and exports to ONNX.
 * ``'fused'``: CPU only (float32, float64, bfloat16): a small C++/OpenMP kernel samples channels-last columns and
-  torch contracts them with the weights (:mod:`sdnet_plugin.ops.fused_cpu`); built on first use when a C++
-  compiler is present.
+  torch contracts them with the weights, or, in bfloat16 on CPUs with AMX, the kernel runs the matrix products
+  itself on AMX tiles (:mod:`sdnet_plugin.ops.fused_cpu`); built on first use when a C++ compiler is present.
 
 Under a CPU ``torch.autocast`` region of bfloat16, the ``'fused'`` backend computes in bfloat16 (AMX matrix
 products) and ``'auto'`` times the backends in bfloat16.

@@ -306,8 +306,12 @@ def _relative_error(actual, expected):
 @requires_fused
 @pytest.mark.parametrize('config', list(CONFIGS))
 @pytest.mark.parametrize('autocast', [False, True])
-def test_fused_bfloat16_matches_reference(config, autocast):
-    """bfloat16 inputs, or float32 inputs inside a CPU autocast region: forward and every gradient."""
+@pytest.mark.parametrize('tiles', [True, False])
+def test_fused_bfloat16_matches_reference(config, autocast, tiles, monkeypatch):
+    """bfloat16 inputs, or float32 inputs inside a CPU autocast region: forward and every gradient, on AMX tiles
+    (where the processor has them) and with torch's matrix products."""
+    from sdnet_plugin.ops import fused_cpu
+    monkeypatch.setattr(fused_cpu, 'USE_TILES', tiles)
     tensors, geometry = make_inputs(config, dtype=torch.float32, c_in=16, c_out=8, h=12, w=10)
     with torch.no_grad():  # keep sampling positions off the kinks of bilinear interpolation (integer positions),
         offset = tensors['offset']  # where the derivative is one-sided, also after rounding to bfloat16
@@ -408,3 +412,43 @@ def test_fused_output_can_be_modified_in_place(bias):
     out, _, _ = layer(x)
     torch.nn.functional.leaky_relu_(out, 0.1).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and layer.weight.grad.abs().sum() > 0
+
+
+@requires_fused
+@pytest.mark.parametrize('threads', [1, 2])
+@pytest.mark.parametrize('channels, c_out, width, batch', [(32, 40, 37, 3), (16, 8, 16, 2), (64, 33, 5, 1),
+                                                           (32, 32, 150, 2)])
+def test_fused_tiles_match_reference(channels, c_out, width, batch, threads, monkeypatch):
+    """The bfloat16 path on AMX tiles (matrix products inside the kernel, blocks of 16 and 32 pixels, weight gradient
+    every 4 blocks): rows that end inside a block or span more than 4, output channels that fill part of a tile, one
+    and two threads (whole images per thread when they divide the batch, else rows and per-thread input-gradient
+    copies summed in the kernel)."""
+    from sdnet_plugin.ops import fused_cpu
+    if not fused_cpu.tiles_ready():
+        pytest.skip('no AMX here')
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(batch, channels, 6, width, generator=gen)
+    offset = torch.randn(batch, 18, 6, width, generator=gen) * 3
+    offset = offset.floor() + 0.125 + 0.75 * (offset - offset.floor())  # off the kinks of bilinear interpolation
+    tensors = dict(input=x, offset=offset, mask=torch.rand(batch, 9, 6, width, generator=gen),
+                   weight=torch.randn(c_out, channels, 3, 3, generator=gen) / 10,
+                   bias=torch.randn(c_out, generator=gen))
+    tensors = {k: v.bfloat16().requires_grad_() for k, v in tensors.items()}
+    upstream = torch.randn(batch, c_out, 6, width, generator=gen)
+    ref_tensors = {k: v.detach().double().requires_grad_() for k, v in tensors.items()}
+    expected, expected_grads = forward_and_grads(reference_deform_conv, ref_tensors,
+                                                 dict(stride=1, padding=1, dilation=1), upstream)
+    calls = []
+    monkeypatch.setattr(fused_cpu._Sampler, 'forward_tiles',
+                        lambda self, *a, real=fused_cpu._Sampler.forward_tiles: calls.append(1) or real(self, *a))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, grads = forward_and_grads(lambda *a, **k: modulated_deform_conv2d(*a, backend='fused', **k), tensors,
+                                       dict(stride=1, padding=1, dilation=1), upstream)
+    finally:
+        torch.set_num_threads(previous)
+    assert calls and out.is_contiguous(memory_format=torch.channels_last)
+    assert _relative_error(out, expected) < BF16_RELATIVE
+    for name in tensors:
+        assert _relative_error(grads[name], expected_grads[name]) < BF16_RELATIVE, name
