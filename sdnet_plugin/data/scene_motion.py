@@ -7,11 +7,13 @@ hand-shake path (:func:`sample_handshake`), or an object's own motion composed w
 JSON-serialisable dicts (:func:`sample_scene`, :func:`sample_camera`) that :mod:`sdnet_plugin.data.scene_rendering`
 turns into pixels; for a given random generator state the description is always the same.
 """
+import copy
+
 import numpy as np
 
 __all__ = [
     'SUBFRAME_CHOICES', 'REALISM_CHOICES', 'CAMERA_FEATURES', 'motion_matrix', 'max_displacement', 'sample_handshake',
-    'sample_motion', 'sample_scene', 'sample_camera'
+    'sample_motion', 'sample_scene', 'sample_camera', 'crop_scene'
 ]
 
 SUBFRAME_CHOICES = (7, 9, 11, 13)
@@ -314,3 +316,33 @@ def sample_camera(rng, scene, blur_scale=1.0, max_blur=60.0, static_camera=False
         'noise': noise,
         'jpeg_quality': quality
     }
+
+
+def crop_scene(scene, x0, y0, width, height):
+    """The window ``[x0, x0 + width) x [y0, y0 + height)`` of a scene's frame, as a scene of its own (a copy).
+
+    Every centre (of rotation and zoom, of a shape, of a light) moves by ``-(x0, y0)``: each surface performs the same
+    motion as in the whole frame, seen through the window, so the rendered window's flows stay exact.
+    ``scene['crop']`` accumulates the window's origin in the original frame.
+
+    Args:
+        scene (dict): From :func:`sample_scene`.
+        x0 (int): Left column of the window.
+        y0 (int): Top row of the window.
+        width (int): Window width.
+        height (int): Window height.
+    """
+    scene = copy.deepcopy(scene)
+
+    def move(points):
+        return (np.asarray(points, np.float64) - [x0, y0]).tolist()
+
+    motions = [scene['background']['motion']] + [layer['motion'] for layer in scene['layers']]
+    for item in motions + [layer['shape'] for layer in scene['layers']] + scene.get('camera', {}).get('lights', []):
+        item['centre'] = move(item['centre'])
+    for layer in scene['layers']:
+        if 'points' in layer['shape']:
+            layer['shape']['points'] = move(layer['shape']['points'])
+    origin = scene.get('crop', [0, 0])
+    scene.update(size=[int(width), int(height)], crop=[origin[0] + int(x0), origin[1] + int(y0)])
+    return scene

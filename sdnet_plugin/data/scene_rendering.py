@@ -9,9 +9,9 @@ transform, so the flows middle -> first and middle -> last are exact.
 import cv2
 import numpy as np
 
-from sdnet_plugin.data.scene_motion import max_displacement, motion_matrix
+from sdnet_plugin.data.scene_motion import crop_scene, max_displacement, motion_matrix
 
-__all__ = ['GAMMA', 'MAX_SUBFRAMES', 'DENSE_STEP_PX', 'render_scene', 'to_uint8_bgr']
+__all__ = ['GAMMA', 'MAX_SUBFRAMES', 'DENSE_STEP_PX', 'background_scale', 'fit_scene', 'render_scene', 'to_uint8_bgr']
 
 GAMMA = 2.2
 MAX_SUBFRAMES = 97  # dense rendering: at most this many sub-frames (steps of at most DENSE_STEP_PX)
@@ -29,20 +29,35 @@ def _resize(photo, factor):
     return cv2.resize(photo, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
 
 
-def _prepare_texture(photo, hflip, needed_w, needed_h, zoom_out, offset):
-    """Resize a photo so that a ``needed_w x needed_h`` window fits (anti-aliased); return it and the window origin.
+def _texture_scale(photo_size, needed_w, needed_h, zoom_out):
+    """Output pixels per photo pixel that :func:`_prepare_texture` picks for a ``needed_w x needed_h`` window."""
+    fit = min(photo_size[0] / needed_w, photo_size[1] / needed_h)  # photo pixels per output pixel, window just fits
+    return 1.0 / (fit * zoom_out) if fit * zoom_out > 1 else 1.0 / fit
 
-    ``zoom_out`` in (0, 1] picks how much of the photo the window covers (1: as much as fits).
+
+def _prepare_texture(photo, hflip, needed_w, needed_h, zoom_out, offset, max_upscale=None, alpha=None):
+    """Resize a photo so that a ``needed_w x needed_h`` window fits (anti-aliased); return it, the window origin
+    (texture coordinates of the window's top-left corner) and the scale factor.
+
+    ``zoom_out`` in (0, 1] picks how much of the photo the window covers (1: as much as fits). When that needs an
+    upsampling beyond ``max_upscale`` and ``alpha`` (a layer's alpha on the window) is given, only the pixels where
+    ``alpha`` is non-zero (and their bilinear neighbours) are covered, upsampled at most to ``max_upscale`` (more
+    only if they do not fit at that scale).
     """
     h, w = photo.shape[:2]
-    fit = min(w / needed_w, h / needed_h)  # photo pixels per output pixel when the window just fits
-    factor = 1.0 / (fit * zoom_out) if fit * zoom_out > 1 else 1.0 / fit
+    factor = _texture_scale((w, h), needed_w, needed_h, zoom_out)
+    box = (0, 0, needed_w, needed_h)  # the part of the window the texture must cover
+    if alpha is not None and max_upscale is not None and factor > max_upscale:
+        rows, cols = np.nonzero(alpha.max(1) > 0)[0], np.nonzero(alpha.max(0) > 0)[0]
+        if len(rows):
+            box = (max(0, cols[0] - 1), max(0, rows[0] - 1), min(needed_w, cols[-1] + 2), min(needed_h, rows[-1] + 2))
+            factor = max(max_upscale, (box[2] - box[0]) / w, (box[3] - box[1]) / h)
     texture = _resize(photo, factor * 1.0001)
     if hflip:
         texture = np.ascontiguousarray(texture[:, ::-1])
     th, tw = texture.shape[:2]
-    origin = (offset[0] * max(0, tw - needed_w), offset[1] * max(0, th - needed_h))
-    return texture, origin
+    origin = (offset[0] * max(0, tw - box[2] + box[0]) - box[0], offset[1] * max(0, th - box[3] + box[1]) - box[1])
+    return texture, origin, factor
 
 
 def _shape_alpha(shape, width, height, margin):
@@ -127,7 +142,88 @@ def _camera_output(linear_mean, camera):
     return image, _srgb(clean)
 
 
-def render_scene(scene, photos, return_subframes=False):
+def _subframe_times(scene):
+    """Times ``tau`` of the sub-frames a scene is rendered at (dense camera scenes: steps of at most
+    ``DENSE_STEP_PX``)."""
+    width, height = scene['size']
+    camera = scene.get('camera')
+    num = scene['num_subframes']
+    exposure = camera['exposure'] if camera else 1.0
+    taus = np.linspace(-exposure, exposure, num)
+    if camera and camera['dense']:
+        bg_motion = scene['background']['motion']
+
+        def layer_at(m):
+            return lambda t: motion_matrix(bg_motion, t) @ motion_matrix(m, t)
+
+        num = _dense_count([(lambda t: motion_matrix(bg_motion, t),
+                             (width, height))] + [(layer_at(layer['motion']), (width, height))
+                                                  for layer in scene['layers']], taus, num)
+        taus = np.linspace(-exposure, exposure, num)
+    return taus
+
+
+def _background_window(scene, bg_motions):
+    """Margin and size of the background window: the frame plus what the camera motion brings into view."""
+    width, height = scene['size']
+    margin = int(np.ceil(max_displacement([np.linalg.inv(m) for m in bg_motions], width, height))) + 2
+    return margin, width + 2 * margin, height + 2 * margin
+
+
+def _background_fit(scene, photo_size):
+    """Margin of the background window and scale factor of the background photo, as :func:`render_scene` has them."""
+    bg = scene['background']
+    margin, needed_w, needed_h = _background_window(scene,
+                                                    [motion_matrix(bg['motion'], t) for t in _subframe_times(scene)])
+    return margin, _texture_scale(photo_size, needed_w, needed_h, bg['zoom_out'])
+
+
+def background_scale(scene, photo_size):
+    """Scale factor (output pixels per photo pixel) :func:`render_scene` applies to a scene's background photo.
+
+    Args:
+        scene (dict): From :func:`~sdnet_plugin.data.scene_motion.sample_scene`.
+        photo_size (tuple[int, int]): ``(width, height)`` of the background photo.
+    """
+    return _background_fit(scene, photo_size)[1]
+
+
+def fit_scene(scene, photo_size, max_upscale=1.0, min_side=256):
+    """Shrink a scene's frame until its background photo needs no upsampling beyond ``max_upscale``.
+
+    A photo smaller than the frame plus its motion margins would be upsampled (bicubic), which softens the sharp
+    frame. The frame is cut to its centred window of the largest size that fits at ``max_upscale``
+    (:func:`~sdnet_plugin.data.scene_motion.crop_scene`: motions and flows unchanged, exact), each side at least
+    ``min(min_side, side)``; a photo that does not fit even then is upsampled as little as that allows.
+
+    Args:
+        scene (dict): From :func:`~sdnet_plugin.data.scene_motion.sample_scene`.
+        photo_size (tuple[int, int]): ``(width, height)`` of the background photo.
+        max_upscale (float | None): Largest scale factor allowed; None: no limit. Default: 1.0.
+        min_side (int): Smallest side a window is cut to. Default: 256.
+
+    Returns:
+        dict: ``scene`` itself when it fits, else the window's scene (``size`` smaller, ``crop`` its origin).
+    """
+    margin, scale = _background_fit(scene, photo_size)
+    if max_upscale is None or scale <= max_upscale:
+        return scene
+    width, height = scene['size']
+    lowest = (min(min_side, width), min(min_side, height))
+    fitted, size = scene, (width, height)
+    for _ in range(4):  # a window's margin is at most the frame's: this ends after one or two cuts
+        size = tuple(
+            min(side, max(low,
+                          int(np.floor(photo * max_upscale)) - 2 * margin))
+            for side, low, photo in zip(size, lowest, photo_size))
+        fitted = crop_scene(scene, (width - size[0]) // 2, (height - size[1]) // 2, *size)
+        margin, scale = _background_fit(fitted, photo_size)
+        if scale <= max_upscale or size == lowest:
+            break
+    return fitted
+
+
+def render_scene(scene, photos, return_subframes=False, max_upscale=None):
     """Render a scene description into a GoPro-style sample.
 
     With ``scene['camera']`` (``realism='camera'``) the sub-frames are composed and averaged in linear light without
@@ -135,51 +231,47 @@ def render_scene(scene, photos, return_subframes=False):
     compression (see :func:`sample_camera`); the sharp frame is the clipped middle sub-frame.
 
     Args:
-        scene (dict): From :func:`sample_scene`.
-        photos (list[ndarray]): Float32 RGB photos the scene's indices refer to.
+        scene (dict): From :func:`sample_scene` (and :func:`fit_scene`, which keeps the background photo from being
+            upsampled).
+        photos (list[ndarray]): Float32 RGB photos the scenes' indices refer to.
         return_subframes (bool): Also return the sub-frames (gamma-encoded, clipped) and, per sub-frame, the index of
             the surface visible at each pixel (0: background, j: layer j). Default: False.
+        max_upscale (float | None): Largest scale factor of a layer's photo: a layer photo too small for the frame
+            plus the layer's motion then covers only the layer's shape. Default: None, no limit.
 
     Returns:
         dict: ``sharp``, ``blur``, ``blur_gamma``: float32 RGB ``(H, W, 3)`` in ``[0, 1]`` (camera realism:
         ``blur`` is the camera's image, ``blur_gamma`` the same average without noise and compression);
         ``flow``: float32 ``(H, W, 4)`` exact flow middle -> first / last in pixels; ``labels_middle``: int
-        ``(H, W)``; ``num_subframes``: sub-frames rendered; with ``return_subframes``, ``subframes``
+        ``(H, W)``; ``num_subframes``: sub-frames rendered; ``scales``: scale factor (output pixels per photo
+        pixel) of the background's and each layer's photo; with ``return_subframes``, ``subframes``
         ``(N, H, W, 3)`` and ``labels`` ``(N, H, W)``.
     """
     width, height = scene['size']
     camera = scene.get('camera')
-    num = scene['num_subframes']
-    exposure = camera['exposure'] if camera else 1.0
-    taus = np.linspace(-exposure, exposure, num)
+    taus = _subframe_times(scene)
+    num = len(taus)
     bg = scene['background']
-    own_motions = [layer['motion'] for layer in scene['layers']]
-    if camera and camera['dense']:
-
-        def layer_at(m):
-            return lambda t: motion_matrix(bg['motion'], t) @ motion_matrix(m, t)
-
-        num = _dense_count([(lambda t: motion_matrix(bg['motion'], t),
-                             (width, height))] + [(layer_at(m), (width, height)) for m in own_motions], taus, num)
-        taus = np.linspace(-exposure, exposure, num)
     bg_motions = [motion_matrix(bg['motion'], t) for t in taus]
-    margin = int(np.ceil(max_displacement([np.linalg.inv(m) for m in bg_motions], width, height))) + 2
-    bg_texture, (ox, oy) = _prepare_texture(photos[bg['photo']], bg['hflip'], width + 2 * margin, height + 2 * margin,
-                                            bg['zoom_out'], bg['offset'])
+    margin, needed_w, needed_h = _background_window(scene, bg_motions)
+    bg_texture, (ox, oy), bg_scale = _prepare_texture(photos[bg['photo']], bg['hflip'], needed_w, needed_h,
+                                                      bg['zoom_out'], bg['offset'])
     # output p -> texture coordinates at rest; integer origin keeps the sharp frame free of resampling blur
     bg_base = _translation(round(ox) + margin, round(oy) + margin)
     if camera:
         bg_texture = _to_linear(bg_texture, camera)
         _add_lights(bg_texture, camera['lights'], (round(ox) + margin, round(oy) + margin))
 
-    layer_data = []
-    for layer, own_motion in zip(scene['layers'], own_motions):
-        own = [motion_matrix(own_motion, t) for t in taus]
+    layer_data, scales = [], [bg_scale]
+    for layer in scene['layers']:
+        own = [motion_matrix(layer['motion'], t) for t in taus]
         motions = [cam @ m for cam, m in zip(bg_motions, own)]  # object motion, then the camera's
         reach = int(np.ceil(max_displacement(motions, width, height))) + 4
         alpha = _shape_alpha(layer['shape'], width, height, reach)
-        texture, (tx, ty) = _prepare_texture(photos[layer['photo']], layer['hflip'], width + 2 * reach,
-                                             height + 2 * reach, layer['zoom_out'], layer['texture_offset'])
+        texture, (tx, ty), scale = _prepare_texture(photos[layer['photo']], layer['hflip'], width + 2 * reach,
+                                                    height + 2 * reach, layer['zoom_out'], layer['texture_offset'],
+                                                    max_upscale, alpha)
+        scales.append(scale)
         texture = np.clip(texture * layer['gain'], 0, 1)
         if camera:
             texture = _to_linear(texture, camera)
@@ -243,6 +335,7 @@ def render_scene(scene, photos, return_subframes=False):
         'flow': flow,
         'labels_middle': label_middle,
         'num_subframes': num,
+        'scales': scales,
     }
     if return_subframes:
         result['subframes'] = np.stack(subframes)

@@ -21,7 +21,7 @@ from sdnet_plugin.data.flow_io import FLOW_MAX, FLOW_MIN, encode_flow
 from sdnet_plugin.data.flow_utils import blur_extent
 from sdnet_plugin.data.gopro_layout import GOPRO_FOLDERS, image_name, image_path, split_key, synthetic_key
 from sdnet_plugin.data.scene_motion import sample_scene
-from sdnet_plugin.data.scene_rendering import render_scene, to_uint8_bgr
+from sdnet_plugin.data.scene_rendering import fit_scene, render_scene, to_uint8_bgr
 from sdnet_plugin.file_safety import atomic_directory, is_temporary, remove_temporaries
 from sdnet_plugin.image_io import IMAGE_EXTENSIONS, read_image
 
@@ -117,6 +117,9 @@ class SynthesisJob:
         max_blur (float): Cap of each surface's first-to-last translation, pixels.
         realism (str): ``'gopro'`` or ``'camera'``.
         without (tuple[str]): Camera features switched off.
+        max_upscale (float | None): Largest scale factor of a photo (:func:`fit_scene`); None: no limit.
+            Default: None.
+        min_side (int): Smallest side a sample is cut to so that its background photo fits. Default: 256.
     """
     out_dir: str
     photo_paths: tuple
@@ -128,6 +131,8 @@ class SynthesisJob:
     max_blur: float
     realism: str
     without: tuple
+    max_upscale: float = None
+    min_side: int = 256
 
     def rng(self, index):
         """The random generator of sample ``index``: seeded by the seed, the split and the index only."""
@@ -154,6 +159,7 @@ class SampleWriter:
     def __init__(self, job):
         self.job = job
         self.photos = [load_photo(p) for p in job.photo_paths]  # validates every photo before any work starts
+        self.photo_sizes = [(p.shape[1], p.shape[0]) for p in self.photos]
 
     def __call__(self, index):
         """Render sample ``index`` and write its four images.
@@ -164,7 +170,8 @@ class SampleWriter:
         """
         job = self.job
         scene = job.scene(index, len(self.photos))
-        sample = render_scene(scene, self.photos)
+        scene = fit_scene(scene, self.photo_sizes[scene['background']['photo']], job.max_upscale, job.min_side)
+        sample = render_scene(scene, self.photos, max_upscale=job.max_upscale)
         flow = np.clip(sample['flow'], FLOW_MIN, FLOW_MAX)  # max_blur keeps flows far inside; never wrap around
         key = job.key(index)
         for folder in GOPRO_FOLDERS:
@@ -177,6 +184,9 @@ class SampleWriter:
             np.minimum(extent, HIST_BINS * HIST_BIN_PX - 1e-3), HIST_BINS, (0, HIST_BINS * HIST_BIN_PX))
         record = {
             'key': key,
+            'size': scene['size'],
+            'scale': round(sample['scales'][0], 4),
+            'layer_scales': [round(v, 4) for v in sample['scales'][1:]],
             'num_subframes': sample['num_subframes'],
             'num_layers': len(scene['layers']),
             'blur_extent_mean': round(float(extent.mean()), 3),
@@ -248,6 +258,7 @@ def _write_samples(job, count, workers=1, progress=True):
             bar.update(1)
     bar.close()
     extents = np.array([r['blur_extent_mean'] for r in records])
+    layer_scales = np.array([v for r in records for v in r['layer_scales']])
     return {
         'options': {
             'count': count,
@@ -257,9 +268,15 @@ def _write_samples(job, count, workers=1, progress=True):
             'blur_scale': job.blur_scale,
             'max_blur': job.max_blur,
             'realism': job.realism,
-            'without': list(job.without)
+            'without': list(job.without),
+            'max_upscale': job.max_upscale,
+            'min_side': job.min_side
         },
         'blur_extent_mean_px': round(float(extents.mean()), 3),
+        'below_size_share': round(float(np.mean([r['size'] != [job.width, job.height] for r in records])), 4),
+        'upsampled_share': round(float(np.mean([r['scale'] > 1 for r in records])), 4),
+        'layer_upsampled_share': round(float(np.mean(layer_scales > 1)) if len(layer_scales) else 0.0, 4),
+        'scale_max': max(r['scale'] for r in records),
         'histogram': {
             'bin_px': HIST_BIN_PX,
             'counts': histogram.tolist()
@@ -309,7 +326,8 @@ def check_replaceable(out_dir, photo_dir=None):
 
 
 def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, workers=1, split='all', overwrite=False,
-                       blur_scale=1.0, max_blur=60.0, progress=True, realism='gopro', without=()):
+                       blur_scale=1.0, max_blur=60.0, progress=True, realism='gopro', without=(), max_upscale=1.0,
+                       min_side=256):
     """Write ``count`` synthetic samples in GoPro layout ``out_dir/<SEQ>/{blur,blur_gamma,sharp,flow}/NNNNNN.png``.
 
     The tree is written in a hidden temporary folder next to ``out_dir`` and renamed at the end
@@ -333,6 +351,11 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
         realism (str): ``'gopro'`` or ``'camera'`` (handheld-camera realism, :func:`sample_camera`).
             Default: ``'gopro'``.
         without (tuple[str]): Camera features switched off (``CAMERA_FEATURES``). Default: ().
+        max_upscale (float | None): Largest scale factor (output pixels per photo pixel) of a photo: a sample whose
+            background photo is too small for its size plus the motion margins is rendered at the largest size that
+            fits (:func:`fit_scene`, each side at least ``min_side``), a layer covers only its shape. None: no limit
+            (photos upsampled as needed, as before the limit existed). Default: 1.0, never upsampled.
+        min_side (int): Smallest side a sample is cut to (at most the requested side). Default: 256.
 
     Returns:
         dict: The content of ``synthesis.json``.
@@ -346,6 +369,11 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
         raise ValueError(f'size must be at least 16x16, got {width}x{height}')
     if not (np.isfinite(blur_scale) and blur_scale >= 0):
         raise ValueError(f'blur scale must be a finite number >= 0, got {blur_scale}')
+    if max_upscale is not None and not max_upscale >= 1:
+        raise ValueError(f'max upscale must be a number >= 1, got {max_upscale}')
+    if min_side < 16:
+        raise ValueError(f'min side must be at least 16, got {min_side}')
+    max_upscale = None if max_upscale is None or np.isinf(max_upscale) else float(max_upscale)
     if not (np.isfinite(max_blur) and 0 < max_blur <= MAX_BLUR_LIMIT):
         raise ValueError(f'max blur must be in (0, {MAX_BLUR_LIMIT:g}] px, got {max_blur}: flows reach up to about '
                          f'1.6x the max blur and are stored within [{FLOW_MIN:g}, {FLOW_MAX:g}] px')
@@ -359,7 +387,7 @@ def synthesize_dataset(out_dir, count, photo_dir=None, size=(256, 256), seed=0, 
     remove_temporaries(osp.dirname(out_dir), osp.basename(out_dir))  # what killed runs left
     with atomic_directory(out_dir, overwrite) as build_dir:
         job = SynthesisJob(build_dir, tuple(photo_paths), seed, split, width, height, blur_scale, max_blur, realism,
-                           without)
+                           without, max_upscale, int(min_side))
         meta = _write_samples(job, count, workers, progress)
         meta['options']['photos'] = [osp.relpath(p, photo_dir) if photo_dir else osp.basename(p) for p in photo_paths]
         with open(osp.join(build_dir, 'synthesis.json'), 'w') as f:

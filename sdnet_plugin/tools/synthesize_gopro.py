@@ -47,6 +47,12 @@ def main(argv=None):
         'light with streaking highlights, hand shake, mixed exposures, sensor noise, JPEG)')
     parser.add_argument('--without', type=parse_features, default=(),
                         help=f'camera features to switch off, comma-separated: {",".join(CAMERA_FEATURES)}')
+    parser.add_argument(
+        '--max-upscale', type=float, default=1.0,
+        help='largest scale factor of a photo (default 1.0: never upsampled; a sample whose background photo is too '
+        'small is rendered at the largest size that fits, a layer covers only its shape); inf: no limit')
+    parser.add_argument('--min-side', type=int, default=256,
+                        help='smallest side a sample is reduced to so that its photo fits (default 256)')
     parser.add_argument('--histogram', default=None, help='also save the blur-extent histogram image here')
     parser.add_argument('--overwrite', action='store_true', help='replace OUT if it exists')
     args = parser.parse_args(argv)
@@ -56,7 +62,9 @@ def main(argv=None):
             'blur_scale': args.blur_scale,
             'max_blur': args.max_blur,
             'realism': args.realism,
-            'without': args.without
+            'without': args.without,
+            'max_upscale': args.max_upscale,
+            'min_side': args.min_side
         }
         meta = synthesize_dataset(args.out, args.count, args.photos, args.size, args.seed, args.workers, args.split,
                                   args.overwrite, **scene)
@@ -68,7 +76,9 @@ def main(argv=None):
         plot_blur_histogram(meta, args.histogram, f'Synthetic blur extent ({args.count} samples, '
                             f'{args.size[0]}x{args.size[1]})')
     print(f'wrote {args.count} samples to {args.out} in {elapsed:.1f} s ({args.count / elapsed:.1f} samples/s); '
-          f'mean blur extent {meta["blur_extent_mean_px"]:.1f} px')
+          f'mean blur extent {meta["blur_extent_mean_px"]:.1f} px; {meta["below_size_share"]:.0%} below '
+          f'{args.size[0]}x{args.size[1]}, {meta["upsampled_share"]:.0%} with an upsampled background photo (largest '
+          f'scale {meta["scale_max"]:.2f})')
 
 
 if __name__ == '__main__':

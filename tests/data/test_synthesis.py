@@ -208,3 +208,126 @@ def test_camera_dataset_is_deterministic_for_any_workers(tmp_path):
     assert meta['options']['realism'] == 'camera' and 'exposure' in meta['samples'][0]
     for path in (tmp_path / 'a').rglob('*.png'):
         assert path.read_bytes() == (tmp_path / 'b' / path.relative_to(tmp_path / 'a')).read_bytes()
+
+
+def _still_camera_scene(size=(96, 96), velocity=6.0):
+    scene = synthesis.sample_scene(np.random.default_rng(1), 1, *size)
+    scene['background']['motion'].update(velocity=[velocity, 0.0], acceleration=[0.0, 0.0], shake=[],
+                                         angular_velocity=0.0, angular_acceleration=0.0, zoom_rate=0.0)
+    return scene
+
+
+def test_fit_scene_cuts_the_largest_window_whose_photo_is_not_upsampled():
+    scene = _still_camera_scene()  # the camera moves 6 px each way: margin 8 px, window 112x112
+    assert synthesis.fit_scene(scene, (400, 300)) is scene  # large enough: untouched
+    assert synthesis.background_scale(scene, (160, 80)) == pytest.approx(112 / 80)
+    fitted = synthesis.fit_scene(scene, (160, 80), max_upscale=1.0, min_side=32)
+    assert fitted['size'] == [96, 64] and fitted['crop'] == [0, 16] and scene['size'] == [96, 96]
+    assert synthesis.background_scale(fitted, (160, 80)) <= 1
+    taller = synthesis.crop_scene(scene, 0, 15, 96, 65)  # one row more would need upsampling
+    assert synthesis.background_scale(taller, (160, 80)) > 1
+    assert synthesis.fit_scene(scene, (160, 80), max_upscale=1.2, min_side=32)['size'] == [96, 80]
+    # too small even for min_side: that side stops there, upsampled as little as that allows
+    fitted = synthesis.fit_scene(scene, (160, 40), max_upscale=1.0, min_side=48)
+    assert fitted['size'] == [96, 48] and synthesis.background_scale(fitted, (160, 40)) == pytest.approx(64 / 40)
+    assert synthesis.fit_scene(scene, (160, 40), max_upscale=None) is scene
+
+
+def test_cropped_scene_renders_the_window_of_the_whole_frame(smooth_photos):
+    for scene in _scenes(len(smooth_photos), count=3, size=(96, 80)) + _camera_scenes(
+            len(smooth_photos), count=2, size=(96, 80)):
+        whole = synthesis.render_scene(scene, smooth_photos)
+        window = synthesis.render_scene(synthesis.crop_scene(scene, 20, 12, 56, 48), smooth_photos)
+        labels = whole['labels_middle'][12:60, 20:76]
+        same = labels == window['labels_middle']
+        assert same.mean() > 0.98
+        assert np.allclose(window['flow'][same], whole['flow'][12:60, 20:76][same], atol=1e-3)
+
+
+@pytest.fixture(scope='module')
+def small_photo_dir(tmp_path_factory):
+    """Smooth photographs smaller than a 96x96 frame plus its motion margins."""
+    folder = tmp_path_factory.mktemp('small_photos')
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate([(160, 84), (130, 90), (150, 100)]):
+        image = cv2.GaussianBlur(rng.uniform(0, 1, (h, w, 3)).astype(np.float32), (0, 0), 4)
+        cv2.imwrite(str(folder / f'p{i}.png'), np.round(cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX)))
+    return folder
+
+
+def test_small_photos_are_never_upsampled_and_flows_stay_exact(small_photo_dir):
+    photos = [synthesis.load_photo(str(p)) for p in sorted(small_photo_dir.iterdir())]
+    sizes = [(p.shape[1], p.shape[0]) for p in photos]
+    cut = 0
+    for scene in _scenes(len(photos), count=6, size=(96, 96)):
+        fitted = synthesis.fit_scene(scene, sizes[scene['background']['photo']], 1.0, 40)
+        cut += fitted['size'] != [96, 96]
+        before = synthesis.render_scene(scene, photos)['scales']
+        sample = synthesis.render_scene(fitted, photos, return_subframes=True, max_upscale=1.0)
+        assert max(sample['scales']) <= 1 < max(before)
+        for end, channel in ((0, 0), (-1, 2)):
+            mask = _visible_mask(sample, end, channel)
+            warped, _ = backward_warp(sample['subframes'][end], sample['flow'][..., channel:channel + 2])
+            assert _psnr(warped, sample['sharp'], mask) > 40
+    assert cut == 6
+    # photos large enough: the limit changes nothing
+    scene = _scenes(len(photos), count=1, size=(48, 40))[0]
+    unlimited = synthesis.render_scene(scene, photos)
+    limited = synthesis.render_scene(
+        synthesis.fit_scene(scene, sizes[scene['background']['photo']]), photos, max_upscale=1.0)
+    assert max(unlimited['scales']) <= 1 and all(np.array_equal(unlimited[k], limited[k]) for k in ('sharp', 'flow'))
+
+
+def test_mixed_size_renders_train_through_lmdb(small_photo_dir, tmp_path):
+    import torch
+
+    from basicsr.data import build_dataset  # isort: skip
+    from sdnet_plugin.data.gopro_layout import create_gopro_lmdb, lmdb_paths
+    kwargs = dict(photo_dir=str(small_photo_dir), size=(96, 96), seed=2, blur_scale=0.5, min_side=40, progress=False)
+    meta = synthesis.synthesize_dataset(str(tmp_path / 'a'), 6, workers=1, **kwargs)
+    synthesis.synthesize_dataset(str(tmp_path / 'b'), 6, workers=2, **kwargs)
+    assert meta['options']['max_upscale'] == 1.0 and meta['upsampled_share'] == meta['layer_upsampled_share'] == 0
+    assert meta['below_size_share'] == 1 and meta['scale_max'] <= 1
+    assert len({tuple(s['size']) for s in meta['samples']}) > 1
+    for record in meta['samples']:
+        seq, name = record['key'].split('/')
+        assert cv2.imread(str(tmp_path / 'a' / seq / 'sharp' / f'{name}.png')).shape[1::-1] == tuple(record['size'])
+        for folder in ('blur', 'blur_gamma', 'sharp', 'flow'):
+            image = (tmp_path / 'a' / seq / folder / f'{name}.png').read_bytes()
+            assert image == (tmp_path / 'b' / seq / folder / f'{name}.png').read_bytes()
+    unlimited = synthesis.synthesize_dataset(str(tmp_path / 'c'), 6, max_upscale=None, **kwargs)
+    assert unlimited['below_size_share'] == 0 and unlimited['upsampled_share'] == 1
+    create_gopro_lmdb(str(tmp_path / 'a'), str(tmp_path / 'lmdb'), 'train', progress=False)
+    paths = lmdb_paths(str(tmp_path / 'lmdb'), 'train')
+    opt = {
+        'name': 'mixed',
+        'type': 'BlurSharpFlowDataset',
+        'io_backend': {
+            'type': 'lmdb'
+        },
+        'dataroot_lq': paths['blur'],
+        'dataroot_gt': paths['sharp'],
+        'dataroot_flow': paths['flow']
+    }
+    val = build_dataset({
+        'name': 'disk',
+        'type': 'BlurSharpFlowDataset',
+        'dataroot': str(tmp_path / 'a'),
+        'phase': 'val'
+    })
+    assert [tuple(val[i]['gt'].shape[:0:-1]) for i in range(len(val))] == [tuple(s['size']) for s in meta['samples']]
+    train = build_dataset(dict(opt, phase='train', gt_size=32, use_hflip=True, use_rot=True))
+    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=6)))
+    assert batch['lq'].shape == (6, 3, 32, 32) and batch['flow'].shape == (6, 4, 32, 32)
+
+
+@pytest.mark.parametrize('offset', [(0.0, 0.0), (0.5, 0.7), (1.0, 1.0)])
+def test_layer_texture_covers_its_shape_without_upsampling(offset):
+    from sdnet_plugin.data.scene_rendering import _prepare_texture
+    photo = np.random.default_rng(0).uniform(0, 1, (60, 80, 3)).astype(np.float32)
+    alpha = np.zeros((200, 200), np.float32)
+    alpha[120:170, 30:100] = 1  # the shape: 70x50 of a 200x200 window
+    texture, (ox, oy), scale = _prepare_texture(photo, True, 200, 200, 1.0, offset, max_upscale=1.0, alpha=alpha)
+    assert scale == 1.0 and texture.shape == photo.shape
+    assert 0 <= 29 + ox and 101 + ox <= 80 and 0 <= 119 + oy and 171 + oy <= 60  # with the bilinear neighbours
+    assert _prepare_texture(photo, True, 200, 200, 1.0, offset)[2] == 200 / 60  # no limit: upsampled to the window

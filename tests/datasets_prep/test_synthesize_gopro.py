@@ -102,6 +102,9 @@ def test_overwrite_replaces_a_previous_output(tmp_path):
     ('--blur-scale', '-1', 'blur scale must be a finite number >= 0'),
     ('--max-blur', '3000', r'max blur must be in \(0, 256\] px, got 3000.0: flows reach up to about 1.6x'),
     ('--max-blur', 'inf', r'max blur must be in \(0, 256\] px'),
+    ('--max-upscale', '0.5', 'max upscale must be a number >= 1, got 0.5'),
+    ('--max-upscale', 'nan', 'max upscale must be a number >= 1, got nan'),
+    ('--min-side', '8', 'min side must be at least 16, got 8'),
 ])
 def test_bad_blur_options_are_one_line_errors(tmp_path, option, value, message):
     with pytest.raises(SystemExit, match=f'error: {message}'):
@@ -111,11 +114,15 @@ def test_bad_blur_options_are_one_line_errors(tmp_path, option, value, message):
 
 def test_camera_realism_options(tmp_path, capsys):
     out = tmp_path / 'cam'
-    synthesize_gopro.main(
-        ['--out',
-         str(out), '--count', '2', '--size', '40x32', '--realism', 'camera', '--without', 'jpeg,noise'])
+    synthesize_gopro.main([
+        '--out',
+        str(out), '--count', '2', '--size', '40x32', '--realism', 'camera', '--without', 'jpeg,noise', '--max-upscale',
+        'inf', '--min-side', '32'
+    ])
+    assert '0% below 40x32, 0% with an upsampled background photo' in capsys.readouterr().out
     meta = json.loads((out / 'synthesis.json').read_text())
     assert meta['options']['realism'] == 'camera' and meta['options']['without'] == ['jpeg', 'noise']
+    assert meta['options']['max_upscale'] is None and meta['options']['min_side'] == 32
     assert all(s['jpeg_quality'] is None and s['shot_noise'] is None for s in meta['samples'])
     with pytest.raises(SystemExit):
         synthesize_gopro.main(['--out', str(tmp_path / 'bad'), '--count', '1', '--without', 'blur'])
