@@ -157,6 +157,9 @@ ARMS = [
     Arm('light_noflow', 'light, SVD modules without flow guidance', _sdnet('light')),
     Arm('light_warm', 'light, flow guidance for the first quarter of the schedule only', _sdnet('light'),
         offset_loss='order_invariant', offset_fade=0.25),
+    Arm('light_fine', 'light with its SVD modules at 1/2 and 1/4 (blur spans a few feature pixels), early guidance',
+        _sdnet('light', svd_levels=(1, 2)), offset_loss='order_invariant', offset_fade=0.25),
+    Arm('light_fine_noflow', 'light_fine without flow guidance', _sdnet('light', svd_levels=(1, 2))),
     Arm('nafnet_light', 'NAFNet-style peer at the 720p cost of light_m (width 8)', ('NAFNet', 'light')),
     Arm('nafnet32', 'NAFNet-style GoPro configuration (width 32)', ('NAFNet', 'gopro32')),
 ]  # yapf: disable
