@@ -759,7 +759,7 @@ def write_report(args, arms, out_path):
             'faster than `nafnet32`): ' +
             ', '.join(f'`{name}` {seconds:.2f} s ({speed["nafnet32"] / seconds:.1f}x)'
                       for name, seconds in speed.items() if name != 'nafnet32' and name in
-                      ('base', 'light_s', 'light_m', 'light_l', 'light', 'nafnet_light')) +
+                      ('base', 'light_s', 'light_m', 'light_l', 'light', 'light_fine', 'nafnet_light')) +
             f'; `nafnet32` {speed["nafnet32"]:.2f} s.'
         ]
     claims = [
@@ -774,6 +774,9 @@ def write_report(args, arms, out_path):
         ('NAFNet-style backbone: flow guidance in the first quarter only helps', 'light_warm', 'light_noflow'),
         ('light SDNet beats the NAFNet-style peer of the same 720p cost', 'light', 'nafnet_light'),
         ('light SDNet, early flow guidance, beats the NAFNet-style peer', 'light_warm', 'nafnet_light'),
+        ('SVD modules at 1/2 and 1/4: flow guidance (first quarter) helps', 'light_fine', 'light_fine_noflow'),
+        ('SVD modules at 1/2 and 1/4 beat those at 1/4 and 1/8 (no guidance)', 'light_fine_noflow', 'light_noflow'),
+        ('light SDNet, SVD at 1/2 and 1/4, guided, beats the NAFNet-style peer', 'light_fine', 'nafnet_light'),
     ]
     lines += [
         '', '## What the paper claims and what we measure', '',
