@@ -26,16 +26,13 @@ import cv2
 import numpy as np
 import yaml
 
-from sdnet_plugin.inference import find_default_weights, weights_candidates
+from sdnet_plugin.inference import shipped_weights
 
 ROOT_PATH = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 DATA_DIR = osp.join(ROOT_PATH, 'datasets', 'demo')
 TRAIN_OPTIONS = osp.join(ROOT_PATH, 'options', 'train_sdnet_demo.yml')
 TEST_OPTIONS = osp.join(ROOT_PATH, 'options', 'test_sdnet_demo.yml')
-# the light preset's default weights: the package's copy, else the checkout's (inference.weights_candidates)
-DEFAULT_WEIGHTS = str(
-    find_default_weights(weights_candidates('sdnet_light_camera.pth'))
-    or weights_candidates('sdnet_light_camera.pth')[-1])
+DEFAULT_WEIGHTS = str(shipped_weights('sdnet_light_camera.pth'))  # the light preset's weights
 LABELS = ('blurry', 'restored', 'sharp')
 __all__ = ['StepError', 'compare', 'main']
 

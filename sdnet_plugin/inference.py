@@ -23,7 +23,7 @@ from sdnet_plugin.utils import error_line
 __all__ = [
     'DEFAULT_WEIGHTS', 'DEFAULT_WEIGHTS_CANDIDATES', 'NonFiniteOutputError', 'SDNetRestorer', 'auto_tile_size',
     'build_sdnet', 'export_weights', 'find_default_weights', 'inference_dtype', 'load_network', 'load_weights',
-    'missing_weights_message', 'tiled_forward', 'weights_candidates'
+    'missing_weights_message', 'shipped_weights', 'tiled_forward', 'weights_candidates'
 ]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_NAME = 'sdnet_base_synthetic.pth'
@@ -53,7 +53,14 @@ def missing_weights_message(prog):
             'CHECKPOINT, or train and export them with scripts/train_default_weights.sh (see README)')
 
 
-DEFAULT_WEIGHTS = find_default_weights() or DEFAULT_WEIGHTS_CANDIDATES[-1]
+def shipped_weights(name=DEFAULT_WEIGHTS_NAME):
+    """The shipped weights file ``name`` where the lookup finds it (:func:`weights_candidates`), else the path the
+    checkout would hold it at."""
+    candidates = weights_candidates(name)
+    return find_default_weights(candidates) or candidates[-1]
+
+
+DEFAULT_WEIGHTS = shipped_weights()
 # Tile sides are multiples of the network's downsampling factor, so every tile sees the same stride-2/4 sampling
 # phase as the whole image and tiled output matches untiled output.
 TILE_ALIGN = 4
