@@ -107,6 +107,8 @@ class Arm:
         batch (int): Crops per step. Default: 8.
         offset_fade (float): Share of the horizon over which the offset loss fades to 0 (1: the whole run; 0.25:
             flow guidance for the first quarter only, then the sampling points are free). Default: 1.0.
+        offset_weight (float): Starting weight of the offset loss (the pixel L1 of a blurry start is about 0.05,
+            an offset error of one feature pixel costs 1 before weighting). Default: 0.1.
     """
     name: str
     what: str
@@ -117,6 +119,7 @@ class Arm:
     patch: int = 128
     batch: int = 8
     offset_fade: float = 1.0
+    offset_weight: float = OFFSET_WEIGHT
 
     @property
     def has_svd(self):
@@ -160,6 +163,10 @@ ARMS = [
     Arm('light_fine', 'light with its SVD modules at 1/2 and 1/4 (blur spans a few feature pixels), early guidance',
         _sdnet('light', svd_levels=(1, 2)), offset_loss='order_invariant', offset_fade=0.25),
     Arm('light_fine_noflow', 'light_fine without flow guidance', _sdnet('light', svd_levels=(1, 2))),
+    Arm('light_w01', 'light, weak flow guidance (offset weight 0.01) over the whole schedule', _sdnet('light'),
+        offset_loss='order_invariant', offset_weight=0.01),
+    Arm('light_fine_w01', 'light_fine, weak flow guidance (offset weight 0.01) over the whole schedule',
+        _sdnet('light', svd_levels=(1, 2)), offset_loss='order_invariant', offset_weight=0.01),
     Arm('nafnet_light', 'NAFNet-style peer at the 720p cost of light_m (width 8)', ('NAFNet', 'light')),
     Arm('nafnet32', 'NAFNet-style GoPro configuration (width 32)', ('NAFNet', 'gopro32')),
 ]  # yapf: disable
@@ -178,8 +185,9 @@ def build_network(arm, dcn_backend='auto'):
 def arm_record(arm):
     """The arm's settings as plain data (stored with its state; a changed arm refuses to resume)."""
     record = dataclasses.asdict(arm)
-    if record['offset_fade'] == 1.0:  # arms recorded before the setting existed
-        del record['offset_fade']
+    for key, default in (('offset_fade', 1.0), ('offset_weight', OFFSET_WEIGHT)):
+        if record[key] == default:  # arms recorded before the setting existed
+            del record[key]
     record['network'] = [arm.network[0], dict(arm.network[1]) if arm.network[0] == 'SDNet' else arm.network[1]]
     return record
 
@@ -337,7 +345,8 @@ class ArmRun:
         for group in self.optimizer.param_groups:
             group['lr'] = learning_rate(self.arm, progress)
         offset_weight = (
-            OFFSET_WEIGHT * max(0.0, 1 - progress / self.arm.offset_fade) if self.offset_loss is not None else 0.0)
+            self.arm.offset_weight *
+            max(0.0, 1 - progress / self.arm.offset_fade) if self.offset_loss is not None else 0.0)
         bf16 = self.precision == 'bf16'
         lq = batch['lq'].to(memory_format=torch.channels_last) if bf16 else batch['lq']
         self.net.train()

@@ -209,15 +209,19 @@ def time_training_step(preset, path, repeats, warmup, clock):
 
 
 def time_frame(preset, path, width, height, repeats, warmup, clock):
+    """Seconds of one frame as ``sdnet-deblur`` computes it: the network converted to the path's dtype (float32
+    input and global residual)."""
     _, dtype, channels_last, backend = path
     torch.manual_seed(0)
     net = SDNet(preset, dcn_backend=backend).eval()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if dtype is not None:
+        net = net.to(dtype)
     x = torch.rand(1, 3, height, width)
 
     def forward():
-        with torch.inference_mode(), precision.autocast('cpu', dtype):
+        with torch.inference_mode():
             net(x)
 
     return median_time(forward, repeats, warmup, clock)

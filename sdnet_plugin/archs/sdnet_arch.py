@@ -318,7 +318,8 @@ class SDNet(nn.Module):
             return_offsets (bool): Also return the SVD modules' offsets. Default: False.
 
         Returns:
-            Tensor | tuple[Tensor, list[dict]]: restored image ``(B, C_out, H, W)``; with ``return_offsets``, also
+            Tensor | tuple[Tensor, list[dict]]: restored image ``(B, C_out, H, W)`` in the input's dtype (the
+            layers compute in their weights' dtype, or autocast's); with ``return_offsets``, also
             one dict per SVD module, coarsest first: ``offset`` ``(B, 2K, ceil(H/stride), ceil(W/stride))`` in that
             level's pixels, ``stride``, ``kernel_size``, ``dilation``, ``level`` (empty with ``plain_svd``).
         """
@@ -327,7 +328,9 @@ class SDNet(nn.Module):
         inp = F.pad(x, (0, pad_w, 0, pad_h), mode='replicate') if pad_h or pad_w else x
         offsets = []
 
-        feat = self.lrelu(self.conv_first(inp))
+        # the network computes in its weights' dtype (a bfloat16 copy for fast CPU inference), the global residual
+        # in the input's
+        feat = self.lrelu(self.conv_first(inp.to(self.conv_first.weight.dtype)))
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
             feat = encoder(feat)
@@ -338,7 +341,7 @@ class SDNet(nn.Module):
             feat = decoder(self.lrelu(up(feat)) + skips[level])
             feat = self._apply_svd(feat, level, offsets, height, width)
 
-        out = self.conv_last(feat)[..., :height, :width]
+        out = self.conv_last(feat)[..., :height, :width].to(x.dtype)
         if self.in_channels == self.out_channels:
             out = out + x
         return (out, offsets) if return_offsets else out

@@ -58,6 +58,22 @@ def test_global_residual_returns_input_when_last_conv_is_zero():
         assert torch.equal(net(x), x)
 
 
+def test_bfloat16_network_keeps_the_float32_input_and_residual():
+    net = make_net()
+    randomize_offset_heads(net)
+    x = torch.rand(1, 3, 13, 22)
+    with torch.no_grad():
+        reference = net(x)
+        net = net.bfloat16()
+        out = net(x)
+        assert out.dtype == torch.float32  # computed in bfloat16, returned in the input's dtype
+        assert 0 < (out - reference).abs().max() < 0.05
+        torch.nn.init.zeros_(net.conv_last.weight)
+        torch.nn.init.zeros_(net.conv_last.bias)
+        assert torch.equal(net(x), x)  # the global residual is added in float32, not rounded to bfloat16
+        assert net(x.bfloat16()).dtype == torch.bfloat16
+
+
 def test_untrained_network_returns_its_input():
     x = torch.rand(1, 3, 13, 22)
     with torch.no_grad():

@@ -135,6 +135,15 @@ def test_bfloat16_output_agrees_with_float32(tmp_path, tiny_weights, capsys):
     assert 0 < mse and 10 * np.log10(1 / mse) > 45
 
 
+def test_owned_cpu_network_runs_as_a_bfloat16_copy(tiny_weights):
+    restorer = inference.SDNetRestorer(weights=tiny_weights, device='cpu', dtype=torch.bfloat16)
+    weight = restorer.net.conv_first.weight
+    assert weight.dtype == torch.bfloat16 and weight.is_contiguous(memory_format=torch.channels_last)
+    assert restorer.autocast_dtype is None and restorer.input_dtype == torch.float32
+    out = restorer.forward(torch.rand(1, 3, 20, 28))['image']
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 20, 28)
+
+
 def test_float16_on_the_cpu_is_a_one_line_error(tmp_path, tiny_weights, capsys):
     cv2.imwrite(str(tmp_path / 'photo.png'), _photo(24, 32))
     status, _, err = _run([
