@@ -223,3 +223,21 @@ def test_warm_flow_guidance_fades_out_early(study, tmp_path):
     arm = study.ARMS_BY_NAME['light_warm']
     assert arm.offset_fade == 0.25 and study.arm_record(arm)['offset_fade'] == 0.25
     assert 'offset_fade' not in study.arm_record(study.ARMS_BY_NAME['light'])  # records of older runs still match
+
+
+def test_weak_flow_guidance_scales_the_offset_loss(study, tmp_path, monkeypatch):
+    arm = study.ARMS_BY_NAME['light_w01']
+    assert arm.offset_weight == 0.01 and study.arm_record(arm)['offset_weight'] == 0.01
+    assert 'offset_weight' not in study.arm_record(study.ARMS_BY_NAME['light'])  # records of older runs still match
+    run = study.ArmRun(arm, argparse.Namespace(work=str(tmp_path), precision='fp32', seed=0), 1)
+    # pixel loss 0 and offset loss 1: the step's loss is the offset weight itself
+    monkeypatch.setattr(run, 'pixel_loss', lambda pred, target: pred.sum() * 0)
+    monkeypatch.setattr(run, 'offset_loss', lambda offsets, flow: offsets[0]['offset'].sum() * 0 + 1)
+    run.counters['cpu_seconds'] = 30.0  # half of the one-minute horizon: faded to half
+    assert run.step(random_batch()) == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize('name', ['light', 'nafnet_light'])
+def test_frame_time_runs_a_bfloat16_copy(study, name):
+    assert study.frame_seconds(study.ARMS_BY_NAME[name], 'bf16', 40, 24, repeats=1) > 0
+    assert study.frame_seconds(study.ARMS_BY_NAME[name], 'fp32', 40, 24, repeats=1) > 0
