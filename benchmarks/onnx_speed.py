@@ -133,12 +133,12 @@ def timing(args):
     with torch.inference_mode():
         rows.append(('PyTorch', f'{backend} backend', median_time(lambda: net(image), args.repeats, 1, clock)))
     dtype = precision.resolve('auto', 'cpu')
-    if dtype is not None:  # the default CPU path of sdnet-deblur, for reference (not float32)
-        fast = net.to(memory_format=torch.channels_last)
+    if dtype is not None:  # the default CPU path of sdnet-deblur (a bfloat16 copy), for reference (not float32)
+        fast = net.to(memory_format=torch.channels_last).to(dtype)
         for layer in fast.modules():
             if isinstance(layer, ModulatedDeformConv2d):
                 layer.backend = 'auto'
-        with torch.inference_mode(), precision.autocast('cpu', dtype):
+        with torch.inference_mode():
             rows.append((f'PyTorch, {precision.name_of(dtype)} channels-last', 'auto backend',
                          median_time(lambda: fast(image), args.repeats, 1, clock)))
     with tempfile.TemporaryDirectory() as folder:
