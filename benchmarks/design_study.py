@@ -672,8 +672,8 @@ def write_report(args, arms, out_path):
         '384x256 from held-out photographs (`datasets/study/eval`); `--prepare` makes both. Every arm: AdamW '
         '(betas 0.9/0.99, weight decay 1e-4), 2% warm-up then cosine to zero at the horizon '
         f'({max(args.budgets):g} CPU-minutes), gradient clipping 0.5, seed {args.seed}, random crops with flips '
-        'and transposes; flow-guided arms add the offset loss (weight 0.1 fading to 0 at the horizon, or at a '
-        'quarter of it for `light_warm`; moving pixels only).',
+        'and transposes; flow-guided arms add the offset loss (weight 0.1, 0.01 for the `_w01` arms, fading to 0 at '
+        'the horizon, or at a quarter of it for `light_warm` and `light_fine`; moving pixels only).',
         '',
         '## Arms and their cost',
         '',
@@ -788,6 +788,12 @@ def write_report(args, arms, out_path):
         ('SVD modules at 1/2 and 1/4: flow guidance (first quarter) helps', 'light_fine', 'light_fine_noflow'),
         ('SVD modules at 1/2 and 1/4 beat those at 1/4 and 1/8 (no guidance)', 'light_fine_noflow', 'light_noflow'),
         ('light SDNet, SVD at 1/2 and 1/4, guided, beats the NAFNet-style peer', 'light_fine', 'nafnet_light'),
+        ('NAFNet-style backbone: weak flow guidance (weight 0.01) helps', 'light_w01', 'light_noflow'),
+        ('weak flow guidance (0.01) beats the shipped weight (0.1)', 'light_w01', 'light'),
+        ('light SDNet, weak flow guidance, beats the NAFNet-style peer', 'light_w01', 'nafnet_light'),
+        ('SVD modules at 1/2 and 1/4: weak flow guidance helps', 'light_fine_w01', 'light_fine_noflow'),
+        ('light SDNet, SVD at 1/2 and 1/4, weak guidance, beats the NAFNet-style peer', 'light_fine_w01',
+         'nafnet_light'),
     ]
     lines += [
         '', '## What the paper claims and what we measure', '',
