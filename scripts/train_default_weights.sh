@@ -5,9 +5,12 @@
 # Every step is skipped when its output is already complete, and training resumes from its latest checkpoint
 # (BasicSR --auto_resume), so the command can be interrupted and run again at any time.
 #
-# Usage: scripts/train_default_weights.sh [--smoke N] [--export-only] [-- EXTRA TRAIN ARGS]
+# Usage: scripts/train_default_weights.sh [--smoke N] [--peer] [--export-only] [-- EXTRA TRAIN ARGS]
 #   --smoke N       prepare the data, then train N iterations into experiments/SDNet_light_camera_smoke
 #                   (checks the recipe end to end; the default weights are left alone)
+#   --peer          the equal-budget peer instead: the same recipe and data for the same network without its SVD
+#                   modules (the design study's NAFNet-style peer), into experiments/SDNet_light_camera_peer; its
+#                   weights go to that folder, not to weights/, and its training state is not packed
 #   --export-only   skip training: export the latest checkpoint and evaluate it (e.g. after stopping a long run)
 # Environment: PYTHON (default .venv/bin/python), WORKERS (synthesis processes, default 2).
 set -euo pipefail
@@ -20,14 +23,23 @@ NAME=SDNet_light_camera
 WEIGHTS=weights/sdnet_light_camera.pth
 SMOKE_ITERS=0
 EXPORT_ONLY=0
+PEER=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --smoke) SMOKE_ITERS=$2; shift 2 ;;
+        --peer) PEER=1; shift ;;
         --export-only) EXPORT_ONLY=1; shift ;;
         --) shift; break ;;
         *) echo "unknown argument: $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
+
+NETWORK_YML=()  # option overrides of the peer's network and losses (BasicSR --force_yml)
+if [[ $PEER -eq 1 ]]; then
+    NAME=${NAME}_peer
+    WEIGHTS=experiments/$NAME/${NAME}_fp16.pth
+    NETWORK_YML=("network_g:svd_levels=[]" "train:offset_opt=~")
+fi
 
 step() { echo "==> [$(date -u +%H:%M:%S)] $*"; }
 
@@ -65,7 +77,7 @@ latest_checkpoint() {  # the newest net_g_<iter>.pth (or net_g_latest.pth) of ex
 # 4. Training (resumable).
 if [[ $SMOKE_ITERS -gt 0 ]]; then
     step "smoke run: $SMOKE_ITERS iterations"
-    "$PY" -m sdnet_plugin.train -opt "$OPTIONS" --auto_resume --force_yml "name=${NAME}_smoke" \
+    "$PY" -m sdnet_plugin.train -opt "$OPTIONS" --auto_resume --force_yml "name=${NAME}_smoke" "${NETWORK_YML[@]}" \
         "train:total_iter=$SMOKE_ITERS" "logger:print_freq=1" \
         "logger:save_checkpoint_freq=$SMOKE_ITERS" "val:val_freq=$SMOKE_ITERS" "$@"
     checkpoint=$(latest_checkpoint "${NAME}_smoke")
@@ -80,13 +92,13 @@ fi
 # scripts/pack_training_state.py) lets a fresh clone continue where the last run stopped.
 RESUME_DIR=weights/resume
 PACKED=$RESUME_DIR/training_state.pth
-if [[ $EXPORT_ONLY -eq 0 && -f $PACKED ]] && ! ls experiments/"$NAME"/training_states/*.state >/dev/null 2>&1; then
+if [[ $PEER -eq 0 && $EXPORT_ONLY -eq 0 && -f $PACKED ]] && ! ls experiments/"$NAME"/training_states/*.state >/dev/null 2>&1; then
     step "continuing from the committed training state $PACKED"
     "$PY" scripts/pack_training_state.py unpack "$PACKED" experiments/"$NAME"
 fi
 if [[ $EXPORT_ONLY -eq 0 ]]; then
     step "training $NAME (interrupt at will; rerun to resume)"
-    "$PY" -m sdnet_plugin.train -opt "$OPTIONS" --auto_resume "$@"
+    "$PY" -m sdnet_plugin.train -opt "$OPTIONS" --auto_resume --force_yml "name=$NAME" "${NETWORK_YML[@]}" "$@"
 fi
 
 # 5. Export float16 weights from the newest checkpoint, then 6. evaluate them on held-out photographs.
@@ -103,7 +115,7 @@ step "held-out evaluation"
 
 # 7. Keep the newest training state next to the weights (one packed file replacing the previous one), so that the
 #    next run (or a fresh clone) continues it.
-if ls experiments/"$NAME"/training_states/*.state >/dev/null 2>&1; then
+if [[ $PEER -eq 0 ]] && ls experiments/"$NAME"/training_states/*.state >/dev/null 2>&1; then
     step "packing the newest training state into $PACKED"
     mkdir -p "$RESUME_DIR"
     "$PY" scripts/pack_training_state.py pack experiments/"$NAME" "$PACKED"
