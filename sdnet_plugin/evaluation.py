@@ -187,7 +187,8 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_erro
         tile_size (int): Tiled inference above this size (0: whole image). Default: 0.
         tile_overlap (int): Context pixels around each tile. Default: 96.
         offset_error (bool): Also measure :func:`offset_errors` against ``<SEQ>/flow/<name>.png`` (images then run
-            whole, without tiles). Default: False.
+            whole, without tiles); ignored for a network that returns no offsets (SDNet without SVD modules).
+            Default: False.
         dtype (torch.dtype | None): Autocast dtype (:mod:`sdnet_plugin.precision`); None runs float32. Default: None.
         compare_fp32 (bool): Also restore in float32 and measure the agreement (PSNR between the two restored
             images) and the float32 gain. Default: False.
@@ -207,6 +208,7 @@ def evaluate(net, pairs, device='cpu', tile_size=0, tile_overlap=96, offset_erro
                              f'{sharp.shape[1]}x{sharp.shape[0]}')
         if offset_error:
             restored, offsets = restore(restorer, blurry, return_offsets=True)
+            offset_error = bool(offsets)  # the same network for every image: decided on the first one
         else:
             restored = restore(restorer, blurry)
         row = {'name': name, **score_pair(blurry, restored, sharp)}

@@ -136,6 +136,9 @@ def test_offset_error_is_zero_on_the_flow_and_grid_level_for_an_untrained_net(tm
     assert untrained['offset_error']['learned'] == pytest.approx(untrained['offset_error']['grid'])
     assert 'regular grid' in eval_heldout.format_table(result)
 
+    plain = eval_heldout.evaluate(SDNet(preset='tiny', svd_levels=()).eval(), pairs, offset_error=True)
+    assert 'offset_error' not in plain and 'offset error' not in eval_heldout.format_table(plain)
+
     (tmp_path / 'data' / 'SEQ_0' / 'flow' / '000000.png').unlink()
     with pytest.raises(FileNotFoundError, match='flow file not found'):
         eval_heldout.evaluate(follower, pairs, offset_error=True)
