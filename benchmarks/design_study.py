@@ -63,6 +63,7 @@ from sdnet_plugin.archs.sdnet_arch import SDNet  # noqa: E402
 from sdnet_plugin.data.blur_sharp_flow_dataset import BlurSharpFlowDataset  # noqa: E402
 from sdnet_plugin.evaluation import evaluate, find_pairs  # noqa: E402
 from sdnet_plugin.file_safety import atomic_path, save_torch, write_bytes  # noqa: E402
+from sdnet_plugin.inference import inference_copy  # noqa: E402
 from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss  # noqa: E402
 from sdnet_plugin.losses.psnr_loss import PSNRLoss  # noqa: E402
 from sdnet_plugin.ops import select_backend  # noqa: E402
@@ -551,8 +552,7 @@ def frame_seconds(arm, precision, width, height, repeats=2):
         torch.manual_seed(0)
         net, x = build_network(arm).eval(), torch.rand(1, 3, height, width)
         if precision == 'bf16':
-            net = net.to(memory_format=torch.channels_last).bfloat16()
-            x = x.to(memory_format=torch.channels_last).bfloat16()
+            net, x = inference_copy(net, 'cpu', torch.bfloat16), x.to(memory_format=torch.channels_last).bfloat16()
         times = []
         with torch.inference_mode():
             for i in range(repeats + 1):

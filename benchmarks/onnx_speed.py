@@ -33,7 +33,7 @@ from tqdm import tqdm
 from sdnet_plugin import evaluation  # noqa: E402
 from sdnet_plugin import precision  # noqa: E402
 from sdnet_plugin.export import DEFORM_OPS, OnnxNetwork, export_onnx  # noqa: E402
-from sdnet_plugin.inference import find_default_weights, load_network  # noqa: E402
+from sdnet_plugin.inference import find_default_weights, inference_copy, load_network  # noqa: E402
 from sdnet_plugin.ops import ModulatedDeformConv2d, select_backend  # noqa: E402
 
 
@@ -134,7 +134,7 @@ def timing(args):
         rows.append(('PyTorch', f'{backend} backend', median_time(lambda: net(image), args.repeats, 1, clock)))
     dtype = precision.resolve('auto', 'cpu')
     if dtype is not None:  # the default CPU path of sdnet-deblur (a bfloat16 copy), for reference (not float32)
-        fast = net.to(memory_format=torch.channels_last).to(dtype)
+        fast = inference_copy(net, 'cpu', dtype)
         for layer in fast.modules():
             if isinstance(layer, ModulatedDeformConv2d):
                 layer.backend = 'auto'

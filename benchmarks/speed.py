@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from sdnet_plugin import precision
 from sdnet_plugin.archs.sdnet_arch import SDNET_PRESETS, SDNet
+from sdnet_plugin.inference import inference_copy
 from sdnet_plugin.losses.flow_offset_loss import FlowGuidedOffsetLoss
 from sdnet_plugin.ops import BACKENDS, available_backends
 from sdnet_plugin.ops import modulated_deform_conv as dcn_ops
@@ -214,10 +215,8 @@ def time_frame(preset, path, width, height, repeats, warmup, clock):
     _, dtype, channels_last, backend = path
     torch.manual_seed(0)
     net = SDNet(preset, dcn_backend=backend).eval()
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    if dtype is not None:
-        net = net.to(dtype)
+    if channels_last:  # the new path, as sdnet-deblur runs it (the old one is float32 NCHW)
+        net = inference_copy(net, 'cpu', dtype)
     x = torch.rand(1, 3, height, width)
 
     def forward():

@@ -22,8 +22,8 @@ from sdnet_plugin.utils import error_line
 
 __all__ = [
     'DEFAULT_WEIGHTS', 'DEFAULT_WEIGHTS_CANDIDATES', 'NonFiniteOutputError', 'SDNetRestorer', 'auto_tile_size',
-    'build_sdnet', 'export_weights', 'find_default_weights', 'inference_dtype', 'load_network', 'load_weights',
-    'missing_weights_message', 'shipped_weights', 'tiled_forward', 'weights_candidates'
+    'build_sdnet', 'export_weights', 'find_default_weights', 'inference_copy', 'inference_dtype', 'load_network',
+    'load_weights', 'missing_weights_message', 'shipped_weights', 'tiled_forward', 'weights_candidates'
 ]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS_NAME = 'sdnet_base_synthetic.pth'
@@ -329,6 +329,23 @@ class NonFiniteOutputError(RuntimeError):
     """The network produced NaN or infinite values (float16 overflow, diverged weights)."""
 
 
+def inference_copy(net, device, dtype=None):
+    """``net`` prepared the way :class:`SDNetRestorer` runs the weights it loads (converted in place): channels-last
+    on the CPU, parameters in ``dtype`` (SDNet then takes float32 input and adds its global residual in float32).
+
+    Args:
+        net (nn.Module): Network on ``device``.
+        device (str | torch.device): Where it runs.
+        dtype (torch.dtype | None): Compute dtype; None or ``torch.float32`` keeps float32. Default: None.
+
+    Returns:
+        nn.Module: The same network.
+    """
+    if torch.device(device).type == 'cpu':
+        net = net.to(memory_format=torch.channels_last)
+    return net if dtype in (None, torch.float32) else net.to(dtype)
+
+
 class SDNetRestorer:
     """Restores images of any size: weights -> network -> device and precision -> blended tiles -> outputs.
 
@@ -379,10 +396,7 @@ class SDNetRestorer:
         owned = weights is not None
         if owned:
             net, self.network_opt = load_network(weights, self.device, half=self.dtype == torch.float16, preset=preset)
-            if self.device.type == 'cpu':
-                net = net.to(memory_format=torch.channels_last)
-            if self.dtype == torch.bfloat16:
-                net = net.bfloat16()
+            net = inference_copy(net, self.device, self.dtype)
             self.source = str(weights)
         elif onnx is not None:
             from sdnet_plugin.export import OnnxNetwork
