@@ -173,6 +173,9 @@ ARMS = [
         offset_loss='order_invariant', offset_weight=0.01),
     Arm('light_lean_noflow', 'light_lean_w01 without flow guidance',
         _sdnet('light', svd_levels=(1, 2), num_block=(0, 1, 1, 28, 1), num_dec_block=(0, 1, 1, 1))),
+    Arm('light_lean_warm', 'light without blocks at full resolution, flow guidance for the first quarter (light_warm)',
+        _sdnet('light', num_block=(0, 1, 1, 28, 1), num_dec_block=(0, 1, 1, 1)), offset_loss='order_invariant',
+        offset_fade=0.25),
     Arm('nafnet_light', 'NAFNet-style peer at the 720p cost of light_m (width 8)', ('NAFNet', 'light')),
     Arm('nafnet32', 'NAFNet-style GoPro configuration (width 32)', ('NAFNet', 'gopro32')),
 ]  # yapf: disable

@@ -22,8 +22,8 @@ from functools import partial
 from os import path as osp
 
 __all__ = [
-    'StopRequest', 'TrainingStopped', 'end_process_group', 'graceful_stop', 'main', 'pack_training_state',
-    'pop_max_minutes', 'prepare_argv', 'run_pipeline', 'unpack_training_state'
+    'StopRequest', 'TrainingStopped', 'carry_over_training_state', 'end_process_group', 'graceful_stop', 'main',
+    'pack_training_state', 'pop_max_minutes', 'prepare_argv', 'run_pipeline', 'unpack_training_state'
 ]
 ROOT_PATH = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 
@@ -314,6 +314,30 @@ def _write_training_state(obj, path):
         raise OSError(f'could not write {path} (see the warnings above); nothing was replaced')
 
 
+def _newest_training_state(experiment_dir):
+    """``(state, checkpoint)`` of the newest ``training_states/<iter>.state`` of an experiment and the
+    ``models/net_g_<iter>.pth`` of the same iteration (``FileNotFoundError`` when either is missing)."""
+    states = [int(name[:-len('.state')]) for name in os.listdir(osp.join(experiment_dir, 'training_states'))
+              if name.endswith('.state') and name[:-len('.state')].isdigit()] \
+        if osp.isdir(osp.join(experiment_dir, 'training_states')) else []
+    if not states:
+        raise FileNotFoundError(f'no training state (<iter>.state) in {experiment_dir}/training_states')
+    current_iter = max(states)
+    net_path = osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth')
+    if not osp.isfile(net_path):
+        raise FileNotFoundError(f'{net_path} is missing: a training state needs the checkpoint of its iteration')
+    return _read_training_state(osp.join(experiment_dir, 'training_states', f'{current_iter}.state')), \
+        _read_training_state(net_path)
+
+
+def _write_resume_files(state, network, experiment_dir):
+    """``training_states/<iter>.state`` and ``models/net_g_<iter>.pth`` under ``experiment_dir``."""
+    for folder in ('training_states', 'models'):
+        os.makedirs(osp.join(experiment_dir, folder), exist_ok=True)
+    _write_training_state(network, osp.join(experiment_dir, 'models', f'net_g_{state["iter"]}.pth'))
+    _write_training_state(state, osp.join(experiment_dir, 'training_states', f'{state["iter"]}.state'))
+
+
 def pack_training_state(experiment_dir, out_path, max_mb=25.0):
     """Pack the newest training state of an experiment and its checkpoint into one file of at most ``max_mb``.
 
@@ -335,17 +359,7 @@ def pack_training_state(experiment_dir, out_path, max_mb=25.0):
 
     import torch
 
-    states = [int(name[:-len('.state')]) for name in os.listdir(osp.join(experiment_dir, 'training_states'))
-              if name.endswith('.state') and name[:-len('.state')].isdigit()] \
-        if osp.isdir(osp.join(experiment_dir, 'training_states')) else []
-    if not states:
-        raise FileNotFoundError(f'no training state (<iter>.state) in {experiment_dir}/training_states')
-    current_iter = max(states)
-    net_path = osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth')
-    if not osp.isfile(net_path):
-        raise FileNotFoundError(f'{net_path} is missing: a training state needs the checkpoint of its iteration')
-    state = _read_training_state(osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
-    network = _read_training_state(net_path)
+    state, network = _newest_training_state(experiment_dir)
     for precision, ema_dtype, moment_dtype in PACK_PRECISIONS:
         packed = {
             'format': 'sdnet-training-state',
@@ -379,11 +393,81 @@ def unpack_training_state(packed_path, experiment_dir):
     packed = _read_training_state(packed_path)
     if not isinstance(packed, dict) or packed.get('format') != 'sdnet-training-state':
         raise ValueError(f'{packed_path} is not a packed training state')
-    for folder in ('training_states', 'models'):
-        os.makedirs(osp.join(experiment_dir, folder), exist_ok=True)
     state = dict(packed['state'], optimizers=_cast_tensors(packed['state']['optimizers'], 'float32'))
-    current_iter = state['iter']
-    _write_training_state(
-        _cast_tensors(packed['network'], 'float32'), osp.join(experiment_dir, 'models', f'net_g_{current_iter}.pth'))
-    _write_training_state(state, osp.join(experiment_dir, 'training_states', f'{current_iter}.state'))
-    return current_iter
+    _write_resume_files(state, _cast_tensors(packed['network'], 'float32'), experiment_dir)
+    return state['iter']
+
+
+def carry_over_training_state(experiment_dir, out_dir, network_opt):
+    """Continue a run with a changed network: the newest training state of ``experiment_dir`` rewritten under
+    ``out_dir`` for the network ``network_opt`` builds, so that ``--auto_resume`` there goes on from the same
+    iteration, learning-rate schedule, optimizer moments and compute counters.
+
+    Parameters are matched by name. A parameter of the same name and shape keeps its weights, EMA weights and Adam
+    moments; one the new network lacks is dropped (e.g. blocks taken out); one only the new network has starts from
+    its initialisation (seeded) with fresh moments. The new network's options replace the checkpoint's
+    ``network_g``, so exported weights rebuild it.
+
+    Args:
+        experiment_dir (str): ``experiments/<name>`` of the run so far; its checkpoint must store ``network_g``.
+        out_dir (str): ``experiments/<new name>`` (must hold no training state yet).
+        network_opt (dict): ``network_g`` options of the new network (``type`` and its arguments).
+
+    Returns:
+        dict: ``iter`` and the parameter names ``kept``, ``dropped`` and ``new``.
+
+    Raises:
+        FileNotFoundError: No training state in ``experiment_dir``.
+        ValueError: The checkpoint stores no network options, the optimizer state does not match the old network,
+            a parameter changed shape, or ``out_dir`` already holds a training state.
+    """
+    import copy
+
+    import torch
+    from basicsr.archs import build_network
+
+    import sdnet_plugin  # noqa: F401 (registers the architectures)
+    from sdnet_plugin.archs.sdnet_arch import pin_preset_version
+
+    if osp.isdir(osp.join(out_dir, 'training_states')) and os.listdir(osp.join(out_dir, 'training_states')):
+        raise ValueError(f'{out_dir} already holds a training state; carry over into a new experiment folder')
+    state, checkpoint = _newest_training_state(experiment_dir)
+    if not isinstance(checkpoint.get('network_g'), dict):
+        raise ValueError(f'the checkpoint of {experiment_dir} stores no network options (network_g)')
+
+    def parameter_names(opt):
+        torch.manual_seed(0)
+        net = build_network(copy.deepcopy(opt))
+        return [name for name, p in net.named_parameters() if p.requires_grad], net.state_dict()
+
+    old_names, _ = parameter_names(pin_preset_version(checkpoint['network_g']))
+    new_opt = pin_preset_version(dict(network_opt))
+    new_names, fresh = parameter_names(new_opt)
+    optimizers = copy.deepcopy(state['optimizers'])
+    for optimizer in optimizers:
+        if len(optimizer['param_groups']) != 1 or len(optimizer['param_groups'][0]['params']) != len(old_names):
+            raise ValueError(f'the optimizer state of {experiment_dir} does not match its network (one parameter '
+                             f'group of {len(old_names)} parameters expected)')
+    weights = checkpoint['params']
+    changed = [n for n in new_names if n in weights and weights[n].shape != fresh[n].shape]
+    if changed:
+        raise ValueError(f'parameters changed shape, cannot carry them over: {", ".join(changed[:5])}')
+    old_index = {name: i for i, name in enumerate(old_names)}
+    for optimizer in optimizers:
+        old_states, group = optimizer['state'], optimizer['param_groups'][0]
+        optimizer['state'] = {
+            j: old_states[group['params'][old_index[n]]] for j, n in enumerate(new_names)
+            if n in old_index and group['params'][old_index[n]] in old_states
+        }
+        group['params'] = list(range(len(new_names)))
+    network = {'network_g': new_opt}
+    for key in ('params', 'params_ema'):
+        if key in checkpoint:
+            network[key] = {k: checkpoint[key][k] if k in checkpoint[key] else v for k, v in fresh.items()}
+    _write_resume_files(dict(state, optimizers=optimizers), network, out_dir)
+    return {
+        'iter': state['iter'],
+        'kept': [n for n in fresh if n in weights],
+        'dropped': [n for n in weights if n not in fresh],
+        'new': [n for n in fresh if n not in weights]
+    }

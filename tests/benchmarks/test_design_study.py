@@ -16,7 +16,7 @@ ARM_NAMES = [
     'base', 'base_plain', 'base_noflow', 'base_ordered', 'light_s', 'light_m', 'light_l', 'light_m_noflow',
     'light_m_plain', 'light_m_psnr', 'light_m_charb', 'light_m_fft', 'light_m_p64b32', 'light_m_p256b2', 'light',
     'light_noflow', 'light_warm', 'light_fine', 'light_fine_noflow', 'light_w01', 'light_fine_w01', 'light_lean_w01',
-    'light_lean_noflow', 'nafnet_light', 'nafnet32'
+    'light_lean_noflow', 'light_lean_warm', 'nafnet_light', 'nafnet32'
 ]
 
 

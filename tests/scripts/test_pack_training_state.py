@@ -128,3 +128,84 @@ def test_failed_writes_are_one_line_errors(tmp_path, monkeypatch, command):
         pack_script.main(args)
     assert (tmp_path / 'packed.pth').read_bytes() == before
     assert not list((tmp_path / 'resumed').rglob('*.*'))
+
+
+def _sdnet_experiment(folder, network_opt, current_iter=12):
+    """A BasicSR-layout experiment of an SDNet trained for two AdamW steps (optimizer over ``named_parameters``)."""
+    from basicsr.archs import build_network
+    torch.manual_seed(0)
+    net = build_network(dict(network_opt))
+    optimizer = torch.optim.AdamW([p for p in net.parameters()], lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 100)
+    for _ in range(2):
+        net(torch.rand(1, 3, 32, 32)).mean().backward()
+        optimizer.step()
+        scheduler.step()
+    (folder / 'models').mkdir(parents=True)
+    (folder / 'training_states').mkdir()
+    ema = {k: v + 1 for k, v in net.state_dict().items()}
+    save_torch({
+        'params': net.state_dict(),
+        'params_ema': ema,
+        'network_g': dict(network_opt)
+    }, str(folder / 'models' / f'net_g_{current_iter}.pth'))
+    state = {
+        'epoch': 1,
+        'iter': current_iter,
+        'optimizers': [optimizer.state_dict()],
+        'schedulers': [scheduler.state_dict()],
+        'cpu_seconds': 7.0,
+        'wall_seconds': 9.0
+    }
+    save_torch(state, str(folder / 'training_states' / f'{current_iter}.state'))
+    return net, optimizer
+
+
+def test_carry_over_keeps_moments_by_name_drops_removed_blocks_and_starts_new_ones(tmp_path):
+    from basicsr.archs import build_network
+    light = {'type': 'SDNet', 'preset': 'light', 'preset_version': 1}
+    old_net, old_optimizer = _sdnet_experiment(tmp_path / 'exp', light)
+    old_params = dict(old_net.named_parameters())
+    old_moments = {name: old_optimizer.state[p] for name, p in old_params.items()}
+    # Without the full-resolution blocks, and with one more block at 1/2 resolution.
+    changed = dict(light, num_block=[0, 2, 1, 28, 1], num_dec_block=[0, 1, 1, 1])
+    (tmp_path / 'new.yml').write_text(
+        'network_g:\n  type: SDNet\n  preset: light\n  preset_version: 1\n  num_block: [0, 2, 1, 28, 1]\n'
+        '  num_dec_block: [0, 1, 1, 1]\n')
+    pack_script.main(['carry', str(tmp_path / 'exp'), str(tmp_path / 'new'), '-opt', str(tmp_path / 'new.yml')])
+
+    checkpoint = torch.load(tmp_path / 'new' / 'models' / 'net_g_12.pth', weights_only=True)
+    state = torch.load(tmp_path / 'new' / 'training_states' / '12.state', weights_only=False)
+    assert checkpoint['network_g'] == changed
+    assert state['iter'] == 12 and state['cpu_seconds'] == 7.0 and state['schedulers'][0]['last_epoch'] == 2
+    new_net = build_network(dict(checkpoint['network_g']))
+    new_net.load_state_dict(checkpoint['params'])  # strict: exactly the new network's tensors
+    new_params = dict(new_net.named_parameters())
+    optimizer = torch.optim.AdamW(new_net.parameters(), lr=1e-3)
+    optimizer.load_state_dict(state['optimizers'][0])  # the index layout torch checks
+    dropped = [n for n in old_params if n not in new_params]
+    added = [n for n in new_params if n not in old_params]
+    assert dropped and all(n.startswith(('encoders.0.', 'decoders.3.')) for n in dropped)
+    assert added and all(n.startswith('encoders.1.1.') for n in added)
+    for name, p in new_params.items():
+        if name in old_params:
+            assert torch.equal(p, old_params[name]) and torch.equal(checkpoint['params_ema'][name], p + 1)
+            assert torch.equal(optimizer.state[p]['exp_avg'], old_moments[name]['exp_avg'])
+        else:
+            assert not optimizer.state[p]  # fresh moments
+            assert torch.equal(checkpoint['params_ema'][name], p)  # the new block's initialisation
+    new_net(torch.rand(1, 3, 32, 32)).mean().backward()
+    optimizer.step()  # the carried state steps
+
+    # Refused: an existing training state in the target, a changed shape, a checkpoint without network options.
+    with pytest.raises(SystemExit, match='already holds a training state'):
+        pack_script.main(['carry', str(tmp_path / 'exp'), str(tmp_path / 'new'), '-opt', str(tmp_path / 'new.yml')])
+    (tmp_path / 'wide.yml').write_text('network_g:\n  type: SDNet\n  preset: light\n  num_feat: 16\n')
+    with pytest.raises(SystemExit, match=r'^error: parameters changed shape, cannot carry them over: conv_first'):
+        pack_script.main(['carry', str(tmp_path / 'exp'), str(tmp_path / 'wide'), '-opt', str(tmp_path / 'wide.yml')])
+    assert not (tmp_path / 'wide').exists()
+    _experiment(tmp_path / 'plain')
+    bare = torch.load(tmp_path / 'plain' / 'models' / 'net_g_30.pth', weights_only=True)
+    save_torch({k: v for k, v in bare.items() if k != 'network_g'}, str(tmp_path / 'plain' / 'models' / 'net_g_30.pth'))
+    with pytest.raises(SystemExit, match='stores no network options'):
+        pack_script.main(['carry', str(tmp_path / 'plain'), str(tmp_path / 'x'), '-opt', str(tmp_path / 'new.yml')])
