@@ -289,7 +289,9 @@ def heldout_curve(experiment, data, every=1, device='cpu', dtype=None, cache=Non
     """Held-out gain of a run's checkpoints against the CPU-hours spent to reach them.
 
     Args:
-        experiment (str): Experiment folder, see :func:`run_checkpoints`.
+        experiment (str | list[str]): Experiment folder, see :func:`run_checkpoints`; or the folders of one run in
+            order, when it was carried over to a changed network in a new folder
+            (:func:`sdnet_plugin.train.carry_over_training_state`): their checkpoints form one curve.
         data (str): GoPro-layout held-out folder (:func:`find_pairs`).
         every (int): Score only iterations that are multiples of this (the newest checkpoint always). Default: 1.
         device (str | torch.device): Default: ``'cpu'``.
@@ -301,9 +303,11 @@ def heldout_curve(experiment, data, every=1, device='cpu', dtype=None, cache=Non
         list[dict]: One row per scored checkpoint: :func:`run_checkpoints`'s keys plus ``blurry``, ``restored`` and
         ``gain`` (``psnr``, ``ssim``) and ``offset_error`` when the folder has flows and the network offsets.
     """
-    checkpoints = run_checkpoints(experiment)
+    folders = [experiment] if isinstance(experiment, str) else list(experiment)
+    checkpoints = [row for folder in folders for row in run_checkpoints(folder)]
     if not checkpoints:
-        raise FileNotFoundError(f'no checkpoint of {experiment} has a training state that records its CPU time')
+        raise FileNotFoundError(f'no checkpoint of {" or ".join(folders)} has a training state that records its CPU '
+                                'time')
     chosen = [row for row in checkpoints if row['iter'] % every == 0 or row is checkpoints[-1]]
     done = {}
     if cache and osp.isfile(cache):
@@ -347,7 +351,10 @@ def curve_main(argv=None):
     """Command line of :func:`heldout_curve` (``scripts/heldout_curve.py``)."""
     parser = argparse.ArgumentParser(description='Held-out gain of a training run\'s checkpoints against the CPU-hours '
                                      'spent to reach them: a table, a JSON cache and a plot.')
-    parser.add_argument('experiment', help='experiment folder, e.g. experiments/SDNet_light_camera')
+    parser.add_argument(
+        'experiment', nargs='+',
+        help='experiment folder, e.g. experiments/SDNet_light_camera; several folders of one run in '
+        'order when it was carried over to a changed network (pack_training_state carry)')
     parser.add_argument('--data', required=True, help='GoPro-layout held-out folder: <data>/<SEQ>/{blur,sharp}/*.png')
     parser.add_argument('--every', type=int, default=2000,
                         help='score iterations that are multiples of this, and the newest (default: 2000)')
@@ -367,14 +374,14 @@ def curve_main(argv=None):
         device = pick_device(args.device)
         dtype = precision.resolve(args.precision, device)
         rows = heldout_curve(args.experiment, args.data, args.every, device, dtype, args.json
-                             or osp.join(args.experiment, 'heldout_curve.json'))
+                             or osp.join(args.experiment[-1], 'heldout_curve.json'))
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         sys.exit(f'error: {error}')
     from sdnet_plugin.visualize import plot_training_curve
-    plot = args.plot or osp.join(args.experiment, 'heldout_curve.png')
+    plot = args.plot or osp.join(args.experiment[-1], 'heldout_curve.png')
     with atomic_path(plot) as temporary:
         plot_training_curve(
-            rows, temporary, title=f'{osp.basename(osp.normpath(args.experiment))} on '
+            rows, temporary, title=f'{" + ".join(osp.basename(osp.normpath(e)) for e in args.experiment)} on '
             f'{osp.basename(osp.normpath(args.data))}')
     print(format_curve(rows))
     print(f'plot: {plot}')

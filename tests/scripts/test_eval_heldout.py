@@ -203,3 +203,40 @@ def test_heldout_curve_scores_checkpoints_against_cpu_hours_and_caches(tmp_path,
     assert '| 6 | 0.20 | 0.40 |' in out and (run / 'heldout_curve.png').stat().st_size > 0
     with pytest.raises(SystemExit, match='records its CPU time'):
         eval_heldout.curve_main([str(make_run(tmp_path / 'old', {2: None})), '--data', str(tmp_path / 'data')])
+
+
+def test_heldout_curve_follows_a_run_carried_over_into_another_folder(tmp_path, monkeypatch, capsys):
+    make_tree(tmp_path / 'data')
+    first = make_run(tmp_path / 'first', {4: 360.0, 8: 720.0})
+    second = tmp_path / 'second'  # the same run from iteration 8 on, with a network that lost a block
+    (second / 'models').mkdir(parents=True)
+    (second / 'training_states').mkdir()
+    for it, cpu in ((8, 720.0), (12, 1080.0)):
+        net = SDNet(preset='tiny', num_block=(1, 1, 1), dcn_backend='torch')
+        save_checkpoint(second / 'models' / f'net_g_{it}.pth', net, {
+            'type': 'SDNet',
+            'preset': 'tiny',
+            'num_block': [1, 1, 1]
+        })
+        torch.save({'iter': it, 'cpu_seconds': cpu, 'wall_seconds': cpu}, second / 'training_states' / f'{it}.state')
+    built = []
+    monkeypatch.setattr(
+        eval_heldout, 'evaluate', lambda net, *a, **k: built.append(len(net.state_dict())) or {
+            'blurry': {},
+            'restored': {
+                'psnr': 1.0,
+                'ssim': 0.5
+            },
+            'gain': {
+                'psnr': 0.1,
+                'ssim': 0.01
+            }
+        })
+    eval_heldout.curve_main([str(first), str(second), '--data', str(tmp_path / 'data'), '--every', '4'])
+    out = capsys.readouterr().out
+    assert [
+        line.split('|')[1].strip() for line in out.splitlines()
+        if line.startswith('| ') and line.split('|')[1].strip().isdigit()
+    ] == ['4', '8', '8', '12']
+    assert built[0] == built[1] > built[2] == built[3]  # each checkpoint rebuilt with its own network options
+    assert (second / 'heldout_curve.png').stat().st_size > 0 and (second / 'heldout_curve.json').is_file()
