@@ -438,11 +438,14 @@ def carry_over_training_state(experiment_dir, out_dir, network_opt):
     def parameter_names(opt):
         torch.manual_seed(0)
         net = build_network(copy.deepcopy(opt))
-        return [name for name, p in net.named_parameters() if p.requires_grad], net.state_dict()
+        return [name for name, p in net.named_parameters() if p.requires_grad], net
 
     old_names, _ = parameter_names(pin_preset_version(checkpoint['network_g']))
-    new_opt = pin_preset_version(dict(network_opt))
-    new_names, fresh = parameter_names(new_opt)
+    new_opt = dict(network_opt)
+    new_names, new_net = parameter_names(new_opt)
+    fresh = new_net.state_dict()
+    if getattr(new_net, 'preset_version', None) is not None:  # options without a version mean the current one
+        new_opt['preset_version'] = new_net.preset_version
     optimizers = copy.deepcopy(state['optimizers'])
     for optimizer in optimizers:
         if len(optimizer['param_groups']) != 1 or len(optimizer['param_groups'][0]['params']) != len(old_names):

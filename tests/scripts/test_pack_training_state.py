@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 
+from sdnet_plugin.archs.sdnet_arch import SDNET_PRESET_VERSIONS
 from sdnet_plugin.file_safety import save_torch
 from sdnet_plugin.tools import pack_training_state as pack_script
 
@@ -196,6 +197,14 @@ def test_carry_over_keeps_moments_by_name_drops_removed_blocks_and_starts_new_on
             assert torch.equal(checkpoint['params_ema'][name], p)  # the new block's initialisation
     new_net(torch.rand(1, 3, 32, 32)).mean().backward()
     optimizer.step()  # the carried state steps
+
+    # Options without a preset version mean the current one, and the carried checkpoint records it.
+    (tmp_path / 'current.yml').write_text('network_g:\n  type: SDNet\n  preset: light\n  num_block: [1, 1, 1, 28, 1]\n'
+                                          '  num_dec_block: [1, 1, 1, 1]\n')
+    pack_script.main(['carry', str(tmp_path / 'exp'), str(tmp_path / 'cur'), '-opt', str(tmp_path / 'current.yml')])
+    carried = torch.load(tmp_path / 'cur' / 'models' / 'net_g_12.pth', weights_only=True)
+    assert carried['network_g']['preset_version'] == max(SDNET_PRESET_VERSIONS['light'])
+    assert all(torch.equal(carried['params'][k], v) for k, v in old_net.state_dict().items())  # the same layout
 
     # Refused: an existing training state in the target, a changed shape, a checkpoint without network options.
     with pytest.raises(SystemExit, match='already holds a training state'):
