@@ -9,7 +9,7 @@ Examples::
         experiments/SDNet_base_synthetic
     python sdnet_plugin/train.py -opt options/train_sdnet_weights.yml --auto_resume
     python -m sdnet_plugin.tools.pack_training_state carry experiments/SDNet_light_camera \\
-        experiments/SDNet_light2_camera -opt options/train_sdnet_weights.yml
+        experiments/SDNet_light_camera_v2 -opt options/train_sdnet_weights.yml
 
 ``pack`` keeps everything ``--auto_resume`` needs (iteration, epoch, optimizer and scheduler states, network and EMA
 weights) in float32 when it fits ``--max-mb``, else the EMA copy in float16, else also the Adam moments in bfloat16
