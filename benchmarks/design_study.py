@@ -129,7 +129,8 @@ class Arm:
 
 
 def _sdnet(preset, **kwargs):
-    return ('SDNet', tuple(sorted(dict(preset=preset, **kwargs).items())))
+    # Version 1 of every preset: the arms were defined (and run) with it; later versions come from the study.
+    return ('SDNet', tuple(sorted(dict(preset=preset, preset_version=1, **kwargs).items())))
 
 
 ARMS = [
@@ -197,7 +198,10 @@ def arm_record(arm):
     for key, default in (('offset_fade', 1.0), ('offset_weight', OFFSET_WEIGHT)):
         if record[key] == default:  # arms recorded before the setting existed
             del record[key]
-    record['network'] = [arm.network[0], dict(arm.network[1]) if arm.network[0] == 'SDNet' else arm.network[1]]
+    network = dict(arm.network[1]) if arm.network[0] == 'SDNet' else arm.network[1]
+    if arm.network[0] == 'SDNet' and network.get('preset_version') == 1:  # arms recorded before presets had versions
+        del network['preset_version']
+    record['network'] = [arm.network[0], network]
     return record
 
 

@@ -6,7 +6,7 @@
 # (BasicSR --auto_resume), so the command can be interrupted and run again at any time.
 #
 # Usage: scripts/train_default_weights.sh [--smoke N] [--peer] [--export-only] [-- EXTRA TRAIN ARGS]
-#   --smoke N       prepare the data, then train N iterations into experiments/SDNet_light_camera_smoke
+#   --smoke N       prepare the data, then train N iterations into experiments/SDNet_light_camera_v2_smoke
 #                   (checks the recipe end to end; the default weights are left alone)
 #   --peer          the equal-budget peer instead: the same recipe and data for the same network without its SVD
 #                   modules (the design study's NAFNet-style peer), into experiments/SDNet_light_camera_peer; its
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 WORKERS=${WORKERS:-2}
 OPTIONS=options/train_sdnet_weights.yml
-NAME=SDNet_light_camera
+NAME=SDNet_light_camera_v2  # preset light version 2 (carried over from version 1 after 16392 iterations, docs/weights.md)
 WEIGHTS=weights/sdnet_light_camera.pth
 SMOKE_ITERS=0
 EXPORT_ONLY=0
@@ -36,9 +36,9 @@ done
 
 NETWORK_YML=()  # option overrides of the peer's network and losses (BasicSR --force_yml)
 if [[ $PEER -eq 1 ]]; then
-    NAME=${NAME}_peer
+    NAME=SDNet_light_camera_peer
     WEIGHTS=experiments/$NAME/${NAME}_fp16.pth
-    NETWORK_YML=("network_g:svd_levels=[]" "train:offset_opt=~")
+    NETWORK_YML=("network_g:svd_levels=[]" "network_g:preset_version=1" "train:offset_opt=~")
 fi
 
 step() { echo "==> [$(date -u +%H:%M:%S)] $*"; }

@@ -148,8 +148,9 @@ def test_parameter_counts_of_presets():
         'light_s': 1096329,
         'light_m': 1797769,
         'light_l': 3977649,
-        'light': 1203345
+        'light': 1201921  # version 2; version 1: 1203345
     }
+    assert sum(p.numel() for p in SDNet('light', preset_version=1, dcn_backend='torch').parameters()) == 1203345
     assert max(counts.values()) < 5e6  # light-weighted class of the paper
 
 
