@@ -51,6 +51,31 @@ def run_step(title, args):
     print(f'    done in {time.time() - start:.0f} s', flush=True)
 
 
+def network_overrides(weights, network_opt):
+    """``--force_yml`` entries that make the option files build the network ``weights`` were trained with (for
+    example an earlier version of the preset), so that they load strictly.
+
+    Raises:
+        StepError: The weights cannot be read, or hold another architecture than ``network_opt['type']``.
+    """
+    from sdnet_plugin.inference import load_weights
+    try:
+        _, stored = load_weights(weights, preset=network_opt.get('preset', 'light'))
+    except (FileNotFoundError, ValueError) as error:
+        raise StepError(str(error)) from None
+    if stored.get('type') != network_opt.get('type'):
+        raise StepError(
+            f'{shown(weights)} hold a {stored.get("type")} network; the demo trains {network_opt.get("type")}')
+
+    def yml_value(value):
+        return f'[{", ".join(map(yml_value, value))}]' if isinstance(value, (list, tuple)) else str(value)
+
+    return [
+        f'network_g:{key}={yml_value(value)}' for key, value in stored.items()
+        if key != 'type' and network_opt.get(key) != value
+    ]
+
+
 def shown(path):
     """``path`` relative to the repository when inside it, absolute otherwise."""
     relative = osp.relpath(path, ROOT_PATH)
@@ -138,14 +163,16 @@ def main(argv=None):
             ] + (['--no-flow'] if split == 'val' else []))
 
         train_args = ['-m', 'sdnet_plugin.train', '-opt', train_options]
+        test_args = ['-m', 'sdnet_plugin.test', '-opt', test_options]
         if pretrained:
-            train_args += ['--force_yml', f'path:pretrain_network_g={pretrained}']
+            network = network_overrides(pretrained, train_opt['network_g'])
+            train_args += ['--force_yml', f'path:pretrain_network_g={pretrained}', *network]
+            test_args += ['--force_yml', *network] if network else []
             title = f'fine-tuning SDNet from {shown(pretrained)}'
         else:
             title = f"training SDNet from scratch (no {shown(osp.abspath(args.weights))})"
         run_step(f'{title}: {train_opt["train"]["total_iter"]} iterations ({shown(train_options)})', train_args)
-        run_step(f'testing on the held-out validation set ({shown(test_options)})',
-                 ['-m', 'sdnet_plugin.test', '-opt', test_options])
+        run_step(f'testing on the held-out validation set ({shown(test_options)})', test_args)
 
         results_dir = osp.join(ROOT_PATH, 'results', test_opt['name'])
         test_set = test_opt['datasets']['test']
