@@ -182,6 +182,9 @@ ARMS = [
 ]  # yapf: disable
 ARMS_BY_NAME = {arm.name: arm for arm in ARMS}
 DEFAULT_ALWAYS = ('nafnet_light', )  # the peer the new default must beat at the largest budget
+# The arm whose network is the current version of SDNet's default preset (light version 2) and whose recipe (flow
+# guidance fading out over the first quarter) the default weights use.
+DEFAULT_ARM = 'light_lean_warm'
 
 
 def build_network(arm, dcn_backend='auto'):
@@ -664,6 +667,31 @@ def dcn_names(entries):
     return ' / '.join(f'`{name}`' for name in sorted(names))
 
 
+def _default_preset_lines(summaries, budgets, speed):
+    """The section on the default preset: its arm against the NAFNet-style peer at the largest shared budget."""
+    peer = DEFAULT_ALWAYS[0]
+    found = _claim(summaries, budgets, DEFAULT_ARM, peer) if summaries else None
+    if not found:
+        return []
+    budget, gain, peer_gain = found
+    late, peer_late = _late_mean(summaries, DEFAULT_ARM, budget), _late_mean(summaries, peer, budget)
+    lines = [
+        '', '## The default preset', '',
+        f'`SDNet()` builds preset `light` version 2: the network of arm `{DEFAULT_ARM}` (the `light` backbone without '
+        'blocks at full resolution, SVD modules at 1/4 and 1/8), and the default weights use that arm\'s recipe '
+        f'(flow guidance fading out over the first quarter of the schedule). At {budget:g} CPU-minutes it gains '
+        f'{gain:+.3f} dB against {peer_gain:+.3f} dB for the NAFNet-style peer `{peer}`'
+    ]
+    if late is not None and peer_late is not None:
+        lines[-1] += f' (means over the last quarter: {late:+.3f} / {peer_late:+.3f} dB)'
+    lines[-1] += '.'
+    if DEFAULT_ARM in speed and peer in speed and 'nafnet32' in speed:
+        lines[-1] += (f' A 1280x720 frame takes {speed[DEFAULT_ARM]:.2f} s ({peer}: {speed[peer]:.2f} s), '
+                      f'{speed["nafnet32"] / speed[DEFAULT_ARM]:.1f}x faster than the width-32 GoPro configuration '
+                      f'`nafnet32` ({speed["nafnet32"]:.2f} s).')
+    return lines
+
+
 def write_report(args, arms, out_path):
     """``docs/design_study.md`` and ``docs/images/design_study_gain.png`` from the work folder."""
     costs = arm_costs(args, arms)
@@ -790,6 +818,7 @@ def write_report(args, arms, out_path):
             lines.append(f'- {d["budget_minutes"]:g} CPU-min: {text}' +
                          (f'; advanced: {", ".join(d["advance"])}' if 'advance' in d else ''))
     speed = {name: min(cost['frame_seconds'].values()) for name, cost in costs.items()}
+    lines += _default_preset_lines(summaries, budgets, speed)
     if 'nafnet32' in speed:
         lines += [
             '', '## Speed against the NAFNet-style GoPro configuration', '',

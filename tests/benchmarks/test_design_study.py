@@ -132,11 +132,14 @@ def test_smoke_study_halves_resumes_and_reports(study, study_data, small_arms, t
         study.main(options(study_data, work, '--arm', SMALL[0], '--minutes', '0.02'))
 
     monkeypatch.setattr(study, 'FRAME_SIZE', (64, 48))
+    monkeypatch.setattr(study, 'DEFAULT_ARM', 'light_s')  # stands for the default preset's arm
     out = tmp_path / 'docs' / 'design_study.md'
     study.main(options(study_data, work, '--arm', *SMALL, '--budgets', '0.004', '0.008', '--report', str(out)))
     text = out.read_text()
     assert '| `light_s` |' in text and '| `nafnet_light` |' in text
     assert '0.004 CPU-min' in text and 'advanced: ' in text and 'not measured yet' in text
+    default = text.split('## The default preset')[1].split('##')[0]
+    assert 'arm `light_s`' in default and 'NAFNet-style peer `nafnet_light`' in default and 'last quarter' in default
     assert (tmp_path / 'docs' / 'images' / 'design_study_gain.png').stat().st_size > 1000
     costs = json.loads((work / 'costs.json').read_text())
     assert all(entry['params'] > 0 and entry['gmacs'] > 0 for entry in costs.values())
