@@ -8,7 +8,8 @@ pointwise feed-forward part; most blocks sit at the coarsest scale.
 
 ``NAFNET_CONFIGS``: ``gopro32`` is the paper's GoPro configuration (width 32, encoder blocks 1, 1, 1, 28, one middle
 block, decoder blocks 1, 1, 1, 1; about 17 M parameters); ``light`` has the same layout at the width whose 1280x720
-cost on the CPU is that of SDNet ``light_m`` (docs/design_study.md).
+cost on the CPU is that of SDNet ``light_m`` (docs/design_study.md): SDNet ``light`` version 1 without its SVD
+modules; ``lean`` is ``light`` without blocks at full resolution, SDNet ``light`` version 2 without its SVD modules.
 """
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +21,7 @@ from sdnet_plugin.archs.sdnet_arch import NormGatedBlock as NAFBlock
 NAFNET_CONFIGS = {
     'gopro32': dict(width=32, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
     'light': dict(width=8, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
+    'lean': dict(width=8, enc_blocks=(0, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 0)),
 }
 
 

@@ -16,7 +16,7 @@ ARM_NAMES = [
     'base', 'base_plain', 'base_noflow', 'base_ordered', 'light_s', 'light_m', 'light_l', 'light_m_noflow',
     'light_m_plain', 'light_m_psnr', 'light_m_charb', 'light_m_fft', 'light_m_p64b32', 'light_m_p256b2', 'light',
     'light_noflow', 'light_warm', 'light_fine', 'light_fine_noflow', 'light_w01', 'light_fine_w01', 'light_lean_w01',
-    'light_lean_noflow', 'light_lean_warm', 'nafnet_light', 'nafnet32'
+    'light_lean_noflow', 'light_lean_warm', 'nafnet_light', 'nafnet_lean', 'nafnet32'
 ]
 
 
@@ -139,7 +139,7 @@ def test_smoke_study_halves_resumes_and_reports(study, study_data, small_arms, t
     assert '| `light_s` |' in text and '| `nafnet_light` |' in text
     assert '0.004 CPU-min' in text and 'advanced: ' in text and 'not measured yet' in text
     default = text.split('## The default preset')[1].split('##')[0]
-    assert 'arm `light_s`' in default and 'NAFNet-style peer `nafnet_light`' in default and 'last quarter' in default
+    assert 'arm `light_s`' in default and 'against `nafnet_light`' in default and 'last quarter' in default
     assert (tmp_path / 'docs' / 'images' / 'design_study_gain.png').stat().st_size > 1000
     costs = json.loads((work / 'costs.json').read_text())
     assert all(entry['params'] > 0 and entry['gmacs'] > 0 for entry in costs.values())
