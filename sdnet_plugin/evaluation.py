@@ -293,7 +293,8 @@ def heldout_curve(experiment, data, every=1, device='cpu', dtype=None, cache=Non
             order, when it was carried over to a changed network in a new folder
             (:func:`sdnet_plugin.train.carry_over_training_state`): their checkpoints form one curve.
         data (str): GoPro-layout held-out folder (:func:`find_pairs`).
-        every (int): Score only iterations that are multiples of this (the newest checkpoint always). Default: 1.
+        every (int): Score only iterations that are multiples of this (the newest checkpoint of every folder, and
+            the first of every folder after the first, always). Default: 1.
         device (str | torch.device): Default: ``'cpu'``.
         dtype (torch.dtype | None): Autocast dtype; None runs float32. Default: None.
         cache (str | None): JSON file of earlier results (rows keyed by weights file and data), read and rewritten
@@ -304,11 +305,15 @@ def heldout_curve(experiment, data, every=1, device='cpu', dtype=None, cache=Non
         ``gain`` (``psnr``, ``ssim``) and ``offset_error`` when the folder has flows and the network offsets.
     """
     folders = [experiment] if isinstance(experiment, str) else list(experiment)
-    checkpoints = [row for folder in folders for row in run_checkpoints(folder)]
+    runs = [run_checkpoints(folder) for folder in folders]
+    checkpoints = [row for rows in runs for row in rows]
     if not checkpoints:
         raise FileNotFoundError(f'no checkpoint of {" or ".join(folders)} has a training state that records its CPU '
                                 'time')
-    chosen = [row for row in checkpoints if row['iter'] % every == 0 or row is checkpoints[-1]]
+    # Multiples of ``every``, the newest checkpoint, and where a run was carried over: the last checkpoint of a
+    # folder and the first of the next.
+    ends = [id(rows[i]) for n, rows in enumerate(runs) if rows for i in ((-1, 0) if n else (-1, ))]
+    chosen = [row for row in checkpoints if row['iter'] % every == 0 or id(row) in ends]
     done = {}
     if cache and osp.isfile(cache):
         with open(cache, encoding='utf-8') as f:
