@@ -868,6 +868,8 @@ def write_report(args, arms, out_path):
          'nafnet_light'),
         ('lean light SDNet: SVD modules with early guidance beat the backbone alone (NAFNet-style, less at 720p)',
          'light_lean_warm', 'nafnet_lean'),
+        ('lean light SDNet: SVD modules at 1/2 and 1/4 with weak guidance beat the backbone alone', 'light_lean_w01',
+         'nafnet_lean'),
     ]
     lines += [
         '', '## What the paper claims and what we measure', '',
