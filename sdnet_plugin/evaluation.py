@@ -312,8 +312,10 @@ def heldout_curve(experiment, data, every=1, device='cpu', dtype=None, cache=Non
                                 'time')
     # Multiples of ``every``, the newest checkpoint, and where a run was carried over: the last checkpoint of a
     # folder and the first of the next.
-    ends = [id(rows[i]) for n, rows in enumerate(runs) if rows for i in ((-1, 0) if n else (-1, ))]
-    chosen = [row for row in checkpoints if row['iter'] % every == 0 or id(row) in ends]
+    chosen = [
+        row for n, rows in enumerate(runs) for i, row in enumerate(rows)
+        if row['iter'] % every == 0 or i == len(rows) - 1 or (n > 0 and i == 0)
+    ]
     done = {}
     if cache and osp.isfile(cache):
         with open(cache, encoding='utf-8') as f:
